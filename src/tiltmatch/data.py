@@ -1,0 +1,83 @@
+"""Local data files: where the shared evaluation sets live, and strict readers.
+
+Readers name the file, the row and the missing field when a row is malformed,
+so a bad dataset fails loudly instead of training on garbage.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DATA_ENV = "TILTMATCH_DATA_DIR"
+
+
+class DatasetError(ValueError):
+    """A dataset file that is missing, unreadable, or has a row without a required field."""
+
+
+def shared_data_dir() -> Path:
+    """The folder of the shipped evaluation sets.
+
+    ``$TILTMATCH_DATA_DIR`` if set; else the first ``shared/data`` found beside
+    the current directory or the package's checkout, walking up.
+    """
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    for start in (Path.cwd(), Path(__file__).resolve()):
+        for parent in (start, *start.parents):
+            for candidate in (parent / "shared" / "data", parent.parent / "shared" / "data"):
+                if candidate.is_dir():
+                    return candidate
+    raise DatasetError(
+        f"cannot find the shared data folder: set ${DATA_ENV} to the folder holding "
+        "gsm8k/, math500/, countdown/ and sudoku/"
+    )
+
+
+def _check_fields(row: dict[str, Any], required: Sequence[str], where: str) -> dict[str, Any]:
+    missing = [f for f in required if f not in row or row[f] is None]
+    if missing:
+        raise DatasetError(f"{where}: row has no field {', '.join(map(repr, missing))}")
+    return row
+
+
+def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; each must be an object with the ``required`` fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            rows.append(_check_fields(row, required, where))
+    return rows
+
+
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a CSV file with a header; each must have the ``required`` columns filled."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file not found: {path}")
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        return [
+            _check_fields(
+                {k: v for k, v in row.items() if v not in ("", None)}, required, f"{path}:{i}"
+            )
+            for i, row in enumerate(reader, 2)
+        ]

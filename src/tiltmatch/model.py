@@ -1,0 +1,98 @@
+"""The denoiser: one thin adapter around a Hugging Face ``PreTrainedModel``.
+
+METHOD.md section 1: a masked diffusion model is a denoiser ``mu_theta(v | z, i)``,
+the softmax of the logits at a masked position ``i`` of the partly masked
+response ``z``. Every denoiser here is a transformers model with bidirectional
+attention: a ``LlamaForCausalLM`` whose config says ``is_causal=False`` has
+exactly LLaDA's architecture, whether tiny (built from a config for CPU work)
+or LLaDA-8B itself.
+
+Batch layout used throughout the package: each row is a **left-padded prompt
+followed by a response of fixed length L**, so the response occupies the last L
+columns of every row. Padding is expressed only through the 2-D attention mask
+(keys at padded columns are ignored by every query; attention stays
+bidirectional), and position ids count real tokens only, so a row's outputs do
+not depend on how much padding its batch needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Size of a tiny bidirectional Llama for CPU work."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 256
+
+
+def tiny_denoiser(
+    vocab_size: int, spec: TinyModelSpec | None = None, seed: int = 0
+) -> LlamaForCausalLM:
+    """A freshly initialised tiny ``LlamaForCausalLM`` with bidirectional attention."""
+    spec = spec or TinyModelSpec()
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_positions,
+        is_causal=False,  # LLaDA's architecture: a Llama without the causal mask
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        rms_norm_eps=1e-5,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model
+
+
+class MaskedDenoiser(nn.Module):
+    """``mu_theta(. | z, i)`` on response positions, from a bidirectional transformers model.
+
+    Holds the mask and padding token ids. ``forward`` returns logits for the last
+    ``response_length`` columns only: the vocabulary projection over a long
+    prompt is most of the memory of a large model (METHOD.md section 6).
+    """
+
+    def __init__(self, model: PreTrainedModel, mask_token_id: int, pad_token_id: int) -> None:
+        super().__init__()
+        if getattr(model.config, "is_causal", True):
+            raise ValueError(
+                "the denoiser must have bidirectional attention: build the model with "
+                "config.is_causal=False"
+            )
+        self.model = model
+        self.mask_token_id = int(mask_token_id)
+        self.pad_token_id = int(pad_token_id)
+
+    @staticmethod
+    def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+        """Positions counted over real tokens only, so left padding shifts nothing."""
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+    ) -> torch.Tensor:
+        """Logits ``[B, L, V]`` at the last ``response_length`` columns of ``input_ids``."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=self.position_ids(attention_mask),
+            logits_to_keep=response_length,
+            use_cache=False,
+        )
+        return out.logits[:, -response_length:]
