@@ -185,10 +185,16 @@ def write_tokenizer(folder: Path, chat_template: str = LLADA_CHAT_TEMPLATE) -> N
     )
     tok.save(str(folder / "tokenizer.json"))
     added = {
-        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                 "single_word": False, "special": True}
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for t, i in SPECIAL_TOKENS.items()
-    }  # fmt: skip
+    }
     tokenizer_config = {
         "add_bos_token": False,
         "add_eos_token": False,
@@ -221,10 +227,14 @@ def write_tiny_llada(
     stored = sd | (extra or {})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     (folder / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": SPECIAL_TOKENS["<|startoftext|>"],
-                    "eos_token_id": config["eos_token_id"],
-                    "pad_token_id": config["pad_token_id"]})
-    )  # fmt: skip
+        json.dumps(
+            {
+                "bos_token_id": SPECIAL_TOKENS["<|startoftext|>"],
+                "eos_token_id": config["eos_token_id"],
+                "pad_token_id": config["pad_token_id"],
+            }
+        )
+    )
     write_tokenizer(folder, chat_template)
     meta = {"format": "pt"}
     if single_file:

@@ -393,6 +393,17 @@ def test_special_ids_read_from_files(tiny: TinyLLaDA, loaded) -> None:
     assert read_special_ids(tiny.folder) == ids
 
 
+def test_other_tiltmatch_json_is_passed_over(tiny: TinyLLaDA, tmp_path: Path) -> None:
+    # tiltmatch.json written by other code (no special ids in it) must not hide the files'.
+    folder = _copy(tiny, tmp_path / "othermeta")
+    (folder / "tiltmatch.json").write_text(json.dumps({"task": "maze"}))
+    assert read_special_ids(folder) == read_special_ids(tiny.folder)
+    (folder / "tiltmatch.json").write_text(
+        json.dumps({"mask_token_id": 1, "eos_token_id": 2, "pad_token_id": 2})
+    )
+    assert read_special_ids(folder).mask_token_id == 1  # an explicit record wins
+
+
 def test_mask_id_must_agree_with_tokenizer(tiny: TinyLLaDA, tmp_path: Path) -> None:
     folder = _copy(tiny, tmp_path / "disagree")
     cfg = json.loads((folder / "config.json").read_text())

@@ -291,6 +291,9 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+_REQUIRED_IDS = ("mask_token_id", "eos_token_id", "pad_token_id")
+
+
 def _first_id(*candidates: Any) -> int | None:
     """The first id that is set, in order of authority."""
     return next((v for v in map(_opt_int, candidates) if v is not None), None)
@@ -313,17 +316,19 @@ def read_special_ids(
 ) -> LLaDASpecialIds:
     """The special ids of a checkpoint folder (LLaDA or converted), never hard-coded.
 
-    A converted folder's ``tiltmatch.json`` is authoritative. Otherwise: the mask
+    A ``tiltmatch.json`` holding the mask, EOS and pad ids (as :func:`convert_llada`
+    writes it) is authoritative; one without them (``tiltmatch.model.save_denoiser``
+    writes other metadata under the same name) is passed over. Otherwise: the mask
     id from ``config.json`` (``mask_token_id``) or the tokenizer's ``<|mdm_mask|>``,
     which must agree when both exist; EOS from ``config.json``, then
     ``generation_config.json``, then the tokenizer; pad from ``config.json``,
     then the tokenizer, then EOS; end-of-turn and BOS from the tokenizer.
     """
     folder = Path(folder)
-    if (folder / SPECIAL_IDS_FILE).is_file():
-        return LLaDASpecialIds.from_json(
-            _read_json(folder / SPECIAL_IDS_FILE), str(folder / SPECIAL_IDS_FILE)
-        )
+    meta_path = folder / SPECIAL_IDS_FILE
+    meta = _read_json(meta_path) if meta_path.is_file() else {}
+    if all(key in meta for key in _REQUIRED_IDS):
+        return LLaDASpecialIds.from_json(meta, str(meta_path))
     cfg = _read_json(folder / CONFIG_FILE)
     tok = tokenizer if tokenizer is not None else _load_tokenizer(folder)
     vocab = tok.get_vocab()
