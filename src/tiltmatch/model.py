@@ -17,7 +17,10 @@ not depend on how much padding its batch needed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,3 +99,32 @@ class MaskedDenoiser(nn.Module):
             use_cache=False,
         )
         return out.logits[:, -response_length:]
+
+
+DENOISER_META = "tiltmatch.json"
+
+
+def save_denoiser(folder: str | Path, model: PreTrainedModel, meta: dict[str, Any]) -> Path:
+    """Save a denoiser with ``save_pretrained`` (safetensors) plus tiltmatch's metadata.
+
+    ``meta`` holds what the adapter needs to use it again: special token ids
+    and, for character-level tasks, the tokenizer alphabet and the task name.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / DENOISER_META).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_denoiser(folder: str | Path) -> tuple[LlamaForCausalLM, dict[str, Any]]:
+    """Load a denoiser saved by :func:`save_denoiser`; a missing folder is a clear error."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no denoiser checkpoint (config.json) in {folder}")
+    meta_file = folder / DENOISER_META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if getattr(model.config, "is_causal", True):
+        raise ValueError(f"the model in {folder} is causal; a denoiser needs is_causal=False")
+    return model, meta

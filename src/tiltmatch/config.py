@@ -1,0 +1,201 @@
+"""One typed, validated run configuration (YAML file and/or ``--set`` overrides).
+
+Unknown fields and out-of-range values are rejected with a message that names
+them. Names follow TRL's GRPO vocabulary where they mean the same thing
+(``num_generations``, ``learning_rate``, ``gradient_accumulation_steps``,
+``max_grad_norm``); the DTM fields follow METHOD.md's symbols (``c``, ``h``,
+``a_end``, ``steps_per_h``, ``rho``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ModelConfig(_Strict):
+    """The denoiser: a base checkpoint folder, or a tiny model built from these sizes."""
+
+    base: str | None = Field(
+        None, description="folder of a base denoiser (save_pretrained layout), or 'shipped:maze'"
+    )
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        return self
+
+
+class SamplerConfig(_Strict):
+    """Generation (rollouts and evaluation)."""
+
+    steps: int = Field(12, ge=1)
+    block_length: int = Field(12, ge=1)
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    temperature: float = Field(1.0, ge=0.0)
+
+
+class DTMConfig(_Strict):
+    """Discrete Tilt Matching (METHOD.md sections 4-6)."""
+
+    c: float = Field(1.0, description="control-variate constant; 0 = plain weighted CE")
+    baseline: Literal["none", "mean", "min"] = "none"
+    self_normalise: bool = False
+    first_order: bool = Field(False, description="use w_h - 1 ~ h (r - b) (comparison only)")
+    states: Literal["random", "sar", "trajectory"] = "random"
+    sar_block_length: int = Field(4, ge=1)
+    inverse_t_weight: bool = True
+    schedule: Literal["fixed", "geometric", "adaptive", "none"] = "fixed"
+    h: float = Field(2.0, gt=0)
+    geometric_ratio: float = Field(1.5, gt=0)
+    h_max: float = Field(4.0, gt=0)
+    rho: float = Field(0.5, gt=0, lt=1)
+    a_end: float = Field(10.0, gt=0)
+    steps_per_h: int = Field(60, ge=1)
+    teacher_update: Literal["student", "ema"] = "student"
+    ema_decay: float = Field(0.95, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    """Optimisation, rollouts and the replay buffer."""
+
+    learning_rate: float = Field(3e-4, gt=0)
+    final_learning_rate: float = Field(1e-4, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, le=1)
+    decay_fraction: float = Field(0.1, ge=0, le=1)
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    num_generations: int = Field(8, ge=1, description="completions per prompt, G")
+    prompts_per_batch: int = Field(8, ge=1, description="prompts per micro-batch")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    buffer_prompts: int = Field(32, ge=1, description="prompts held in the replay buffer, P")
+    refresh_prompts: int = Field(8, ge=0)
+    refresh_every: int = Field(20, ge=1)
+    train_examples: int = Field(2000, ge=1, description="size of the training prompt pool")
+    max_stages: int = Field(100, ge=1)
+    checkpoint_every: int = Field(50, ge=1, description="updates between checkpoints")
+
+    @model_validator(mode="after")
+    def _fits(self) -> TrainConfig:
+        if self.prompts_per_batch > self.buffer_prompts:
+            raise ValueError(
+                f"prompts_per_batch {self.prompts_per_batch} exceeds buffer_prompts "
+                f"{self.buffer_prompts}"
+            )
+        if self.refresh_prompts > self.buffer_prompts:
+            raise ValueError("refresh_prompts exceeds buffer_prompts")
+        return self
+
+
+class EvalConfig(_Strict):
+    """Held-out evaluation."""
+
+    examples: int = Field(64, ge=1)
+    samples_per_example: int = Field(4, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    every_stage: bool = True
+
+
+class RunConfig(_Strict):
+    """Everything a run needs; written resolved next to its outputs."""
+
+    task: str = "maze"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    method: Literal["dtm", "diffu-grpo", "wd1", "rejection"] = "dtm"
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    dtm: DTMConfig = Field(default_factory=DTMConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown field")
+        else:
+            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"dtm.h=2"`` -> (["dtm", "h"], 2); the value is read as YAML (numbers, bools, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def build_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """A validated :class:`RunConfig` from defaults, a base dict, a YAML file and overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping, not {type(loaded).__name__}"
+            )
+        data = _merge(data, loaded)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

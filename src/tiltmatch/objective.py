@@ -1,0 +1,82 @@
+"""What a fine-tuning method is to the trainer: a loss on rollouts, and a notion of stages.
+
+DTM and every baseline share the trainer, the sampler, the rollouts and the
+buffer; they differ only in their :class:`Objective`. A stage is the span of
+updates between teacher refreshes: for DTM one tilt increment ``h``
+(METHOD.md section 6), for the baselines one batch of rollouts with its inner
+updates.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from tiltmatch.model import MaskedDenoiser
+from tiltmatch.rollouts import RolloutBatch
+
+
+@dataclass
+class Phase:
+    """Where the run is: stage index, update within the stage, and the annealing state."""
+
+    stage: int = 0
+    step: int = 0  # optimiser updates done in this stage
+    begun: bool = False  # whether the current stage's rollouts and h are set
+    a: float = 0.0  # current inverse temperature on the annealing path
+    h: float = 0.0  # this stage's tilt increment
+    updates: int = 0  # optimiser updates in the whole run
+    rollouts: int = 0  # completions sampled in the whole run
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form for checkpoints."""
+        return asdict(self)
+
+
+def forward_response_logits(
+    denoiser: MaskedDenoiser, batch: RolloutBatch, z: torch.Tensor
+) -> torch.Tensor:
+    """Denoiser logits ``[N, L, V]`` on the response positions, for canvases ``z``."""
+    ids = torch.cat([batch.prompt_ids, z], dim=1)
+    mask = torch.cat([batch.prompt_mask, torch.ones_like(z)], dim=1)
+    return denoiser(ids, mask, z.shape[1])
+
+
+class Objective(ABC):
+    """A fine-tuning method's loss and stage logic."""
+
+    name: str = "objective"
+    #: the trainer keeps a frozen copy of the base model when this is True (KL terms)
+    needs_reference: bool = False
+
+    @abstractmethod
+    def steps_in_stage(self) -> int:
+        """Optimiser updates per stage."""
+
+    @abstractmethod
+    def begin_stage(self, phase: Phase, rewards: torch.Tensor) -> dict[str, float]:
+        """Called once the stage's rollouts exist (rewards ``[P, G]``); returns stats to log."""
+
+    def end_stage(self, phase: Phase) -> None:
+        """Called after the stage's last update, before the teacher is refreshed."""
+        return None
+
+    @abstractmethod
+    def finished(self, phase: Phase) -> bool:
+        """Whether the run is complete (checked at stage boundaries)."""
+
+    @abstractmethod
+    def loss(
+        self,
+        student: MaskedDenoiser,
+        teacher: MaskedDenoiser,
+        batch: RolloutBatch,
+        phase: Phase,
+        generator: torch.Generator,
+        reference: MaskedDenoiser | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one micro-batch and its diagnostics."""

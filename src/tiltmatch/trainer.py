@@ -1,0 +1,304 @@
+"""The trainer: orchestration only (METHOD.md section 6).
+
+Per stage: rebuild the replay buffer from the teacher, let the objective choose
+its increment, reset the optimiser and the learning-rate schedule, run the
+stage's updates (refreshing part of the buffer every few), then advance the
+annealing state, refresh the teacher, evaluate, log and checkpoint. All
+randomness flows from one ``torch.Generator`` whose state is checkpointed, so
+a resumed run ends with exactly the parameters of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tiltmatch.checkpoint import load_checkpoint, save_checkpoint
+from tiltmatch.config import RunConfig
+from tiltmatch.evaluation import evaluate
+from tiltmatch.objective import Objective, Phase
+from tiltmatch.pair import DenoiserPair
+from tiltmatch.rollouts import PromptPool, ReplayBuffer, RolloutBatch, RolloutWorker
+from tiltmatch.sampler import SamplingConfig
+from tiltmatch.tasks.base import Example, Task
+from tiltmatch.tokenizer import PromptCodec
+
+CHECKPOINT = "checkpoint"
+
+
+def stage_lr_lambda(total: int, warmup: float, decay: float, final_ratio: float):
+    """Per-stage learning-rate factor: linear warmup, constant, linear decay to ``final_ratio``."""
+    warm = max(round(warmup * total), 0)
+    dec = max(round(decay * total), 0)
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if dec and step >= total - dec:
+            frac = (step - (total - dec) + 1) / dec
+            return 1.0 + (final_ratio - 1.0) * min(frac, 1.0)
+        return 1.0
+
+    return factor
+
+
+class Trainer:
+    """Runs an :class:`Objective` on a task with a student/teacher pair."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        task: Task,
+        codec: PromptCodec,
+        pair: DenoiserPair,
+        objective: Objective,
+        out_dir: str | Path,
+        quiet: bool = False,
+    ) -> None:
+        self.config, self.task, self.codec = config, task, codec
+        self.pair, self.objective = pair, objective
+        self.out_dir = Path(out_dir)
+        self.quiet = quiet
+        tc = config.train
+        sampling = SamplingConfig(**config.sampler.model_dump())
+        record = config.method == "dtm" and config.dtm.states == "trajectory"
+        self.worker = RolloutWorker(task, codec, task.response_length, sampling, record)
+        self.pool = PromptPool(task.examples("train", tc.train_examples, config.seed), config.seed)
+        self.buffer = ReplayBuffer(
+            self.pool, tc.buffer_prompts, tc.num_generations, codec.pad_token_id
+        )
+        self.eval_examples: list[Example] = task.examples("test", config.eval.examples, 12345)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.phase = Phase()
+        self.history: list[dict[str, Any]] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._stage_stats: dict[str, float] = {}
+        self._stage_started = time.time()
+        self._wall_offset = 0.0
+        self._run_started = time.time()
+        self.log = None
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _new_optimizer(self) -> None:
+        """Fresh AdamW moments and a restarted LR schedule (each phase boundary)."""
+        tc = self.config.train
+        self.optimizer = torch.optim.AdamW(
+            list(self.pair.trainable_parameters()),
+            lr=tc.learning_rate,
+            betas=tc.adam_betas,
+            weight_decay=tc.weight_decay,
+        )
+        ratio = tc.final_learning_rate / tc.learning_rate
+        factor = stage_lr_lambda(
+            self.objective.steps_in_stage(), tc.warmup_fraction, tc.decay_fraction, ratio
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    def _fill(self, examples: list[Example]) -> RolloutBatch:
+        """Rollouts of the teacher (the current stage's ``p_a``)."""
+        return self.worker.rollout(
+            self.pair.teacher, examples, self.config.train.num_generations, self.generator
+        )
+
+    def _begin_stage(self) -> None:
+        self._stage_started = time.time()
+        made = self.buffer.rebuild(self._fill)
+        self.phase.rollouts += made
+        assert self.buffer.data is not None
+        rewards = self.buffer.data.grouped_rewards
+        stats = self.objective.begin_stage(self.phase, rewards)
+        stats["reward_mean"] = float(rewards.mean())
+        stats["reward_std"] = float(rewards.std()) if rewards.numel() > 1 else 0.0
+        self._stage_stats = stats
+        self._new_optimizer()
+        self.phase.begun = True
+        self.phase.extra["losses"] = []
+        self.phase.extra["grad_norms"] = []
+        self.phase.extra["clamp_rates"] = []
+
+    def _update(self) -> None:
+        tc = self.config.train
+        assert self.optimizer is not None and self.scheduler is not None
+        reference = self.pair.reference() if self.objective.needs_reference else None
+        self.pair.student.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total, extras = 0.0, {}
+        for _ in range(tc.gradient_accumulation_steps):
+            batch = self.buffer.sample(tc.prompts_per_batch, self.generator)
+            loss, extras = self.objective.loss(
+                self.pair.student, self.pair.teacher, batch, self.phase, self.generator, reference
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {float(loss)} at stage {self.phase.stage}, "
+                    f"update {self.phase.step}: lower the learning rate or the tilt increment h"
+                )
+            (loss / tc.gradient_accumulation_steps).backward()
+            total += float(loss) / tc.gradient_accumulation_steps
+        params = [p for p in self.pair.trainable_parameters() if p.grad is not None]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.pair.after_update()
+        self.phase.step += 1
+        self.phase.updates += 1
+        self.phase.extra["losses"].append(total)
+        self.phase.extra["grad_norms"].append(grad_norm)
+        self.phase.extra["clamp_rates"].append(float(extras.get("clamp_rate", 0.0)))
+        if self.log is not None:
+            lr = self.scheduler.get_last_lr()[0]
+            self.log.scalars(
+                "update",
+                {"loss": total, "grad_norm": grad_norm, "lr": lr, **extras},
+                self.phase.updates,
+            )
+        tc_refresh = tc.refresh_every
+        if self.phase.step % tc_refresh == 0 and self.phase.step < self.objective.steps_in_stage():
+            self.phase.rollouts += self.buffer.refresh(tc.refresh_prompts, self._fill)
+
+    def _end_stage(self) -> None:
+        self.objective.end_stage(self.phase)
+        self.pair.refresh_teacher()
+        losses = self.phase.extra["losses"]
+        norms = self.phase.extra["grad_norms"]
+        record: dict[str, Any] = {
+            "stage": self.phase.stage,
+            **self._stage_stats,
+            "a_after": self.phase.a,
+            "loss": sum(losses) / max(len(losses), 1),
+            "grad_norm": sum(norms) / max(len(norms), 1),
+            "grad_norm_var": _variance(norms),
+            "clamp_rate": sum(self.phase.extra["clamp_rates"]) / max(len(losses), 1),
+            "updates": self.phase.updates,
+            "rollouts": self.phase.rollouts,
+            "stage_seconds": time.time() - self._stage_started,
+        }
+        if self.config.eval.every_stage or self.objective.finished(self.phase):
+            metrics = self.evaluate()
+            record.update({f"eval_{k}": v for k, v in metrics.items()})
+        record["wall_seconds"] = self.wall_seconds()
+        self.history.append(record)
+        if self.log is not None:
+            self.log.stage(record)
+        self.phase.stage += 1
+        self.phase.step = 0
+        self.phase.begun = False
+        self.phase.h = 0.0
+
+    def evaluate(self, denoiser=None) -> dict[str, float]:
+        """Held-out metrics of the student (or ``denoiser``), with a fixed private seed."""
+        ec = self.config.eval
+        return evaluate(
+            self.worker,
+            denoiser or self.pair.student,
+            self.eval_examples,
+            ec.samples_per_example,
+            ec.temperature,
+            seed=self.config.seed + 777,
+        )
+
+    def wall_seconds(self) -> float:
+        """Training wall time, continued across resumes."""
+        return self._wall_offset + (time.time() - self._run_started)
+
+    def done(self) -> bool:
+        """Whether training is complete."""
+        if self.phase.begun:
+            return False
+        return (
+            self.objective.finished(self.phase) or self.phase.stage >= self.config.train.max_stages
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """Write the full training state atomically to ``out_dir/checkpoint``."""
+        objects: dict[str, Any] = {
+            "buffer": self.buffer.state_dict(),
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+        }
+        if self.optimizer is not None and self.scheduler is not None and self.phase.begun:
+            objects["optimizer"] = self.optimizer.state_dict()
+            objects["scheduler"] = self.scheduler.state_dict()
+        meta = {
+            "phase": self.phase.to_dict(),
+            "stage_stats": self._stage_stats,
+            "history": self.history,
+            "wall_seconds": self.wall_seconds(),
+            "config": self.config.model_dump(mode="json"),
+        }
+        return save_checkpoint(self.out_dir / CHECKPOINT, self.pair.state_dict(), objects, meta)
+
+    def load(self, path: str | Path | None = None) -> None:
+        """Restore the training state from a checkpoint folder (default ``out_dir/checkpoint``)."""
+        tensors, objects, meta = load_checkpoint(path or self.out_dir / CHECKPOINT)
+        self.pair.load_state_dict(tensors)
+        self.buffer.load_state_dict(objects["buffer"])
+        self.generator.set_state(objects["rng"]["generator"])
+        torch.set_rng_state(objects["rng"]["torch"])
+        self.phase = Phase(**meta["phase"])
+        self._stage_stats = meta["stage_stats"]
+        self.history = meta["history"]
+        self._wall_offset = float(meta["wall_seconds"])
+        self._run_started = time.time()
+        if self.phase.begun:
+            self._new_optimizer()
+            assert self.optimizer is not None and self.scheduler is not None
+            self.optimizer.load_state_dict(objects["optimizer"])
+            self.scheduler.load_state_dict(objects["scheduler"])
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def train(self, max_updates: int | None = None) -> list[dict[str, Any]]:
+        """Train until the objective is finished (or ``max_updates`` updates in total).
+
+        Returns the per-stage history. Checkpoints are written every
+        ``checkpoint_every`` updates and at every stage end.
+        """
+        from tiltmatch.runlog import RunLog
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
+        self.log = RunLog(self.out_dir, quiet=self.quiet)
+        steps = self.objective.steps_in_stage()
+        bar = tqdm(
+            desc=f"{self.objective.name} on {self.task.name}",
+            unit="upd",
+            disable=self.quiet,
+            initial=self.phase.updates,
+        )
+        try:
+            while not self.done():
+                if max_updates is not None and self.phase.updates >= max_updates:
+                    break
+                if not self.phase.begun:
+                    self._begin_stage()
+                    bar.set_postfix(
+                        stage=self.phase.stage, a=f"{self.phase.a:.3g}", h=f"{self.phase.h:.3g}"
+                    )
+                self._update()
+                bar.update(1)
+                if self.phase.step >= steps:
+                    self._end_stage()
+                    self.save()
+                elif self.phase.updates % self.config.train.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            self.log.close()
+        return self.history
+
+
+def _variance(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return var if math.isfinite(var) else float("nan")
