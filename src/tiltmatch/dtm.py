@@ -83,7 +83,13 @@ class DTMObjective(Objective):
             return self_normalised_weights(rewards, h)
         if cfg.first_order:
             return 1.0 + h * (rewards - group_baseline(rewards, cfg.baseline))
-        return tilt_weights(rewards, h, cfg.baseline)
+        w = tilt_weights(rewards, h, cfg.baseline)
+        if not torch.isfinite(w).all():
+            raise FloatingPointError(
+                f"tilt weights exp(h (r - b)) overflow at h = {h:g}: use a smaller h, the "
+                "adaptive schedule, baseline 'mean', or self_normalise"
+            )
+        return w
 
     def states(self, batch: RolloutBatch, generator: torch.Generator) -> States:
         """The masked states the loss covers for this batch (section 6)."""

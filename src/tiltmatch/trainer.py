@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,10 @@ class Trainer:
         self._stage_started = time.time()
         self._wall_offset = 0.0
         self._run_started = time.time()
-        self.log = None
+        self.log: Any = None
+        #: called as ``callback(trainer, record)`` at every stage end, before the record is
+        #: logged; a callback may add keys to the record (the demo adds TV to the target).
+        self.stage_callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -183,6 +187,8 @@ class Trainer:
         if self.config.eval.every_stage or self.objective.finished(self.phase):
             metrics = self.evaluate()
             record.update({f"eval_{k}": v for k, v in metrics.items()})
+        for callback in self.stage_callbacks:
+            callback(self, record)
         record["wall_seconds"] = self.wall_seconds()
         self.history.append(record)
         if self.log is not None:

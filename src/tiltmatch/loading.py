@@ -1,0 +1,89 @@
+"""Finding a model and its tokenizer: a shipped base, a saved denoiser, or a LLaDA checkpoint."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+from tiltmatch.config import ModelConfig
+from tiltmatch.model import TinyModelSpec, load_denoiser, tiny_denoiser
+from tiltmatch.tasks.base import Task
+from tiltmatch.tokenizer import CharTokenizer, PromptCodec
+
+SHIPPED_PREFIX = "shipped:"
+
+
+def shipped_model_dir(name: str) -> Path:
+    """Folder of a base model shipped inside the package (``assets/<name>-base``)."""
+    return Path(str(resources.files("tiltmatch") / "assets" / f"{name}-base"))
+
+
+def resolve_model_path(base: str) -> Path:
+    """``shipped:NAME`` -> the packaged folder; anything else is a path that must exist."""
+    if base.startswith(SHIPPED_PREFIX):
+        path = shipped_model_dir(base[len(SHIPPED_PREFIX) :])
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no shipped base model {base!r} (looked in {path}); build one with "
+                f"'tiltmatch pretrain --task {base[len(SHIPPED_PREFIX) :]} --out DIR'"
+            )
+        return path
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    return path
+
+
+def load_model_and_codec(
+    config: ModelConfig, task: Task, seed: int = 0
+) -> tuple[PreTrainedModel, PromptCodec]:
+    """The denoiser to fine-tune and the codec that goes with it.
+
+    - no ``base``: a fresh tiny model with the task's character tokenizer;
+    - a folder saved by :func:`tiltmatch.model.save_denoiser` with an alphabet: that
+      model and its character tokenizer;
+    - otherwise a LLaDA (or converted Llama-format) checkpoint with its own tokenizer.
+    """
+    if config.base is None:
+        if task.alphabet is None:
+            raise ValueError(
+                f"task {task.name!r} needs a pretrained model with a tokenizer: set model.base"
+            )
+        codec = CharTokenizer(task.alphabet)
+        spec = TinyModelSpec(
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            intermediate_size=config.intermediate_size,
+        )
+        return tiny_denoiser(codec.vocab_size, spec, seed=seed), codec
+    path = resolve_model_path(config.base)
+    return load_model_folder(path, task)
+
+
+def load_model_folder(path: Path, task: Task | None = None) -> tuple[PreTrainedModel, PromptCodec]:
+    """Load a model folder: a character-level denoiser or a LLaDA/Llama checkpoint."""
+    from tiltmatch.llada import LLaDACodec, load_llada
+
+    model, meta = (None, {})
+    if (path / "tiltmatch.json").is_file():
+        import json
+
+        meta = json.loads((path / "tiltmatch.json").read_text())
+    if "alphabet" in meta:
+        model, meta = load_denoiser(path)
+        codec = CharTokenizer(meta["alphabet"])
+        if (
+            task is not None
+            and task.alphabet is not None
+            and set(task.alphabet) - set(codec.alphabet)
+        ):
+            raise ValueError(
+                f"the model in {path} was trained for task {meta.get('task')!r}; its alphabet "
+                f"lacks characters of task {task.name!r}"
+            )
+        return model, codec
+    model, _tokenizer, _ids = load_llada(path)
+    return model, LLaDACodec.from_pretrained(path)

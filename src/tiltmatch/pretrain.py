@@ -1,0 +1,128 @@
+"""Masked-diffusion training (pretraining / SFT) of a base denoiser on task demonstrations.
+
+Forward masking of the response only, ``t ~ U(0, 1]`` antithetic, ``1/t``
+weighting, loss over masked response tokens: this is the c-DTM loss with
+``c = 0`` and unit weights (METHOD.md section 4 at ``h = 0``), so it reuses
+:func:`tiltmatch.loss.dtm_loss`. The result is the base model ``p_0`` of a
+synthetic task.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tiltmatch.loss import dtm_loss
+from tiltmatch.model import MaskedDenoiser, TinyModelSpec, save_denoiser, tiny_denoiser
+from tiltmatch.sampler import left_pad
+from tiltmatch.states import random_mask_states
+from tiltmatch.tasks.base import Task
+from tiltmatch.tokenizer import CharTokenizer
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Masked-diffusion SFT settings."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 5e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    train_examples: int = 20_000
+    seed: int = 0
+
+
+def char_codec_for(task: Task) -> CharTokenizer:
+    """The project's character-level tokenizer over a task's alphabet."""
+    if task.alphabet is None:
+        raise ValueError(f"task {task.name!r} has no character alphabet; use a model's tokenizer")
+    return CharTokenizer(task.alphabet)
+
+
+def pretrain(
+    task: Task,
+    spec: TinyModelSpec,
+    config: PretrainConfig,
+    out_dir: str | Path | None = None,
+    quiet: bool = False,
+) -> tuple[MaskedDenoiser, dict[str, float]]:
+    """Train a tiny base denoiser on ``task``'s demonstrations; save it to ``out_dir`` if given.
+
+    Demonstrations are drawn afresh for every batch from a fixed pool of
+    training examples, so a prompt is seen with several of its valid answers.
+    """
+    codec = char_codec_for(task)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    model = tiny_denoiser(codec.vocab_size, spec, seed=config.seed)
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
+    examples = task.examples("train", config.train_examples, config.seed)
+    prompts = [codec.encode_prompt(e.prompt) for e in examples]
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(
+        denoiser.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+    def lr_factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+        floor = config.final_learning_rate / config.learning_rate
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    started = time.time()
+    losses: list[float] = []
+    denoiser.train()
+    bar = tqdm(range(config.steps), desc=f"pretrain {task.name}", disable=quiet, unit="step")
+    for _ in bar:
+        rows = [rng.randrange(len(examples)) for _ in range(config.batch_size)]
+        x = torch.tensor(
+            [
+                codec.encode_response(task.demonstration(examples[i], rng), task.response_length)
+                for i in rows
+            ]
+        )
+        prompt_ids, prompt_mask = left_pad([prompts[i] for i in rows], codec.pad_token_id)
+        states = random_mask_states(x, codec.mask_token_id, generator, inverse_t_weight=True)
+        ids = torch.cat([prompt_ids, states.z], 1)
+        mask = torch.cat([prompt_mask, torch.ones_like(x)], 1)
+        logits = denoiser(ids, mask, x.shape[1])
+        loss, _ = dtm_loss(logits, x, states, torch.ones(x.shape[0]), c=0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        if len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+    denoiser.eval()
+    summary = {
+        "final_loss": sum(losses[-100:]) / max(len(losses[-100:]), 1),
+        "seconds": time.time() - started,
+        "steps": config.steps,
+        "parameters": sum(p.numel() for p in denoiser.parameters()),
+    }
+    if out_dir is not None:
+        save_denoiser(
+            out_dir,
+            denoiser.model,
+            {
+                "task": task.name,
+                "alphabet": codec.alphabet,
+                "mask_token_id": codec.mask_token_id,
+                "pad_token_id": codec.pad_token_id,
+                "eos_token_id": codec.eos_token_id,
+                "pretrain": {**config.__dict__, **summary},
+            },
+        )
+    return denoiser, summary

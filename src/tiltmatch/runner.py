@@ -1,0 +1,85 @@
+"""Build a run from its configuration and execute it (used by ``tiltmatch train`` and the demo)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tiltmatch.config import RunConfig
+from tiltmatch.loading import load_model_and_codec
+from tiltmatch.model import MaskedDenoiser, save_denoiser
+from tiltmatch.objective import Objective
+from tiltmatch.pair import CopiedPair, DenoiserPair
+from tiltmatch.tasks import get_task
+from tiltmatch.tasks.base import Task
+from tiltmatch.tokenizer import CharTokenizer, PromptCodec
+from tiltmatch.trainer import CHECKPOINT, Trainer
+
+
+def make_objective(config: RunConfig, mask_token_id: int) -> Objective:
+    """The objective of ``config.method`` (DTM or a baseline)."""
+    from tiltmatch.methods import make_objective as dispatch
+
+    return dispatch(config, mask_token_id)
+
+
+def needs_reference(config: RunConfig) -> bool:
+    """Whether the method keeps a frozen copy of the base model."""
+    from tiltmatch.methods import needs_reference as ask
+
+    return ask(config)
+
+
+def make_pair(config: RunConfig, student: MaskedDenoiser) -> DenoiserPair:
+    """Student/teacher pair: full copies for small models."""
+    ema = config.dtm.ema_decay if config.dtm.teacher_update == "ema" else None
+    return CopiedPair(student, ema_decay=ema, keep_reference=needs_reference(config))
+
+
+def build_trainer(
+    config: RunConfig, out_dir: Path, quiet: bool = False
+) -> tuple[Trainer, Task, PromptCodec]:
+    """Task, model, codec, pair, objective and trainer of a configuration."""
+    torch.manual_seed(config.seed)
+    task = get_task(config.task, **config.task_options)
+    model, codec = load_model_and_codec(config.model, task, seed=config.seed)
+    student = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
+    pair = make_pair(config, student)
+    objective = make_objective(config, codec.mask_token_id)
+    trainer = Trainer(config, task, codec, pair, objective, out_dir, quiet=quiet)
+    return trainer, task, codec
+
+
+def save_final(trainer: Trainer, codec: PromptCodec, folder: Path) -> Path:
+    """The fine-tuned student, saved as a loadable denoiser folder."""
+    meta: dict[str, Any] = {
+        "task": trainer.task.name,
+        "mask_token_id": codec.mask_token_id,
+        "pad_token_id": codec.pad_token_id,
+        "eos_token_id": codec.eos_token_id,
+    }
+    if isinstance(codec, CharTokenizer):
+        meta["alphabet"] = codec.alphabet
+    return save_denoiser(folder, trainer.pair.student.model, meta)
+
+
+def run_training(
+    config: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Train (or resume) a run in ``out_dir``; returns its history and final metrics."""
+    out_dir = Path(out_dir)
+    trainer, _task, codec = build_trainer(config, out_dir, quiet=quiet)
+    if resume:
+        trainer.load(out_dir / CHECKPOINT)
+    elif (out_dir / CHECKPOINT).exists():
+        raise FileExistsError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    history = trainer.train()
+    final = history[-1] if history else {}
+    save_final(trainer, codec, out_dir / "final")
+    (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    return {"history": history, "final": final, "trainer": trainer}
