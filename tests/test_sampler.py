@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def test_all_positions_unmasked_and_commitments_final(denoiser, remasking, steps
     assert visited is not None and visited.shape == (steps, len(PROMPTS), 8)
     assert (visited[0] == MASK).all()  # starts from the all-mask response
     canvases = torch.cat([visited, out.responses[None]])
-    for before, after in zip(canvases[:-1], canvases[1:], strict=True):
+    for before, after in itertools.pairwise(canvases):
         committed = before != MASK
         assert torch.equal(before[committed], after[committed])  # never changes once set
     # Blocks are decoded left to right: nothing right of the active block is committed early.

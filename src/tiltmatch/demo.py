@@ -145,42 +145,65 @@ def _plots(history: list[dict[str, Any]], base: dict[str, Any], out: Path) -> li
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    cfg = report["config"]
-    rows = "\n".join(
-        f"| {r['stage']} | {r['a']:.3g} → {r['a_after']:.3g} | {r['h']:.3g} | {r['ess']:.3f} | "
-        f"{r['reward_mean']:.3f} | {r['eval_reward']:.3f} | {r['tv_to_target']:.3f} | "
-        f"{r['tv_noise_floor']:.3f} | {r['loss']:.4f} | {r['grad_norm']:.3f} | "
-        f"{r['clamp_rate']:.3f} | {r['wall_seconds']:.0f} |"
-        for r in report["history"]
-    )
-    return f"""# tiltmatch demo: DTM on the maze
-
-Base model: `{report["base_model"]}`. Method: c-DTM (c = {cfg["dtm"]["c"]}), states
-`{cfg["dtm"]["states"]}`, schedule `{cfg["dtm"]["schedule"]}` up to a_end = {cfg["dtm"]["a_end"]}.
-Wall time {report["wall_seconds"]:.0f} s.
-
-| | base | fine-tuned |
-| --- | --- | --- |
-| held-out expected reward ({report["eval_examples"]} mazes) | {report["base_reward"]:.3f} | {report["final_reward"]:.3f} |
-| held-out shortest-path rate | {report["base_accuracy"]:.3f} | {report["final_accuracy"]:.3f} |
-| held-out valid-path rate | {report["base_valid"]:.3f} | {report["final_valid"]:.3f} |
-| distinct optimal paths per maze (exact-target mazes) | {report["distinct_optimal_paths_base"]:.2f} | {report["distinct_optimal_paths_final"]:.2f} |
-| TV to the exact target p_beta (beta = {report["beta"]}) | {report["tv_base_to_target"]:.3f} | {report["tv_to_target"]:.3f} |
-
-Noise floor of the TV estimator (two independent base samples): {report["tv_noise_floor"]:.3f};
-TV / floor = {report["tv_ratio"]:.2f}. Expected reward of the exact target: {report["target_reward"]:.3f}.
-Exact-target mazes: {report["target_mazes"]}, {report["target_samples"]} samples per maze per model.
-
-## Stages
-
-| stage | a | h | ESS | rollout reward | held-out reward | TV to p_a | floor | loss | grad norm | clamp rate | wall s |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-{rows}
-
-![stages](stages.png)
-
-![maze](maze.png)
-"""
+    cfg = report["config"]["dtm"]
+    r = report
+    summary = [
+        ("held-out expected reward", r["base_reward"], r["final_reward"], ".3f"),
+        ("held-out shortest-path rate", r["base_accuracy"], r["final_accuracy"], ".3f"),
+        ("held-out valid-path rate", r["base_valid"], r["final_valid"], ".3f"),
+        (
+            "distinct optimal paths per exact-target maze",
+            r["distinct_optimal_paths_base"],
+            r["distinct_optimal_paths_final"],
+            ".2f",
+        ),
+        (f"TV to p_beta (beta = {r['beta']:g})", r["tv_base_to_target"], r["tv_to_target"], ".3f"),
+    ]
+    table = ["| | base | fine-tuned |", "| --- | --- | --- |"]
+    table += [f"| {name} | {a:{fmt}} | {b:{fmt}} |" for name, a, b, fmt in summary]
+    stage_keys = [
+        ("stage", "d"),
+        ("a", ".3g"),
+        ("a_after", ".3g"),
+        ("h", ".3g"),
+        ("ess", ".3f"),
+        ("reward_mean", ".3f"),
+        ("eval_reward", ".3f"),
+        ("tv_to_target", ".3f"),
+        ("tv_noise_floor", ".3f"),
+        ("loss", ".4f"),
+        ("grad_norm", ".3f"),
+        ("clamp_rate", ".3f"),
+        ("wall_seconds", ".0f"),
+    ]
+    stages = ["| " + " | ".join(k for k, _ in stage_keys) + " |"]
+    stages.append("|" + " --- |" * len(stage_keys))
+    for rec in r["history"]:
+        stages.append("| " + " | ".join(f"{rec[k]:{f}}" for k, f in stage_keys) + " |")
+    lines = [
+        "# tiltmatch demo: DTM on the maze",
+        "",
+        f"Base model `{r['base_model']}`; c-DTM with c = {cfg['c']}, `{cfg['states']}` states,",
+        f"`{cfg['schedule']}` schedule up to a_end = {cfg['a_end']}; wall time "
+        f"{r['wall_seconds']:.0f} s. Held-out metrics over {r['eval_examples']} test mazes.",
+        "",
+        *table,
+        "",
+        f"Noise floor of the TV estimator (two independent base samples): "
+        f"{r['tv_noise_floor']:.3f}; TV / floor = {r['tv_ratio']:.2f}.",
+        f"Expected reward of the exact target: {r['target_reward']:.3f}. Exact-target mazes: "
+        f"{r['target_mazes']}, {r['target_samples']} samples per maze per model.",
+        "",
+        "## Stages (TV measured against p_a at the a reached)",
+        "",
+        *stages,
+        "",
+        "![stages](stages.png)",
+        "",
+        "![maze](maze.png)",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def run_demo(
