@@ -1,0 +1,69 @@
+"""d1's one-pass estimate of a completion's token log-probabilities (METHOD.md section 8).
+
+A masked diffusion model has no tractable sequence likelihood. diffu-GRPO and
+wd1 both stand in for ``log pi(o_k | c)`` with one forward pass: the whole
+completion is masked, each real prompt token is masked with probability
+``p_mask_prompt``, and the log-softmax of the logits at completion position
+``k`` is read at the token ``o_k``. The random prompt mask is drawn once per
+micro-batch and reused for the current, old and reference passes, so the
+ratio and the KL compare the three models on the same input.
+
+DTM needs none of this: its loss is a cross-entropy on masked states and never
+asks for a likelihood (section 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from tiltmatch.model import MaskedDenoiser
+from tiltmatch.objective import forward_response_logits
+from tiltmatch.rollouts import RolloutBatch
+
+
+def draw_prompt_mask(
+    prompt_mask: torch.Tensor, p_mask_prompt: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Bool ``[N, T]``: which prompt tokens to mask, each real one with probability ``p``.
+
+    ``prompt_mask`` is the left-padded prompts' attention mask; padding columns
+    (``prompt_mask == 0``) are never selected, so they stay padding and stay
+    invisible to attention.
+    """
+    u = torch.rand(prompt_mask.shape, generator=generator, device=prompt_mask.device)
+    return (u < p_mask_prompt) & prompt_mask.bool()
+
+
+def one_pass_inputs(
+    batch: RolloutBatch, prompt_masked: torch.Tensor, mask_token_id: int
+) -> tuple[RolloutBatch, torch.Tensor]:
+    """The one-pass input: the batch with its chosen prompt tokens masked, and an all-mask canvas.
+
+    Returns the batch to feed (prompts changed, attention mask unchanged) and the
+    response canvas ``[N, L]`` of mask tokens.
+    """
+    prompt_ids = batch.prompt_ids.masked_fill(prompt_masked, mask_token_id)
+    canvas = torch.full_like(batch.responses, mask_token_id)
+    return replace(batch, prompt_ids=prompt_ids), canvas
+
+
+def one_pass_token_log_probs(
+    denoiser: MaskedDenoiser,
+    batch: RolloutBatch,
+    prompt_masked: torch.Tensor,
+    mask_token_id: int,
+) -> torch.Tensor:
+    """``log pi(o_k | c)`` estimated in one pass, ``[N, L]`` (float32 or wider).
+
+    ``prompt_masked`` comes from :func:`draw_prompt_mask`; pass the same tensor
+    for the current, old and reference models.
+    """
+    masked_batch, canvas = one_pass_inputs(batch, prompt_masked, mask_token_id)
+    logits = forward_response_logits(denoiser, masked_batch, canvas)
+    # Upcast half precision as the DTM loss does; gather minus logsumexp avoids keeping
+    # a second [N, L, V] log-softmax tensor for backward.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    picked = logits.gather(-1, batch.responses[..., None]).squeeze(-1)
+    return picked - logits.logsumexp(dim=-1)
