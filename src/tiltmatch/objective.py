@@ -52,6 +52,9 @@ class Objective(ABC):
     name: str = "objective"
     #: the trainer keeps a frozen copy of the base model when this is True (KL terms)
     needs_reference: bool = False
+    #: DTM resets the optimiser moments and restarts the LR schedule at every phase boundary
+    #: (METHOD.md section 6); the baselines keep one optimiser for the whole run.
+    reset_optimizer_each_stage: bool = True
 
     @abstractmethod
     def steps_in_stage(self) -> int:

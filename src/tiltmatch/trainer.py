@@ -100,9 +100,13 @@ class Trainer:
             weight_decay=tc.weight_decay,
         )
         ratio = tc.final_learning_rate / tc.learning_rate
-        factor = stage_lr_lambda(
-            self.objective.steps_in_stage(), tc.warmup_fraction, tc.decay_fraction, ratio
-        )
+        if self.objective.reset_optimizer_each_stage:
+            factor = stage_lr_lambda(
+                self.objective.steps_in_stage(), tc.warmup_fraction, tc.decay_fraction, ratio
+            )
+        else:
+            # One optimiser for the whole run (the baselines): a constant learning rate.
+            factor = _constant
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _fill(self, examples: list[Example]) -> RolloutBatch:
@@ -121,7 +125,8 @@ class Trainer:
         stats["reward_mean"] = float(rewards.mean())
         stats["reward_std"] = float(rewards.std()) if rewards.numel() > 1 else 0.0
         self._stage_stats = stats
-        self._new_optimizer()
+        if self.optimizer is None or self.objective.reset_optimizer_each_stage:
+            self._new_optimizer()
         self.phase.begun = True
         self.phase.extra["losses"] = []
         self.phase.extra["grad_norms"] = []
@@ -145,7 +150,7 @@ class Trainer:
                     f"update {self.phase.step}: lower the learning rate or the tilt increment h"
                 )
             (loss / tc.gradient_accumulation_steps).backward()
-            total += float(loss) / tc.gradient_accumulation_steps
+            total += float(loss.detach()) / tc.gradient_accumulation_steps
         params = [p for p in self.pair.trainable_parameters() if p.grad is not None]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
         self.optimizer.step()
@@ -230,7 +235,7 @@ class Trainer:
             "buffer": self.buffer.state_dict(),
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
         }
-        if self.optimizer is not None and self.scheduler is not None and self.phase.begun:
+        if self.optimizer is not None and self.scheduler is not None:
             objects["optimizer"] = self.optimizer.state_dict()
             objects["scheduler"] = self.scheduler.state_dict()
         meta = {
@@ -254,7 +259,7 @@ class Trainer:
         self.history = meta["history"]
         self._wall_offset = float(meta["wall_seconds"])
         self._run_started = time.time()
-        if self.phase.begun:
+        if "optimizer" in objects:
             self._new_optimizer()
             assert self.optimizer is not None and self.scheduler is not None
             self.optimizer.load_state_dict(objects["optimizer"])
@@ -300,6 +305,10 @@ class Trainer:
             bar.close()
             self.log.close()
         return self.history
+
+
+def _constant(step: int) -> float:
+    return 1.0
 
 
 def _variance(values: list[float]) -> float:

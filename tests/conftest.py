@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny, fast run configuration on the maze."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TINY_OVERRIDES = [
+    "task=maze",
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "sampler.steps=12",
+    "sampler.block_length=12",
+    "dtm.h=2",
+    "dtm.a_end=4",
+    "dtm.steps_per_h=4",
+    "train.num_generations=2",
+    "train.prompts_per_batch=2",
+    "train.buffer_prompts=4",
+    "train.refresh_prompts=2",
+    "train.refresh_every=2",
+    "train.train_examples=16",
+    "train.checkpoint_every=2",
+    "eval.examples=4",
+    "eval.samples_per_example=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Deterministic, and fair to a 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY_OVERRIDES)
