@@ -34,6 +34,16 @@ class ModelConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
+    # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by tiltmatch.lora.
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the base weights (bfloat16 for LLaDA-8B)"
+    )
+    load_in_4bit: bool = Field(
+        False, description="NF4 base via bitsandbytes (needs lora and a Llama-format folder)"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward (non-reentrant) to save memory"
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -42,6 +52,27 @@ class ModelConfig(_Strict):
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
         return self
+
+
+class LoRAConfig(_Strict):
+    """LoRA adapters on a frozen base: student and teacher are two adapters (tiltmatch.lora)."""
+
+    r: int = Field(128, ge=1, description="adapter rank")
+    alpha: float = Field(64.0, gt=0, description="scaling numerator: updates scale by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        min_length=1,
+        description="module names adapted: by default every attention and MLP projection",
+    )
 
 
 class SamplerConfig(_Strict):
@@ -84,8 +115,13 @@ class TrainConfig(_Strict):
     adam_betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    reward_scale: float = Field(
+        1.0, gt=0, description="factor on task rewards before weighting (Sudoku recipe: 2)"
+    )
     num_generations: int = Field(8, ge=1, description="completions per prompt, G")
-    prompts_per_batch: int = Field(8, ge=1, description="prompts per micro-batch")
+    # Under data parallelism (tiltmatch.distributed) the batch and buffer sizes are per
+    # process, like TRL's per_device_* sizes: the global batch is world_size times larger.
+    prompts_per_batch: int = Field(8, ge=1, description="prompts per micro-batch (per process)")
     gradient_accumulation_steps: int = Field(1, ge=1)
     buffer_prompts: int = Field(32, ge=1, description="prompts held in the replay buffer, P")
     refresh_prompts: int = Field(8, ge=0)
@@ -128,6 +164,16 @@ class RunConfig(_Strict):
     dtm: DTMConfig = Field(default_factory=DTMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    lora: LoRAConfig | None = Field(None, description="LoRA adapters; none = full fine-tuning")
+
+    @model_validator(mode="after")
+    def _quantised_base_needs_adapters(self) -> RunConfig:
+        # A 4-bit base cannot be trained itself: only adapters on top of it can.
+        if self.model.load_in_4bit and self.lora is None:
+            raise ValueError("model.load_in_4bit needs a lora section (adapters to train)")
+        if self.model.load_in_4bit and self.model.base is None:
+            raise ValueError("model.load_in_4bit needs model.base (a checkpoint folder)")
+        return self
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML."""
