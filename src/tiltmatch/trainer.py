@@ -111,16 +111,22 @@ class Trainer:
 
     def _fill(self, examples: list[Example]) -> RolloutBatch:
         """Rollouts of the teacher (the current stage's ``p_a``)."""
-        return self.worker.rollout(
+        batch = self.worker.rollout(
             self.pair.teacher, examples, self.config.train.num_generations, self.generator
         )
+        # train.reward_scale multiplies the task reward (the Sudoku recipe's "cell accuracy x 2",
+        # METHOD.md section 6); evaluation metrics stay in the task's own units.
+        if self.config.train.reward_scale != 1.0:
+            batch.rewards = batch.rewards * self.config.train.reward_scale
+        return batch
 
     def _begin_stage(self) -> None:
         self._stage_started = time.time()
         made = self.buffer.rebuild(self._fill)
         self.phase.rollouts += made
         assert self.buffer.data is not None
-        rewards = self.buffer.data.grouped_rewards
+        # Data parallelism: h and the stage statistics come from every process's rollouts.
+        rewards = self._all_rewards(self.buffer.data.grouped_rewards)
         stats = self.objective.begin_stage(self.phase, rewards)
         stats["reward_mean"] = float(rewards.mean())
         stats["reward_std"] = float(rewards.std()) if rewards.numel() > 1 else 0.0
@@ -151,6 +157,7 @@ class Trainer:
                 )
             (loss / tc.gradient_accumulation_steps).backward()
             total += float(loss.detach()) / tc.gradient_accumulation_steps
+        total, extras = self._synchronise(total, extras)  # data parallelism: average over ranks
         params = [p for p in self.pair.trainable_parameters() if p.grad is not None]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
         self.optimizer.step()
@@ -245,7 +252,7 @@ class Trainer:
             "wall_seconds": self.wall_seconds(),
             "config": self.config.model_dump(mode="json"),
         }
-        return save_checkpoint(self.out_dir / CHECKPOINT, self.pair.state_dict(), objects, meta)
+        return self._write_checkpoint(self.pair.state_dict(), objects, meta)
 
     def load(self, path: str | Path | None = None) -> None:
         """Restore the training state from a checkpoint folder (default ``out_dir/checkpoint``)."""
@@ -254,6 +261,7 @@ class Trainer:
         self.buffer.load_state_dict(objects["buffer"])
         self.generator.set_state(objects["rng"]["generator"])
         torch.set_rng_state(objects["rng"]["torch"])
+        self._restore_process_state(objects)  # data parallelism: this rank's buffer and RNG
         self.phase = Phase(**meta["phase"])
         self._stage_stats = meta["stage_stats"]
         self.history = meta["history"]
@@ -273,11 +281,8 @@ class Trainer:
         Returns the per-stage history. Checkpoints are written every
         ``checkpoint_every`` updates and at every stage end.
         """
-        from tiltmatch.runlog import RunLog
-
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
-        self.log = RunLog(self.out_dir, quiet=self.quiet)
+        self.log = self._open_log()
         steps = self.objective.steps_in_stage()
         bar = tqdm(
             desc=f"{self.objective.name} on {self.task.name}",
@@ -303,8 +308,37 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
         return self.history
+
+    # -- data-parallel hooks ------------------------------------------------------------------
+    # tiltmatch.distributed.DistributedTrainer overrides these; a single process has nothing
+    # to share, so here each is the identity (or the plain single-process action).
+
+    def _all_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """The buffer rewards ``[P, G]`` of every process, so that all choose the same ``h``."""
+        return rewards
+
+    def _synchronise(self, loss: float, extras: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """Average the gradients, the logged loss and the diagnostics over processes."""
+        return loss, extras
+
+    def _write_checkpoint(
+        self, tensors: dict[str, dict[str, torch.Tensor]], objects: dict[str, Any], meta: Any
+    ) -> Path:
+        """Write the checkpoint folder (data parallelism: rank 0, with every rank's own state)."""
+        return save_checkpoint(self.out_dir / CHECKPOINT, tensors, objects, meta)
+
+    def _restore_process_state(self, objects: dict[str, Any]) -> None:
+        """Restore state private to this process (data parallelism: its buffer and RNG)."""
+
+    def _open_log(self) -> Any:
+        """The run log, with the resolved config beside it (data parallelism: rank 0 alone)."""
+        from tiltmatch.runlog import RunLog
+
+        (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
+        return RunLog(self.out_dir, quiet=self.quiet)
 
 
 def _constant(step: int) -> float:
