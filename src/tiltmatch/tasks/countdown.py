@@ -23,7 +23,8 @@ Formats (option ``format``):
 Reward (the published d1 scheme): 1.0 when the expression uses exactly the
 given numbers (as a multiset) and evaluates to the target within 1e-5; 0.1 when
 it uses exactly the given numbers but misses the target or divides by zero;
-0.0 otherwise (unparseable, or other numbers).
+0.0 otherwise (unparseable, or other numbers). Option ``right_numbers_reward``
+changes the 0.1 (the DTM Countdown recipe uses 0: 1 if correct, else 0).
 """
 
 from __future__ import annotations
@@ -184,7 +185,8 @@ class CountdownTask(Task):
     (range of the generated numbers, default 1..99), ``max_target`` (generated
     targets lie in 1..max_target, default 999), ``demo_correct_prob``
     (probability a demonstration is correct, default 0.35), ``response_length``
-    (tokens; 16 for "char", 256 for "chat" by default).
+    (tokens; 16 for "char", 256 for "chat" by default), ``right_numbers_reward``
+    (reward of the right numbers missing the target, default 0.1 as in d1).
     """
 
     name = "countdown"
@@ -198,6 +200,7 @@ class CountdownTask(Task):
         max_target: int = 999,
         demo_correct_prob: float = 0.35,
         response_length: int | None = None,
+        right_numbers_reward: float = RIGHT_NUMBERS_REWARD,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"option 'format' must be one of {FORMATS}, got {format!r}")
@@ -226,7 +229,12 @@ class CountdownTask(Task):
         self.max_number = max_number
         self.max_target = max_target
         self.demo_correct_prob = demo_correct_prob
+        if not 0.0 <= right_numbers_reward < CORRECT_REWARD:
+            raise ValueError(
+                f"option 'right_numbers_reward' must be in [0, 1), got {right_numbers_reward!r}"
+            )
         self.response_length = response_length
+        self.right_numbers_reward = float(right_numbers_reward)
 
     # --- examples ---
 
@@ -306,7 +314,8 @@ class CountdownTask(Task):
         return None if answer is None else _TRAILING_RESULT.sub("", answer)
 
     def reward(self, response: str, example: Example) -> float:
-        """1.0 right numbers and target; 0.1 right numbers only (or undefined value); else 0.0."""
+        """1.0 right numbers and target; ``right_numbers_reward`` (0.1) for right numbers only
+        (or an undefined value); else 0.0."""
         expression = self.answer_expression(response)
         if expression is None:
             return WRONG_REWARD
@@ -319,9 +328,9 @@ class CountdownTask(Task):
         try:
             value = tree.evaluate()
         except DivisionByZeroError:
-            return RIGHT_NUMBERS_REWARD
+            return self.right_numbers_reward
         hit = abs(value - example.data["target"]) < TOLERANCE
-        return CORRECT_REWARD if hit else RIGHT_NUMBERS_REWARD
+        return CORRECT_REWARD if hit else self.right_numbers_reward
 
     def metrics(self, responses: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         """``accuracy`` (fraction with reward 1) and mean ``reward``."""
