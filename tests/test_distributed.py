@@ -1,0 +1,287 @@
+"""Data-parallel training on CPU (gloo): 2 processes equal 1 with the same global batch.
+
+The two-process part runs this file as a script under ``torchrun`` (what
+``accelerate launch`` runs underneath) and compares what the ranks wrote. To
+make one process and two comparable, the rollouts are fixed (no sampling) and
+the masked states are drawn per row from the row itself, so a row's loss term
+does not depend on which rank holds it; the model is float64 so that AdamW's
+sign-like first steps cannot amplify summation-order noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tiltmatch.config import build_config
+from tiltmatch.distributed import (
+    DistributedContext,
+    DistributedTrainer,
+    make_trainer,
+    process_context,
+    rank_seed,
+    shard,
+    unshard,
+)
+from tiltmatch.dtm import DTMObjective
+from tiltmatch.model import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.pair import CopiedPair
+from tiltmatch.pretrain import char_codec_for
+from tiltmatch.rollouts import RolloutBatch
+from tiltmatch.sampler import left_pad
+from tiltmatch.states import States, random_mask_states
+from tiltmatch.tasks.maze import MazeTask
+from tiltmatch.trainer import CHECKPOINT, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+GLOBAL_PROMPTS, GROUP, UPDATES = 4, 2, 3
+TINY = [  # as tests/conftest.py's TINY_OVERRIDES (a script run cannot use the fixture)
+    "task=maze",
+    "sampler.steps=12",
+    "sampler.block_length=12",
+    "dtm.h=2",
+    "dtm.a_end=4",
+    "dtm.steps_per_h=4",
+    "train.num_generations=2",
+    "train.prompts_per_batch=2",
+    "train.buffer_prompts=4",
+    "train.refresh_prompts=2",
+    "train.refresh_every=2",
+    "train.train_examples=16",
+    "train.checkpoint_every=2",
+    "eval.examples=5",
+    "eval.samples_per_example=1",
+]
+
+
+class RowSeededDTM(DTMObjective):
+    """DTM whose random-mask state of a row is seeded by the row's own tokens."""
+
+    def states(self, batch: RolloutBatch, generator: torch.Generator) -> States:
+        parts = []
+        for row in batch.responses:
+            weights = torch.arange(1, row.numel() + 1)
+            g = torch.Generator().manual_seed(int((row * weights).sum()))
+            parts.append(random_mask_states(row[None], self.mask_token_id, g))
+        return States(*(torch.cat([getattr(s, f) for s in parts]) for f in States.__annotations__))
+
+
+def fixed_rollouts(rank: int, world: int, length: int) -> RolloutBatch:
+    """The same 4 prompts x 2 completions everywhere; rank ``rank`` holds its contiguous share."""
+    g = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(3, 11, (n,), generator=g).tolist() for n in (5, 9, 7, 6)]
+    responses = torch.randint(3, 11, (GLOBAL_PROMPTS * GROUP, length), generator=g)
+    rewards = torch.rand(GLOBAL_PROMPTS * GROUP, generator=g)
+    per = GLOBAL_PROMPTS // world
+    keep = range(rank * per, (rank + 1) * per)
+    rows = torch.tensor([p * GROUP + j for p in keep for j in range(GROUP)])
+    ids, mask = left_pad([prompts[p] for p in keep for _ in range(GROUP)], pad_token_id=0)
+    return RolloutBatch(ids, mask, responses[rows], rewards[rows], GROUP)
+
+
+def equivalence_run(context: DistributedContext, out: Path) -> dict[str, torch.Tensor]:
+    """3 updates of 2 accumulated micro-batches, global micro-batch = all 4 prompts."""
+    per = GLOBAL_PROMPTS // context.world_size
+    config = build_config(
+        overrides=[
+            *TINY,
+            f"train.prompts_per_batch={per}",
+            f"train.buffer_prompts={per}",
+            "train.refresh_prompts=0",
+            "train.gradient_accumulation_steps=2",
+            "train.learning_rate=0.01",
+            "train.weight_decay=0.1",
+            "train.max_grad_norm=0.5",  # clipping acts on the averaged gradient
+            "dtm.steps_per_h=8",
+        ]
+    )
+    task = MazeTask()
+    codec = char_codec_for(task)
+    model = tiny_denoiser(codec.vocab_size, SPEC, seed=0).double()
+    pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
+    objective = RowSeededDTM(config.dtm, codec.mask_token_id)
+    trainer = make_trainer(config, task, codec, pair, objective, out, quiet=True, context=context)
+    assert isinstance(trainer, DistributedTrainer) == (context.world_size > 1)
+    batch = fixed_rollouts(context.rank, context.world_size, task.response_length)
+    trainer._fill = lambda examples: batch  # type: ignore[method-assign]
+    trainer._begin_stage()
+    for _ in range(UPDATES):
+        trainer._update()
+    return {k: v.detach().clone() for k, v in pair.student.state_dict().items()}
+
+
+def resume_run(context: DistributedContext, out: Path) -> dict:
+    """Real sampling, refreshes, a stage end with sharded evaluation; resume from update 2."""
+    import torch.distributed as dist
+
+    config = build_config(overrides=TINY)
+    task = MazeTask()
+    codec = char_codec_for(task)
+
+    def build(folder: Path) -> Trainer:
+        torch.manual_seed(config.seed)
+        model = tiny_denoiser(codec.vocab_size, SPEC, seed=config.seed)
+        pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
+        objective = DTMObjective(config.dtm, codec.mask_token_id)
+        return make_trainer(config, task, codec, pair, objective, folder, True, context)
+
+    a = build(out / "a")
+    a.train(max_updates=2)
+    if context.is_main:
+        shutil.copytree(out / "a" / CHECKPOINT, out / "b" / CHECKPOINT)
+    dist.barrier()
+    a.train(max_updates=5)  # through the stage end at update 4 (evaluation, log, checkpoint)
+    b = build(out / "b")
+    b.load()
+    b.train(max_updates=5)
+    drop = ("stage_seconds", "wall_seconds")
+    return {
+        "a": {k: v.clone() for k, v in a.pair.student.state_dict().items()},
+        "b": {k: v.clone() for k, v in b.pair.student.state_dict().items()},
+        "history_a": [{k: v for k, v in r.items() if k not in drop} for r in a.history],
+        "history_b": [{k: v for k, v in r.items() if k not in drop} for r in b.history],
+        "rollouts": a.phase.rollouts,
+    }
+
+
+def worker(out: Path) -> None:
+    """One rank of the two-process run (``torchrun ... test_distributed.py OUT``)."""
+    torch.set_num_threads(1)
+    context = process_context(cpu=True)
+    rank = context.rank
+    torch.save(equivalence_run(context, out / "equivalence"), out / f"equivalence_{rank}.pt")
+    torch.save(resume_run(context, out / "resume"), out / f"resume_{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*cmd, __file__, str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    if done.returncode:
+        tail = f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        pytest.fail(f"torchrun failed ({done.returncode}):\n{tail}")
+    return out
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(two_ranks, tmp_path) -> None:
+    single = equivalence_run(DistributedContext(), tmp_path)
+    initial = tiny_denoiser(11, SPEC, seed=0).double().state_dict()
+    ranks = [torch.load(two_ranks / f"equivalence_{r}.pt") for r in (0, 1)]
+    assert any(not torch.equal(v, initial[k.removeprefix("model.")]) for k, v in single.items())
+    for key, value in single.items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key  # replicas stay identical
+        assert torch.allclose(ranks[0][key], value, rtol=0, atol=1e-5), key
+
+
+def test_resume_restores_every_rank(two_ranks) -> None:
+    from tiltmatch.checkpoint import load_checkpoint
+
+    ranks = [torch.load(two_ranks / f"resume_{r}.pt") for r in (0, 1)]
+    for r in ranks:
+        for key, value in r["a"].items():
+            assert torch.equal(value, r["b"][key]), key
+            assert torch.equal(value, ranks[0]["a"][key]), key
+        assert r["history_a"] == r["history_b"] == ranks[0]["history_a"]
+    record = ranks[0]["history_a"][0]
+    assert "eval_reward" in record and record["stage"] == 0
+    # Rollouts of the whole job: each rank fills 4 prompts x 2, then refreshes 2 x 2 at update 2.
+    assert ranks[0]["rollouts"] == 2 * (4 * 2 + 2 * 2) + 2 * (4 * 2)
+    _, objects, meta = load_checkpoint(two_ranks / "resume" / "a" / CHECKPOINT)
+    assert meta["world_size"] == 2 and len(objects["ranks"]) == 2
+    states = [r["rng"]["generator"] for r in objects["ranks"]]
+    assert not torch.equal(states[0], states[1])  # each rank draws its own randomness
+    log = (two_ranks / "resume" / "a" / "stages.jsonl").read_text().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["stage"] == 0  # rank 0 alone wrote it
+
+
+def test_single_process_needs_no_accelerate(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # importing it would now fail
+    context = process_context(cpu=True)
+    assert (context.rank, context.world_size, context.is_main) == (0, 1, True)
+    config = build_config(overrides=TINY)
+    task = MazeTask()
+    codec = char_codec_for(task)
+    model = tiny_denoiser(codec.vocab_size, SPEC, seed=0)
+    pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
+    objective = DTMObjective(config.dtm, codec.mask_token_id)
+    trainer = make_trainer(config, task, codec, pair, objective, tmp_path, context=context)
+    assert type(trainer) is Trainer
+
+
+def test_sharded_launch_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.setenv(flag, "true")
+        with pytest.raises(NotImplementedError, match="DDP"):
+            process_context(cpu=True)
+        monkeypatch.delenv(flag)
+
+
+def test_shards_cover_everything_once() -> None:
+    items = list(range(11))
+    for world in (1, 2, 3, 8, 13):
+        shards = [shard(items, r, world) for r in range(world)]
+        assert sorted(x for s in shards for x in s) == items
+        assert unshard(shards) == items
+    assert rank_seed(7, 0) == 7 and len({rank_seed(7, r) for r in range(8)}) == 8
+
+
+# -- accelerate config files ---------------------------------------------------------------
+
+ACCELERATE_CONFIGS = {
+    "ddp.yaml": "MULTI_GPU",
+    "fsdp.yaml": "FSDP",
+    "deepspeed_zero2.yaml": "DEEPSPEED",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))
+def test_accelerate_config_files_are_valid(name) -> None:
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    path = ROOT / "configs" / "accelerate" / name
+    config = ClusterConfig.from_yaml_file(str(path))  # what accelerate launch reads
+    assert config.distributed_type.value == ACCELERATE_CONFIGS[name]
+    assert config.num_processes == 8
+    # tiltmatch's DDP path takes its dtype from model.dtype, not from accelerate's autocast.
+    assert config.mixed_precision == ("no" if name == "ddp.yaml" else "bf16")
+    parser = launch_command_parser()
+    args = parser.parse_args(["--config_file", str(path), "train.py"])
+    args, _, _ = _validate_launch_command(args)  # accelerate launch's own check (private API)
+    assert (args.use_fsdp, args.use_deepspeed) == (
+        name == "fsdp.yaml",
+        name != "ddp.yaml" and name != "fsdp.yaml",
+    )
+    # Every key of a plugin section must be a launch option, as accelerate maps them.
+    options = {a.dest for a in parser._actions}
+    raw = yaml.safe_load(path.read_text())
+    for key in raw.get("fsdp_config", {}):
+        assert (key if key.startswith("fsdp") else f"fsdp_{key}") in options, key
+    for key in raw.get("deepspeed_config", {}):
+        assert key in options, key
+    if name == "fsdp.yaml":
+        fsdp = raw["fsdp_config"]
+        assert fsdp["fsdp_use_orig_params"] is True  # frozen base + trainable adapters
+        assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    if name == "deepspeed_zero2.yaml":
+        assert raw["deepspeed_config"]["zero_stage"] == 2
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))

@@ -1,0 +1,291 @@
+"""LoRAPair: two adapters on one frozen base; the traps of adapter switching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiltmatch.checkpoint import load_checkpoint, save_checkpoint
+from tiltmatch.config import LoRAConfig, ModelConfig, build_config
+from tiltmatch.dtm import DTMObjective
+from tiltmatch.lora import (
+    LoRAPair,
+    bitsandbytes_available,
+    load_4bit_base,
+    prepare_base_model,
+)
+from tiltmatch.model import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.pretrain import char_codec_for
+from tiltmatch.tasks import get_task
+from tiltmatch.tasks.base import Example
+from tiltmatch.tasks.maze import MazeTask
+from tiltmatch.trainer import Trainer
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT reads a renamed flag
+
+VOCAB, PAD, MASK = 24, 0, 1
+SPEC = TinyModelSpec(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+SETTINGS = LoRAConfig(r=4, alpha=8.0, dropout=0.0)
+TARGETS = SETTINGS.target_modules
+L = 4  # response length
+
+
+def make_pair(seed: int = 1, settings: LoRAConfig = SETTINGS, **kwargs) -> LoRAPair:
+    model = tiny_denoiser(VOCAB, SPEC, seed=0)
+    torch.manual_seed(seed)  # adapter initialisation
+    return LoRAPair(model, MASK, PAD, settings, **kwargs)
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(2, VOCAB, (3, 9), generator=g)
+    ids[:, -L:][:, ::2] = MASK
+    mask = torch.ones_like(ids)
+    ids[0, :3], mask[0, :3] = PAD, 0  # one left-padded row
+    targets = torch.randint(2, VOCAB, (3, L), generator=g)
+    return ids, mask, targets
+
+
+def logits(denoiser: MaskedDenoiser) -> torch.Tensor:
+    ids, mask, _ = batch()
+    was = denoiser.training
+    denoiser.eval()
+    with torch.no_grad():
+        out = denoiser(ids, mask, L)
+    denoiser.train(was)
+    return out
+
+
+def loss_with_teacher_between(pair: LoRAPair) -> torch.Tensor:
+    """As the c-DTM loss does: student forward, then teacher and reference forwards, then loss."""
+    ids, mask, targets = batch()
+    pair.student.train()
+    student = pair.student(ids, mask, L)
+    teacher = pair.teacher(ids, mask, L)
+    pair.reference()(ids, mask, L)
+    ce = torch.nn.functional.cross_entropy(student.reshape(-1, VOCAB), targets.reshape(-1))
+    return ce + (student - teacher).pow(2).mean()
+
+
+def train_steps(pair: LoRAPair, steps: int = 3) -> None:
+    opt = torch.optim.AdamW(list(pair.trainable_parameters()), lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_with_teacher_between(pair).backward()
+        opt.step()
+        pair.after_update()
+
+
+def adapter_numel() -> int:
+    h, i = SPEC.hidden_size, SPEC.intermediate_size
+    shapes = {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
+              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
+    return SPEC.num_layers * sum(SETTINGS.r * (a + b) for a, b in shapes.values())
+
+
+def test_one_frozen_base_two_adapters() -> None:
+    base_numel = sum(p.numel() for p in tiny_denoiser(VOCAB, SPEC, seed=0).parameters())
+    pair = make_pair()
+    views = [pair.student, pair.teacher, pair.reference()]
+    unique = {id(p): p for v in views for p in v.parameters()}
+    assert sum(p.numel() for p in unique.values()) == base_numel + 2 * adapter_numel()
+    trainable = list(pair.trainable_parameters())
+    assert sum(p.numel() for p in trainable) == adapter_numel()
+    state = pair.state_dict()
+    assert set(state) == {"student", "teacher"}
+    assert all("lora_" in k for group in state.values() for k in group)
+    assert sum(t.numel() for group in state.values() for t in group.values()) == 2 * adapter_numel()
+    targeted = {k.split(".")[-3] for k in state["student"]}
+    assert targeted == set(TARGETS)
+
+
+def test_only_the_student_adapter_trains_whatever_forward_ran() -> None:
+    pair = make_pair()
+    student_ids = {id(p) for p in pair.trainable_parameters()}
+    loss_with_teacher_between(pair).backward()
+    for name, p in pair.peft_model.named_parameters():
+        assert p.requires_grad == (id(p) in student_ids), name
+        assert (p.grad is not None) == (id(p) in student_ids), name
+    assert any(p.grad.abs().sum() > 0 for p in pair.trainable_parameters())
+
+
+def test_student_updates_leave_teacher_reference_and_base_alone() -> None:
+    original = tiny_denoiser(VOCAB, SPEC, seed=0)
+    base_logits = logits(MaskedDenoiser(original, MASK, PAD))
+    pair = make_pair()
+    base_before = {k: v.clone() for k, v in pair.peft_model.named_parameters() if "lora_" not in k}
+    teacher_before, student_before = logits(pair.teacher), logits(pair.student)
+    assert torch.allclose(teacher_before, base_logits, atol=1e-6)  # B = 0 at initialisation
+    train_steps(pair)
+    assert torch.equal(logits(pair.teacher), teacher_before)
+    assert not torch.allclose(logits(pair.student), student_before, atol=1e-4)
+    assert torch.allclose(logits(pair.reference()), base_logits, atol=1e-6)
+    for k, v in pair.peft_model.named_parameters():
+        if "lora_" not in k:
+            assert torch.equal(v, base_before[k]), k
+
+
+def test_refresh_makes_the_teacher_the_student() -> None:
+    pair = make_pair()
+    train_steps(pair)
+    assert not torch.allclose(logits(pair.teacher), logits(pair.student), atol=1e-4)
+    pair.refresh_teacher()
+    assert torch.equal(logits(pair.teacher), logits(pair.student))
+
+
+def test_ema_teacher() -> None:
+    decay = 0.5
+    pair = make_pair(ema_decay=decay)
+    ema = {k: v.clone() for k, v in pair.state_dict()["student"].items()}
+    opt = torch.optim.SGD(list(pair.trainable_parameters()), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        loss_with_teacher_between(pair).backward()
+        opt.step()
+        pair.after_update()
+        for k, v in pair.state_dict()["student"].items():
+            ema[k] = decay * ema[k] + (1 - decay) * v
+    pair.refresh_teacher()
+    state = pair.state_dict()
+    for k, v in state["teacher"].items():
+        assert torch.allclose(v, ema[k], atol=1e-6), k
+        assert torch.equal(state["ema"][k], state["student"][k])  # the EMA restarts
+
+
+def test_state_dict_round_trip_through_a_checkpoint(tmp_path) -> None:
+    pair = make_pair(ema_decay=0.9)
+    train_steps(pair, 2)
+    pair.refresh_teacher()
+    train_steps(pair, 1)
+    save_checkpoint(tmp_path / "ckpt", pair.state_dict(), {}, {})
+    tensors, _, _ = load_checkpoint(tmp_path / "ckpt")
+    fresh = make_pair(seed=99, ema_decay=0.9)  # different adapter initialisation
+    assert not torch.equal(logits(fresh.student), logits(pair.student))
+    fresh.load_state_dict(tensors)
+    for view in ("student", "teacher"):
+        assert torch.equal(logits(getattr(fresh, view)), logits(getattr(pair, view)))
+    for k, v in pair.state_dict()["ema"].items():
+        assert torch.equal(fresh.state_dict()["ema"][k], v)
+    with pytest.raises(KeyError, match="student"):
+        fresh.load_state_dict({**tensors, "student": {"nope": torch.zeros(1)}})
+
+
+def test_activation_checkpointing_survives_adapter_switching() -> None:
+    """The student's recomputation in backward runs after the teacher's forward."""
+    settings = LoRAConfig(r=4, alpha=8.0, dropout=0.1)  # dropout: the recompute replays RNG
+    grads = []
+    for checkpointing in (False, True):
+        pair = make_pair(settings=settings, gradient_checkpointing=checkpointing)
+        base = pair.peft_model.get_base_model()
+        assert base.is_activation_checkpointing == checkpointing
+        train_steps(pair, 1)  # make the student differ from the teacher first
+        for p in pair.trainable_parameters():
+            p.grad = None
+        torch.manual_seed(3)
+        loss_with_teacher_between(pair).backward()
+        grads.append([p.grad.clone() for p in pair.trainable_parameters()])
+    for plain, recomputed in zip(*grads, strict=True):
+        assert torch.allclose(plain, recomputed, atol=1e-6)
+
+
+def test_bfloat16_base_with_float32_adapters() -> None:
+    model = prepare_base_model(tiny_denoiser(VOCAB, SPEC, seed=0), ModelConfig(dtype="bfloat16"))
+    torch.manual_seed(1)
+    pair = LoRAPair(model, MASK, PAD, SETTINGS)
+    base = [p for k, p in pair.peft_model.named_parameters() if "lora_" not in k]
+    assert all(p.dtype == torch.bfloat16 for p in base)
+    assert all(p.dtype == torch.float32 for p in pair.trainable_parameters())
+    train_steps(pair, 1)
+    assert torch.isfinite(logits(pair.student)).all()
+
+
+@pytest.mark.skipif(bitsandbytes_available(), reason="bitsandbytes is installed")
+def test_4bit_base_needs_bitsandbytes(tmp_path) -> None:
+    with pytest.raises(ImportError, match="bitsandbytes"):
+        load_4bit_base(tmp_path)
+
+
+def test_lora_pair_in_the_trainer(tiny_overrides, tmp_path) -> None:
+    config = build_config(overrides=[*tiny_overrides, "lora.r=4", "lora.alpha=8"])
+    task = MazeTask()
+    codec = char_codec_for(task)
+    small = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+    def build(out):
+        torch.manual_seed(config.seed)
+        model = tiny_denoiser(codec.vocab_size, small, seed=config.seed)
+        pair = LoRAPair.from_config(config, model, codec.mask_token_id, codec.pad_token_id)
+        objective = DTMObjective(config.dtm, codec.mask_token_id)
+        return Trainer(config, task, codec, pair, objective, out, quiet=True)
+
+    trainer = build(tmp_path / "a")
+    before = {k: v.clone() for k, v in trainer.pair.state_dict()["student"].items()}
+    trainer.train(max_updates=3)
+    trainer.save()
+    after = trainer.pair.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in after["student"].items())
+    resumed = build(tmp_path / "b")
+    resumed.load(tmp_path / "a" / "checkpoint")
+    for group, tensors in resumed.pair.state_dict().items():
+        for k, v in tensors.items():
+            assert torch.equal(v, after[group][k]), (group, k)
+
+
+# -- the LLaDA-8B recipes (configs/llada) --------------------------------------------------
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "llada").glob("*.yaml"))
+
+
+def test_every_llada_recipe_validates() -> None:
+    assert {p.stem for p in RECIPES} >= {"sudoku", "countdown", "gsm8k", "math500"}
+    for path in RECIPES:
+        config = build_config(path)
+        task = get_task(config.task, **config.task_options)
+        blocks, rest = divmod(task.response_length, config.sampler.block_length)
+        assert rest == 0 and config.sampler.steps % blocks == 0, path.name
+        assert config.lora is not None and config.model.load_in_4bit, path.name
+        assert config.model.dtype == "bfloat16" and config.model.base, path.name
+
+
+def test_published_recipes_follow_the_method_table() -> None:
+    """METHOD.md section 6, column by column."""
+    common = {
+        "lora": (128, 64.0, 0.05),
+        "dtm": (1.0, "none", "sar", 32),
+        "train": ((0.9, 0.99), 0.1, 0.05, 0.1),
+        "sampler": (128, 32, "low_confidence"),
+    }
+    table = {  # h, a_end, steps, lr, final lr, G, temperature, buffer, refreshed, every,
+        # prompts per micro-batch, accumulation, clip, teacher update, reward scale
+        "sudoku": (5, 100, 256, 3e-6, 1e-6, 1, 0.0, 80, 20, 32, 4, 16, 1.0, "student", 2.0),
+        "countdown": (6, 100, 1200, 4e-6, 2e-6, 6, 1.0, 40, 10, 25, 12, 8, 2.0, "ema", 1.0),
+    }
+    for name, row in table.items():
+        c = build_config(RECIPES[0].parent / f"{name}.yaml")
+        d, t, s = c.dtm, c.train, c.sampler
+        assert c.lora is not None
+        assert (c.lora.r, c.lora.alpha, c.lora.dropout) == common["lora"]
+        assert set(c.lora.target_modules) == set(TARGETS)
+        assert (d.c, d.baseline, d.states, d.sar_block_length) == common["dtm"]
+        got = (t.adam_betas, t.weight_decay, t.warmup_fraction, t.decay_fraction)
+        assert got == common["train"]
+        assert (s.steps, s.block_length, s.remasking) == common["sampler"]
+        assert d.schedule == "fixed"
+        assert (d.h, d.a_end, d.steps_per_h, t.learning_rate, t.final_learning_rate) == row[:5]
+        assert (t.num_generations, s.temperature) == row[5:7]
+        assert (t.buffer_prompts, t.refresh_prompts, t.refresh_every) == row[7:10]
+        assert (t.prompts_per_batch, t.gradient_accumulation_steps, t.max_grad_norm) == row[10:13]
+        assert (d.teacher_update, t.reward_scale) == row[13:]
+        assert c.task_options["response_length"] == 256
+    assert build_config(RECIPES[0].parent / "countdown.yaml").dtm.ema_decay == 0.95
+
+
+def test_countdown_recipe_reward_is_one_if_correct_else_zero() -> None:
+    config = build_config(RECIPES[0].parent / "countdown.yaml")
+    task = get_task(config.task, **config.task_options)
+    example = Example(prompt="", data={"numbers": [3, 5, 7], "target": 22})
+    assert task.reward("<answer>3*5+7</answer>", example) == 1.0
+    assert task.reward("<answer>3+5+7</answer>", example) == 0.0  # right numbers, wrong value
+    assert get_task("countdown", format="chat").reward("<answer>3+5+7</answer>", example) == 0.1
