@@ -18,8 +18,9 @@ processes (DDP semantics):
   gradient-accumulation micro-batches), bucketed into flat all-reduces. This
   is exactly what DDP with ``no_sync`` on all but the last micro-batch computes;
   it is done by hand because the LoRA student is one adapter of a model it
-  shares with the teacher (DDP's fixed buckets and its broadcast of the whole
-  8B base at wrap time fit that badly). Each rank then takes the same AdamW
+  shares with the teacher (DDP wraps a module, fixes its buckets at wrap time
+  and by default broadcasts all of the module's weights, the frozen 8B base
+  included, which fits that badly). Each rank then takes the same AdamW
   step, so replicas stay identical, which is checked when training starts.
 - Logs and checkpoints: rank 0 alone writes them. A checkpoint holds the
   shared state once plus every rank's own buffer and RNG states; every rank
@@ -100,7 +101,9 @@ def process_context(cpu: bool | None = None) -> DistributedContext:
     initialises ``torch.distributed`` (NCCL on GPUs, gloo on CPUs) from the
     launcher's environment. ``cpu`` forces CPU processes (default: when no GPU).
     """
-    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    if cpu is None:  # `accelerate launch --cpu` says so through the environment
+        forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        cpu = forced or not torch.cuda.is_available()
     if world_size_from_env() <= 1:
         device = torch.device("cpu" if cpu else "cuda")
         return DistributedContext(device=device)

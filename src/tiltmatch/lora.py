@@ -144,7 +144,9 @@ def prepare_base_model(model: PreTrainedModel, config: ModelConfig) -> PreTraine
     """Apply ``model.dtype`` to an already loaded (unquantised) base; returns it."""
     if config.load_in_4bit:
         raise ValueError("a 4-bit base is quantised while loading: use load_4bit_base")
-    return model.to(DTYPES[config.dtype])
+    # In place (modules cast their own tensors); transformers' decorated .to confuses mypy.
+    model.to(dtype=DTYPES[config.dtype])  # type: ignore[call-arg]
+    return model
 
 
 class AdapterDenoiser(MaskedDenoiser):
@@ -197,7 +199,7 @@ class LoRAPair(DenoiserPair):
         gradient_checkpointing: bool = False,
     ) -> None:
         peft = _require_peft()
-        settings = settings or LoRAConfig()
+        settings = settings or LoRAConfig.model_validate({})  # the recipes' defaults
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
         self.mask_token_id, self.pad_token_id = int(mask_token_id), int(pad_token_id)
