@@ -276,7 +276,8 @@ class DistributedTrainer(Trainer):
             world_size=world,
         )
         # Rollouts, states and dropout differ per rank, reproducibly.
-        self.generator = torch.Generator().manual_seed(rank_seed(config.seed, rank))
+        device = next(pair.student.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(rank_seed(config.seed, rank))
         torch.manual_seed(rank_seed(config.seed, rank))
         self._check_replicas_agree()
 

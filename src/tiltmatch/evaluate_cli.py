@@ -37,7 +37,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     )
     examples = task.examples(args.split, args.limit, args.seed)
     rows = [(e, k) for e in examples for k in range(args.samples)]
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
     forbidden = sorted({codec.pad_token_id} - {codec.eos_token_id})
     responses: list[str] = []
     started = time.time()

@@ -24,7 +24,8 @@ def sample_texts(
     The generator is seeded here, so evaluation never perturbs the training RNG
     and a resumed run evaluates exactly as an uninterrupted one.
     """
-    generator = torch.Generator().manual_seed(seed)
+    device = next(denoiser.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
     prompts = [worker.codec.encode_prompt(e.prompt) for e in examples]
     repeated = [p for p in prompts for _ in range(samples_per_example)]
     responses, _ = worker.sample(denoiser, repeated, generator, temperature=temperature)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel
 
 from tiltmatch.config import ModelConfig
@@ -60,10 +61,18 @@ def load_model_and_codec(
         )
         return tiny_denoiser(codec.vocab_size, spec, seed=seed), codec
     path = resolve_model_path(config.base)
-    return load_model_folder(path, task)
+    if config.load_in_4bit:
+        from tiltmatch.llada import LLaDACodec
+        from tiltmatch.lora import DTYPES, load_4bit_base
+
+        model = load_4bit_base(path, DTYPES[config.dtype], "cuda")
+        return model, LLaDACodec.from_pretrained(path)
+    return load_model_folder(path, task, dtype=getattr(torch, config.dtype))
 
 
-def load_model_folder(path: Path, task: Task | None = None) -> tuple[PreTrainedModel, PromptCodec]:
+def load_model_folder(
+    path: Path, task: Task | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PromptCodec]:
     """Load a model folder: a character-level denoiser or a LLaDA/Llama checkpoint."""
     from tiltmatch.llada import LLaDACodec, load_llada
 
@@ -85,5 +94,5 @@ def load_model_folder(path: Path, task: Task | None = None) -> tuple[PreTrainedM
                 f"lacks characters of task {task.name!r}"
             )
         return model, codec
-    model, _tokenizer, _ids = load_llada(path)
+    model, _tokenizer, _ids = load_llada(path, dtype=dtype)
     return model, LLaDACodec.from_pretrained(path)

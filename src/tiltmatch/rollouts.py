@@ -118,7 +118,7 @@ class RolloutWorker:
         prompts = [self.codec.encode_prompt(e.prompt) for e in repeated]
         responses, visited = self.sample(denoiser, prompts, generator)
         rewards = self.score(responses, repeated)
-        prompt_ids, prompt_mask = left_pad(prompts, self.codec.pad_token_id)
+        prompt_ids, prompt_mask = left_pad(prompts, self.codec.pad_token_id, responses.device)
         return RolloutBatch(prompt_ids, prompt_mask, responses, rewards, group_size, visited)
 
 
@@ -191,7 +191,7 @@ class ReplayBuffer:
         fresh = fill([self.pool.examples[i] for i in new_idx])
         self.ages = [a + 1 for a in self.ages]
         rows = self._rows(oldest)
-        fresh_rows = torch.arange(len(oldest) * self.group_size)
+        fresh_rows = torch.arange(len(oldest) * self.group_size, device=rows.device)
         self.data = _replace_rows(self.data, rows, fresh, fresh_rows, self.pad_token_id)
         for s, i in zip(oldest, new_idx, strict=True):
             self.slots[s], self.ages[s] = i, 0
@@ -199,13 +199,16 @@ class ReplayBuffer:
 
     def _rows(self, slots: Sequence[int]) -> torch.Tensor:
         g = self.group_size
-        return torch.tensor([s * g + j for s in slots for j in range(g)], dtype=torch.long)
+        device = self.data.responses.device if self.data is not None else None
+        rows = [s * g + j for s in slots for j in range(g)]
+        return torch.tensor(rows, dtype=torch.long, device=device)
 
     def sample(self, num_prompts: int, generator: torch.Generator) -> RolloutBatch:
         """A batch of ``num_prompts`` whole groups, drawn without replacement."""
         if self.data is None:
             raise RuntimeError("the replay buffer is empty: rebuild it first")
-        slots = torch.randperm(len(self.slots), generator=generator)[:num_prompts].tolist()
+        order = torch.randperm(len(self.slots), generator=generator, device=generator.device)
+        slots = order[:num_prompts].tolist()
         return _select_rows(self.data, self._rows(slots))
 
     def state_dict(self) -> dict:
@@ -247,8 +250,12 @@ def _pad_left_to(ids: torch.Tensor, mask: torch.Tensor, width: int, pad: int):
     extra = width - ids.shape[1]
     if extra <= 0:
         return ids, mask
-    ids = torch.cat([torch.full((ids.shape[0], extra), pad, dtype=ids.dtype), ids], 1)
-    mask = torch.cat([torch.zeros((mask.shape[0], extra), dtype=mask.dtype), mask], 1)
+    ids = torch.cat(
+        [torch.full((ids.shape[0], extra), pad, dtype=ids.dtype, device=ids.device), ids], 1
+    )
+    mask = torch.cat(
+        [torch.zeros((mask.shape[0], extra), dtype=mask.dtype, device=mask.device), mask], 1
+    )
     return ids, mask
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from tiltmatch.config import RunConfig
 from tiltmatch.loading import load_model_and_codec
@@ -33,8 +34,14 @@ def needs_reference(config: RunConfig) -> bool:
     return ask(config)
 
 
-def make_pair(config: RunConfig, student: MaskedDenoiser) -> DenoiserPair:
-    """Student/teacher pair: full copies for small models."""
+def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> DenoiserPair:
+    """Student/teacher pair: two LoRA adapters on one frozen base when ``config.lora`` is
+    set (METHOD.md section 6's recipes), else full copies (small models)."""
+    if config.lora is not None:
+        from tiltmatch.lora import LoRAPair
+
+        return LoRAPair.from_config(config, model, codec.mask_token_id, codec.pad_token_id)
+    student = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
     ema = config.dtm.ema_decay if config.dtm.teacher_update == "ema" else None
     return CopiedPair(student, ema_decay=ema, keep_reference=needs_reference(config))
 
@@ -43,18 +50,28 @@ def build_trainer(
     config: RunConfig, out_dir: Path, quiet: bool = False
 ) -> tuple[Trainer, Task, PromptCodec]:
     """Task, model, codec, pair, objective and trainer of a configuration."""
+    from tiltmatch.distributed import make_trainer, process_context
+
     torch.manual_seed(config.seed)
+    context = process_context()
     task = get_task(config.task, **config.task_options)
     model, codec = load_model_and_codec(config.model, task, seed=config.seed)
-    student = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
-    pair = make_pair(config, student)
+    if config.model.base is not None and config.model.dtype != "float32":
+        from tiltmatch.lora import prepare_base_model
+
+        model = prepare_base_model(model, config.model)
+    model.to(context.device)
+    pair = make_pair(config, model, codec)
     objective = make_objective(config, codec.mask_token_id)
-    trainer = Trainer(config, task, codec, pair, objective, out_dir, quiet=quiet)
+    trainer = make_trainer(config, task, codec, pair, objective, out_dir, quiet, context)
     return trainer, task, codec
 
 
 def save_final(trainer: Trainer, codec: PromptCodec, folder: Path) -> Path:
-    """The fine-tuned student, saved as a loadable denoiser folder."""
+    """The fine-tuned student, saved as a loadable denoiser folder (or its LoRA adapter)."""
+    save_adapter = getattr(trainer.pair, "save_adapter", None)
+    if save_adapter is not None:
+        return save_adapter(folder)
     meta: dict[str, Any] = {
         "task": trainer.task.name,
         "mask_token_id": codec.mask_token_id,

@@ -74,7 +74,10 @@ class Trainer:
             self.pool, tc.buffer_prompts, tc.num_generations, codec.pad_token_id
         )
         self.eval_examples: list[Example] = task.examples("test", config.eval.examples, 12345)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        # All training randomness comes from one generator on the model's device (the
+        # sampler's Gumbel noise is drawn where the logits are); its state is checkpointed.
+        device = next(pair.student.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.phase = Phase()
         self.history: list[dict[str, Any]] = []
         self.optimizer: torch.optim.Optimizer | None = None
