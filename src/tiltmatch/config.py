@@ -127,6 +127,9 @@ class TrainConfig(_Strict):
     refresh_prompts: int = Field(8, ge=0)
     refresh_every: int = Field(20, ge=1)
     train_examples: int = Field(2000, ge=1, description="size of the training prompt pool")
+    train_split: str = Field(
+        "train", description="the task split (or a file / hub name) training prompts come from"
+    )
     max_stages: int = Field(100, ge=1)
     checkpoint_every: int = Field(50, ge=1, description="updates between checkpoints")
 
@@ -146,6 +149,7 @@ class EvalConfig(_Strict):
     """Held-out evaluation."""
 
     examples: int = Field(64, ge=1)
+    split: str = Field("test", description="the task split (or file) held-out prompts come from")
     samples_per_example: int = Field(4, ge=1)
     temperature: float = Field(1.0, ge=0)
     every_stage: bool = True

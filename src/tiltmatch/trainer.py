@@ -69,11 +69,15 @@ class Trainer:
         sampling = SamplingConfig(**config.sampler.model_dump())
         record = config.method == "dtm" and config.dtm.states == "trajectory"
         self.worker = RolloutWorker(task, codec, task.response_length, sampling, record)
-        self.pool = PromptPool(task.examples("train", tc.train_examples, config.seed), config.seed)
+        self.pool = PromptPool(
+            task.examples(tc.train_split, tc.train_examples, config.seed), config.seed
+        )
         self.buffer = ReplayBuffer(
             self.pool, tc.buffer_prompts, tc.num_generations, codec.pad_token_id
         )
-        self.eval_examples: list[Example] = task.examples("test", config.eval.examples, 12345)
+        self.eval_examples: list[Example] = task.examples(
+            config.eval.split, config.eval.examples, 12345
+        )
         # All training randomness comes from one generator on the model's device (the
         # sampler's Gumbel noise is drawn where the logits are); its state is checkpointed.
         device = next(pair.student.parameters()).device
