@@ -46,8 +46,8 @@ SPEC = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_siz
 GLOBAL_PROMPTS, GROUP, UPDATES = 4, 2, 3
 TINY = [  # as tests/conftest.py's TINY_OVERRIDES (a script run cannot use the fixture)
     "task=maze",
-    "sampler.steps=12",
-    "sampler.block_length=12",
+    "sampler.steps=8",
+    "sampler.block_length=8",
     "dtm.h=2",
     "dtm.a_end=4",
     "dtm.steps_per_h=4",

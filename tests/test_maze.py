@@ -180,8 +180,8 @@ def test_examples_pass_the_filter(task: MazeTask, train_examples) -> None:
     for e in train_examples[:300]:
         maze = e.data["maze"]
         s = e.data["shortest_length"]
-        assert e.uid == e.prompt == maze.text() and len(e.prompt) == 25
-        assert 4 <= s <= 8
+        assert e.uid == e.prompt == maze.text() and len(e.prompt) == task.size**2 == 16
+        assert 3 <= s <= 6
         assert len(e.data["shortest_paths"]) >= 2
         assert e.data["shortest_paths"] == frozenset(shortest_paths(maze))
         assert e.reference in e.data["shortest_paths"]
@@ -282,7 +282,7 @@ def test_demonstration_probability_extremes(hand_example) -> None:
         ({"min_distance": 0}, "min_distance"),
         ({"min_distance": 6, "max_distance": 5}, "max_distance"),
         ({"min_shortest_paths": 0}, "min_shortest_paths"),
-        ({"response_length": 7}, "response_length"),
+        ({"response_length": 5}, "response_length"),
         ({"reward_power": 0.0}, "reward_power"),
         ({"demo_shortest_prob": 1.5}, "demo_shortest_prob"),
     ],

@@ -78,8 +78,8 @@ class LoRAConfig(_Strict):
 class SamplerConfig(_Strict):
     """Generation (rollouts and evaluation)."""
 
-    steps: int = Field(12, ge=1)
-    block_length: int = Field(12, ge=1)
+    steps: int = Field(8, ge=1)
+    block_length: int = Field(8, ge=1)
     remasking: Literal["low_confidence", "random"] = "low_confidence"
     temperature: float = Field(1.0, ge=0.0)
 
