@@ -1,0 +1,891 @@
+"""The side-by-side benchmark: DTM and its baselines on every task at one rollout budget.
+
+For each task (maze, sudoku, countdown) and method (dtm, diffu-grpo, wd1,
+rejection) the benchmark runs the same small learning-rate sweep on seed 0,
+keeps each method's best learning rate (by its final held-out accuracy) and
+runs the remaining seeds there. Every run starts from the same base model,
+samples the same number of completions (``budget`` rollouts) and is evaluated
+on the same held-out prompts at the same points along the budget, so the
+methods differ only in their loss (METHOD.md section 8).
+
+Rollout budget: a baseline stops once ``method_options.max_rollouts`` completions
+have been sampled (one buffer of ``prompts_per_batch`` prompts per stage). DTM
+runs ``dtm_stages`` fixed-``h`` stages up to ``a_end``; its buffer of ``P``
+prompts x ``G`` completions is rebuilt at each stage and never refreshed in
+between, with ``P = budget / (stages G)``, so it also samples exactly ``budget``
+completions (checked after every run).
+
+Per run: held-out accuracy and reward against rollouts consumed and against
+seconds of training (evaluation excluded); final held-out accuracy; distinct
+correct answers per prompt; seconds per update and per rollout; peak resident
+memory (``ru_maxrss`` of the run's forked process, which starts from the
+parent's footprint). On the maze also the total-variation distance of the
+model's path distribution to the exact tilted target ``p_beta`` at
+``beta = a_end`` and to the nearest ``p_beta`` on a grid of ``beta`` (the
+annealing path), each against the estimator's noise floor (METHOD.md section 7).
+
+Writes into ``--out``: ``results.json`` (one record per task x method x seed at
+the selected learning rate, each with its curve), ``sweep.json`` (every sweep
+run), ``summary.json``, ``report.md`` (tables, command, machine, date) and the
+plots ``accuracy_vs_rollouts.png`` and ``accuracy_vs_seconds.png``. Finished
+runs are cached under ``--out/runs`` and reused when the benchmark is rerun.
+
+    tiltmatch bench --quick --out runs/bench-quick
+    python benchmarks/side_by_side.py --out runs/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import itertools
+import json
+import math
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+TASKS: tuple[str, ...] = ("maze", "sudoku", "countdown")
+METHODS: tuple[str, ...] = ("dtm", "diffu-grpo", "wd1", "rejection")
+#: the metric reported as held-out accuracy, per task
+ACCURACY_METRIC: dict[str, str] = {
+    "maze": "accuracy",  # fraction of sampled paths that are shortest paths
+    "sudoku": "cell_accuracy",  # blank cells right (the d1 / DTM papers' Sudoku accuracy)
+    "countdown": "accuracy",  # fraction of expressions that hit the target
+}
+#: inverse temperatures on which the maze's distance to the annealing path is measured
+BETA_GRID: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
+CORRECT = 1.0 - 1e-9  # a response is "correct" when its reward is the task's maximum, 1
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    """How big the benchmark is: seeds, rollout budget, sweep and evaluation sizes."""
+
+    name: str
+    seeds: int
+    budget: int  # completions sampled per run, every method
+    num_generations: int  # G, completions per prompt
+    prompts_per_batch: int  # prompts per update, every method
+    dtm_stages: int  # fixed-h DTM stages from a = 0 to a_end
+    dtm_steps_per_h: int  # DTM updates per stage
+    learning_rates: tuple[float, ...]  # the sweep, the same for every method
+    eval_examples: int
+    eval_samples: int
+    diversity_examples: int
+    diversity_samples: int
+    target_mazes: int
+    target_samples: int
+    train_examples: int = 2000
+    a_end: float = 10.0
+    fresh_models: bool = False  # micro: untrained tiny models instead of the base models
+
+
+SIZES: dict[str, BenchSize] = {
+    # The smoke test: the machinery only, untrained one-layer models, seconds per run.
+    "micro": BenchSize(
+        name="micro",
+        seeds=1,
+        budget=16,
+        num_generations=2,
+        prompts_per_batch=2,
+        dtm_stages=2,
+        dtm_steps_per_h=2,
+        learning_rates=(3e-4,),
+        eval_examples=4,
+        eval_samples=1,
+        diversity_examples=2,
+        diversity_samples=2,
+        target_mazes=2,
+        target_samples=8,
+        train_examples=32,
+        fresh_models=True,
+    ),
+    "quick": BenchSize(
+        name="quick",
+        seeds=3,
+        budget=256,
+        num_generations=8,
+        prompts_per_batch=4,
+        dtm_stages=4,
+        dtm_steps_per_h=6,
+        learning_rates=(1e-4, 3e-4),
+        eval_examples=24,
+        eval_samples=2,
+        diversity_examples=8,
+        diversity_samples=8,
+        target_mazes=4,
+        target_samples=48,
+    ),
+    "default": BenchSize(
+        name="default",
+        seeds=3,
+        budget=1280,
+        num_generations=8,
+        prompts_per_batch=8,
+        dtm_stages=5,
+        dtm_steps_per_h=16,
+        learning_rates=(1e-4, 3e-4, 1e-3),
+        eval_examples=64,
+        eval_samples=2,
+        diversity_examples=16,
+        diversity_samples=16,
+        target_mazes=6,
+        target_samples=160,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the benchmark: a task, a method, a learning rate and a seed."""
+
+    task: str
+    method: str
+    learning_rate: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """The run's folder name below ``runs/``."""
+        return f"{self.task}/{self.method}/lr{self.learning_rate:g}/seed{self.seed}"
+
+
+@dataclass
+class TaskSetup:
+    """What every run of one task shares: task options, base model folder, sampler."""
+
+    task: str
+    task_options: dict[str, Any]
+    base: str | None
+    sampler: dict[str, Any]
+    base_heldout: dict[str, float] = field(default_factory=dict)
+    max_train_examples: int | None = None  # distinct training prompts the task can generate
+
+
+# ----- configuration -----------------------------------------------------------------------
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def load_base_recipes() -> ModuleType:
+    """``benchmarks/base_models.py`` of this checkout (the documented base-model recipes)."""
+    path = _repo_root() / "benchmarks" / "base_models.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: the benchmark's base-model recipes live in the repository"
+        )
+    spec = importlib.util.spec_from_file_location("tiltmatch_bench_base_models", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def task_setups(
+    tasks: Sequence[str], size: BenchSize, bases: Path, quiet: bool = True
+) -> dict[str, TaskSetup]:
+    """Task options, base model and sampler of each task (pretraining missing bases)."""
+    from tiltmatch.config import build_config
+    from tiltmatch.demo import demo_config_path
+    from tiltmatch.loading import shipped_model_dir
+
+    recipes = load_base_recipes()
+    demo = build_config(demo_config_path())
+    out: dict[str, TaskSetup] = {}
+    for name in tasks:
+        recipe = recipes.RECIPES[name]
+        if name == "maze":
+            # The shipped base and the demo's task options and sampler; the recipe's fallback
+            # base only while the package does not ship one.
+            options, sampler = dict(demo.task_options), demo.sampler.model_dump()
+            shipped = shipped_model_dir("maze")
+            if size.fresh_models:
+                base = None
+            elif (shipped / "config.json").is_file():
+                base = str(shipped)
+            else:
+                base = str(recipes.ensure_base("maze", bases, quiet=quiet))
+        else:
+            options, sampler = dict(recipe.task_options), dict(recipe.sampler)
+            base = None if size.fresh_models else str(recipes.ensure_base(name, bases, quiet))
+        heldout: dict[str, float] = {}
+        if base is not None and (Path(base) / recipes.METRICS_FILE).is_file():
+            heldout = json.loads((Path(base) / recipes.METRICS_FILE).read_text())["heldout"]
+        # Small tasks (single-digit countdown) cannot generate many distinct prompts: the RL
+        # pool is then capped at the SFT pool's size.
+        cap = None if name == "maze" else recipe.pretrain.train_examples
+        out[name] = TaskSetup(name, options, base, sampler, heldout, cap)
+    return out
+
+
+def dtm_prompts_per_stage(size: BenchSize) -> int:
+    """DTM's buffer prompts ``P`` so that ``stages x P x G`` equals the rollout budget."""
+    per_stage, rest = divmod(size.budget, size.dtm_stages * size.num_generations)
+    if rest or per_stage < size.prompts_per_batch:
+        raise ValueError(
+            f"budget {size.budget} is not stages {size.dtm_stages} x G {size.num_generations} "
+            f"x P with P >= prompts_per_batch {size.prompts_per_batch}"
+        )
+    return per_stage
+
+
+def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[str, Any]:
+    """The :class:`~tiltmatch.config.RunConfig` fields of one run."""
+    g, ppb = size.num_generations, size.prompts_per_batch
+    if size.budget % (ppb * g):
+        raise ValueError(f"budget {size.budget} is not a multiple of {ppb} prompts x G {g}")
+    model: dict[str, Any] = {"base": setup.base}
+    if setup.base is None:  # micro: a fresh one-layer model
+        model.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    is_dtm = spec.method == "dtm"
+    method_options: dict[str, Any] = {} if is_dtm else {"max_rollouts": size.budget}
+    return {
+        "task": setup.task,
+        "task_options": setup.task_options,
+        "method": spec.method,
+        "method_options": method_options,
+        "seed": spec.seed,
+        "model": model,
+        "sampler": setup.sampler,
+        "dtm": {
+            "c": 1.0,
+            "states": "random",
+            "schedule": "fixed",
+            "h": size.a_end / size.dtm_stages,
+            "a_end": size.a_end,
+            "steps_per_h": size.dtm_steps_per_h,
+        },
+        "train": {
+            "learning_rate": spec.learning_rate,
+            "final_learning_rate": spec.learning_rate / 3,
+            "num_generations": g,
+            "prompts_per_batch": ppb,
+            # A baseline samples one batch of prompts per stage; DTM fills a buffer per stage.
+            "buffer_prompts": dtm_prompts_per_stage(size) if is_dtm else ppb,
+            "refresh_prompts": 0,
+            "refresh_every": 10**6,
+            "train_examples": min(size.train_examples, setup.max_train_examples or 10**9),
+            "max_stages": 10**6,
+            "checkpoint_every": 10**6,
+        },
+        "eval": {
+            "examples": size.eval_examples,
+            "samples_per_example": size.eval_samples,
+            "temperature": 1.0,
+            "every_stage": False,
+        },
+    }
+
+
+# ----- one run ------------------------------------------------------------------------------
+
+
+def distinct_correct(
+    task: Any, texts: Sequence[Sequence[str]], examples: Sequence[Any]
+) -> tuple[float, float]:
+    """(mean distinct correct responses per prompt, mean fraction correct) over prompts."""
+    distinct, correct = [], []
+    for group, example in zip(texts, examples, strict=True):
+        good = [t for t in group if task.reward(t, example) >= CORRECT]
+        distinct.append(len(set(good)))
+        correct.append(len(good) / max(len(group), 1))
+    n = max(len(distinct), 1)
+    return sum(distinct) / n, sum(correct) / n
+
+
+class MazeTargetProbe:
+    """TV of a model's path distribution to the tilted base ``p_beta`` (METHOD.md section 7).
+
+    The base samples ``base_a`` (estimates the target) and ``base_b`` (noise floor)
+    are drawn once per seed from the base model, before any training.
+    """
+
+    def __init__(self, trainer: Any, size: BenchSize, seed: int) -> None:
+        from tiltmatch.evaluation import sample_texts
+
+        self.sample_texts = sample_texts
+        self.trainer = trainer
+        self.size = size
+        self.mazes = trainer.task.examples("test", size.target_mazes, seed=4242)
+        base = trainer.pair.student
+        self.seed = seed
+        self.base_a = self._sample(base, seed + 1)
+        self.base_b = self._sample(base, seed + 2)
+
+    def _sample(self, denoiser: Any, seed: int) -> list[list[str]]:
+        return self.sample_texts(
+            self.trainer.worker, denoiser, self.mazes, self.size.target_samples, 1.0, seed
+        )
+
+    def measure(self, denoiser: Any, beta: float) -> dict[str, float]:
+        """TV to ``p_beta`` and to the nearest ``p_b`` of :data:`BETA_GRID`, with floors."""
+        from tiltmatch.exact_target import maze_target_report, mean_report
+
+        task = self.trainer.task
+        model = self._sample(denoiser, self.seed + 3)
+
+        def at(b: float) -> dict[str, float]:
+            reports = [
+                maze_target_report(task, ex, a, bb, m, b)
+                for ex, a, bb, m in zip(self.mazes, self.base_a, self.base_b, model, strict=True)
+            ]
+            return mean_report(reports)
+
+        target = at(beta)
+        nearest_beta, nearest = min(
+            ((b, at(b)) for b in BETA_GRID), key=lambda item: item[1]["tv_to_target"]
+        )
+        return {
+            "tv_to_target": target["tv_to_target"],
+            "tv_noise_floor": target["tv_noise_floor"],
+            "tv_ratio": target["tv_to_target"] / max(target["tv_noise_floor"], 1e-12),
+            "target_expected_reward": target["expected_reward_target"],
+            "model_expected_reward": target["expected_reward_model"],
+            "tv_to_path": nearest["tv_to_target"],
+            "tv_to_path_beta": nearest_beta,
+            "tv_to_path_noise_floor": nearest["tv_noise_floor"],
+            "distinct_optimal_paths_target_mazes": target["distinct_optimal_model"],
+            "distinct_optimal_paths_base_target_mazes": target["distinct_optimal_base"],
+        }
+
+
+def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> dict[str, Any]:
+    """Train one run and return its record (called in a forked process)."""
+    from tiltmatch.config import build_config
+    from tiltmatch.evaluation import sample_texts
+    from tiltmatch.runner import build_trainer
+
+    torch.set_num_threads(1)
+    config = build_config(base=run_config_dict(setup, spec, size))
+    trainer, task, _codec = build_trainer(config, folder, quiet=True)
+    trainer.save = lambda: folder  # the benchmark never resumes: skip checkpoint writes
+    metric = ACCURACY_METRIC[setup.task]
+    timers = {"eval": 0.0, "rollout": 0.0}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timers[name] += time.perf_counter() - started
+
+        return wrapper
+
+    trainer.evaluate = timed("eval", trainer.evaluate)  # type: ignore[method-assign]
+    trainer._fill = timed("rollout", trainer._fill)  # type: ignore[method-assign]
+
+    with torch.no_grad():
+        probe = MazeTargetProbe(trainer, size, spec.seed) if setup.task == "maze" else None
+        div_examples = trainer.eval_examples[: size.diversity_examples]
+
+        def diversity(denoiser: Any) -> tuple[float, float]:
+            texts = sample_texts(
+                trainer.worker, denoiser, div_examples, size.diversity_samples, 1.0, spec.seed + 55
+            )
+            return distinct_correct(task, texts, div_examples)
+
+        base_distinct, _ = diversity(trainer.pair.student)
+        base_metrics = trainer.evaluate()
+    curve: list[dict[str, Any]] = [_point(0, 0, 0.0, 0.0, base_metrics, metric)]
+    checkpoints = [size.budget * (i + 1) // size.dtm_stages for i in range(size.dtm_stages)]
+    started = time.perf_counter()
+    eval_before = timers["eval"]
+
+    def on_stage(tr: Any, record: dict[str, Any]) -> None:
+        # Evaluate where the rollouts consumed cross the next point of the shared grid.
+        due = checkpoints and record["rollouts"] >= checkpoints[0]
+        while checkpoints and record["rollouts"] >= checkpoints[0]:
+            checkpoints.pop(0)
+        finished = tr.objective.finished(tr.phase)
+        if not (due or finished):
+            return
+        if "eval_reward" not in record:
+            record.update({f"eval_{k}": v for k, v in tr.evaluate().items()})
+        metrics = {k[5:]: v for k, v in record.items() if k.startswith("eval_")}
+        seconds = time.perf_counter() - started - (timers["eval"] - eval_before)
+        curve.append(
+            _point(
+                record["rollouts"], record["updates"], seconds, timers["rollout"], metrics, metric
+            )
+        )
+
+    trainer.stage_callbacks.append(on_stage)
+    history = trainer.train()
+    train_seconds = time.perf_counter() - started - (timers["eval"] - eval_before)
+    final = history[-1]
+    if curve[-1]["rollouts"] != final["rollouts"]:  # the last stage was evaluated by train()
+        metrics = {k[5:]: v for k, v in final.items() if k.startswith("eval_")}
+        curve.append(
+            _point(
+                final["rollouts"],
+                final["updates"],
+                train_seconds,
+                timers["rollout"],
+                metrics,
+                metric,
+            )
+        )
+    if final["rollouts"] != size.budget:
+        raise RuntimeError(
+            f"{spec.key} sampled {final['rollouts']} completions, not the budget {size.budget}"
+        )
+    with torch.no_grad():
+        distinct, _ = diversity(trainer.pair.student)
+        maze = probe.measure(trainer.pair.student, size.a_end) if probe is not None else {}
+    norms = [r["grad_norm"] for r in history]
+    updates = final["updates"]
+    update_seconds = max(train_seconds - timers["rollout"], 0.0)
+    return {
+        "task": spec.task,
+        "method": spec.method,
+        "seed": spec.seed,
+        "learning_rate": spec.learning_rate,
+        "rollouts": final["rollouts"],
+        "updates": updates,
+        "heldout_accuracy": curve[-1]["heldout_accuracy"],
+        "heldout_reward": curve[-1]["reward"],
+        "base_heldout_accuracy": curve[0]["heldout_accuracy"],
+        "accuracy_metric": metric,
+        "final_metrics": curve[-1]["metrics"],
+        "distinct_correct_per_prompt": distinct,
+        "base_distinct_correct_per_prompt": base_distinct,
+        **maze,
+        "train_seconds": train_seconds,
+        "rollout_seconds": timers["rollout"],
+        "eval_seconds": timers["eval"],
+        "seconds_per_update": update_seconds / max(updates, 1),
+        "seconds_per_rollout": timers["rollout"] / max(final["rollouts"], 1),
+        "grad_norm_mean": sum(norms) / max(len(norms), 1),
+        "stages": len(history),
+        "curve": curve,
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def _point(
+    rollouts: int,
+    updates: int,
+    seconds: float,
+    rollout_seconds: float,
+    metrics: dict[str, float],
+    metric: str,
+) -> dict[str, Any]:
+    return {
+        "rollouts": int(rollouts),
+        "updates": int(updates),
+        "train_seconds": seconds,
+        "rollout_seconds": rollout_seconds,
+        "heldout_accuracy": float(metrics[metric]),
+        "reward": float(metrics["reward"]),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+
+
+def _child(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path, conn: Any) -> None:
+    try:
+        record = run_one(setup, spec, size, folder)
+        record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        conn.send(("ok", record))
+    except BaseException:  # report any failure to the parent, which names the run
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def run_isolated(
+    setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path, isolate: bool = True
+) -> dict[str, Any]:
+    """:func:`run_one` in a forked process (a fresh peak-memory count, nothing leaks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not isolate:
+        record = run_one(setup, spec, size, folder)
+        record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return record
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(setup, spec, size, folder, child))
+    proc.start()
+    child.close()
+    try:
+        status, payload = parent.recv()
+    except EOFError:
+        status, payload = "error", f"process died (exit code {proc.exitcode})"
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark run {spec.key} failed:\n{payload}")
+    return payload
+
+
+def cached_run(
+    setup: TaskSetup, spec: RunSpec, size: BenchSize, out: Path, isolate: bool, log: Callable
+) -> dict[str, Any]:
+    """A run's record from ``out/runs/<key>/result.json``, running it first if absent."""
+    folder = out / "runs" / size.name / spec.key
+    result = folder / "result.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    started = time.time()
+    record = run_isolated(setup, spec, size, folder, isolate)
+    record["wall_seconds"] = time.time() - started
+    result.write_text(json.dumps(record, indent=2))
+    log(
+        f"  {spec.key}: acc {record['heldout_accuracy']:.3f} "
+        f"(base {record['base_heldout_accuracy']:.3f}) in {record['wall_seconds']:.0f} s"
+    )
+    return record
+
+
+# ----- aggregation --------------------------------------------------------------------------
+
+
+def mean_curve(records: Sequence[dict[str, Any]], key: str = "rollouts") -> list[dict[str, float]]:
+    """Mean, min and max held-out accuracy over seeds at each curve point (shared grid)."""
+    curves = [r["curve"] for r in records]
+    n = min(len(c) for c in curves)
+    out = []
+    for i in range(n):
+        accs = [c[i]["heldout_accuracy"] for c in curves]
+        out.append(
+            {
+                "x": statistics.fmean(c[i][key] for c in curves),
+                "mean": statistics.fmean(accs),
+                "low": min(accs),
+                "high": max(accs),
+            }
+        )
+    return out
+
+
+def rollouts_to_reach(curve: Sequence[dict[str, float]], level: float) -> float | None:
+    """First rollout count at which a mean curve reaches ``level`` (linear between points)."""
+    for prev, cur in itertools.pairwise(curve):
+        if cur["mean"] >= level:
+            if prev["mean"] >= level:
+                return prev["x"]
+            frac = (level - prev["mean"]) / (cur["mean"] - prev["mean"])
+            return prev["x"] + frac * (cur["x"] - prev["x"])
+    return curve[0]["x"] if curve and curve[0]["mean"] >= level else None
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not vals:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {
+        "mean": statistics.fmean(vals),
+        "std": std,
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+    }
+
+
+def summarise(
+    results: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]], size: BenchSize
+) -> dict[str, Any]:
+    """Per task and method: final accuracy over seeds, costs, diversity; the goal check."""
+    summary: dict[str, Any] = {"tasks": {}}
+    for task in dict.fromkeys(r["task"] for r in results):
+        rows: dict[str, Any] = {}
+        for method in dict.fromkeys(r["method"] for r in results if r["task"] == task):
+            recs = [r for r in results if r["task"] == task and r["method"] == method]
+            row: dict[str, Any] = {
+                "learning_rate": recs[0]["learning_rate"],
+                "sweep": {
+                    f"{s['learning_rate']:g}": s["heldout_accuracy"]
+                    for s in sweep
+                    if s["task"] == task and s["method"] == method
+                },
+                "curve": mean_curve(recs),
+                "curve_seconds": mean_curve(recs, "train_seconds"),
+            }
+            for key in (
+                "heldout_accuracy",
+                "heldout_reward",
+                "base_heldout_accuracy",
+                "distinct_correct_per_prompt",
+                "base_distinct_correct_per_prompt",
+                "train_seconds",
+                "seconds_per_update",
+                "seconds_per_rollout",
+                "peak_rss_mb",
+                "tv_to_target",
+                "tv_noise_floor",
+                "tv_ratio",
+                "tv_to_path",
+                "tv_to_path_noise_floor",
+                "model_expected_reward",
+                "target_expected_reward",
+                "distinct_optimal_paths_target_mazes",
+            ):
+                if key in recs[0]:
+                    row[key] = _stats([r[key] for r in recs])
+            rows[method] = row
+        summary["tasks"][task] = {"methods": rows, "goal": _goal(rows, size)}
+    return summary
+
+
+def _goal(rows: dict[str, Any], size: BenchSize) -> dict[str, Any]:
+    """The issue's goal, measured: DTM vs the best baseline (by final held-out accuracy)."""
+    baselines = {m: r for m, r in rows.items() if m != "dtm"}
+    if "dtm" not in rows or not baselines:
+        return {}
+    best = max(baselines, key=lambda m: baselines[m]["heldout_accuracy"]["mean"])
+    level = baselines[best]["heldout_accuracy"]["mean"]
+    dtm = rows["dtm"]
+    reach = rollouts_to_reach(dtm["curve"], level)
+    out: dict[str, Any] = {
+        "best_baseline": best,
+        "best_baseline_accuracy": level,
+        "best_baseline_rollouts": size.budget,
+        "dtm_accuracy": dtm["heldout_accuracy"]["mean"],
+        "dtm_rollouts_to_reach": reach,
+        "reaches_with_half": reach is not None and reach <= size.budget / 2,
+        "ends_at_least_as_high": dtm["heldout_accuracy"]["mean"] >= level,
+    }
+    if "tv_ratio" in dtm:
+        out["dtm_tv_ratio"] = dtm["tv_ratio"]["mean"]
+        out["dtm_within_2x_floor"] = dtm["tv_ratio"]["mean"] <= 2.0
+        out["baseline_tv_ratio"] = {m: r["tv_ratio"]["mean"] for m, r in baselines.items()}
+    return out
+
+
+# ----- reporting ----------------------------------------------------------------------------
+
+_LABELS = {"dtm": "DTM", "diffu-grpo": "diffu-GRPO", "wd1": "wd1", "rejection": "rejection FT"}
+
+
+def plot(summary: dict[str, Any], out: Path) -> list[str]:
+    """Accuracy vs rollouts and vs training seconds: one panel per task, a seed band per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for key, xlabel, name in (
+        ("curve", "rollouts consumed (completions sampled)", "accuracy_vs_rollouts.png"),
+        ("curve_seconds", "training seconds (evaluation excluded)", "accuracy_vs_seconds.png"),
+    ):
+        tasks = list(summary["tasks"])
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+        for ax, task in zip(axes[0], tasks, strict=True):
+            for method, row in summary["tasks"][task]["methods"].items():
+                c = row[key]
+                x = [p["x"] for p in c]
+                (line,) = ax.plot(
+                    x, [p["mean"] for p in c], "o-", ms=3, label=_LABELS.get(method, method)
+                )
+                ax.fill_between(
+                    x,
+                    [p["low"] for p in c],
+                    [p["high"] for p in c],
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
+            ax.set_title(f"{task} ({ACCURACY_METRIC[task]})")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("held-out accuracy")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle("mean over seeds, band = min..max over seeds")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def _fmt(stat: dict[str, float] | None, spec: str = ".3f") -> str:
+    if not stat or stat.get("n", 0) == 0:
+        return "-"
+    return f"{stat['mean']:{spec}} ± {stat['std']:{spec}}"
+
+
+def machine_line() -> str:
+    """The machine the benchmark ran on, in words."""
+    import os
+
+    cores = os.cpu_count()
+    gpu = "GPU" if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cores}-core CPU ({platform.processor() or platform.machine()}), {gpu}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} thread(s)"
+    )
+
+
+def report_markdown(
+    summary: dict[str, Any], size: BenchSize, command: str, date: str, seconds: float
+) -> str:
+    """The benchmark's tables as Markdown (pasted into BENCHMARKS.md)."""
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine_line()}  ",
+        f"Date: {date}; total wall time {seconds / 60:.1f} min  ",
+        f"Size `{size.name}`: {size.seeds} seeds, {size.budget} rollouts per run "
+        f"(G = {size.num_generations}, {size.prompts_per_batch} prompts per update), "
+        f"learning-rate sweep {', '.join(f'{lr:g}' for lr in size.learning_rates)} on seed 0; "
+        f"DTM: {size.dtm_stages} stages x {size.dtm_steps_per_h} updates, a_end = {size.a_end:g}, "
+        f"c = 1, random states; held-out: {size.eval_examples} prompts x {size.eval_samples} "
+        f"samples at temperature 1.",
+        "",
+    ]
+    for task, block in summary["tasks"].items():
+        lines += [
+            f"#### {task} (held-out accuracy = `{ACCURACY_METRIC[task]}`)",
+            "",
+            "| method | best lr | sweep (seed 0: lr -> acc) | final acc | reward | base acc "
+            "| distinct correct / prompt (base) | s / update | ms / rollout | peak RSS MB |"
+            + (
+                " TV to p_beta (floor) | TV to nearest p_b | E[r] model / target |"
+                if task == "maze"
+                else ""
+            ),
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            + (" --- | --- | --- |" if task == "maze" else ""),
+        ]
+        for method, row in block["methods"].items():
+            sweep = ", ".join(f"{lr}: {acc:.3f}" for lr, acc in row["sweep"].items())
+            ms = row["seconds_per_rollout"]
+            ms_text = f"{1000 * ms['mean']:.1f}" if ms.get("n") else "-"
+            cells = [
+                _LABELS.get(method, method),
+                f"{row['learning_rate']:g}",
+                sweep,
+                _fmt(row["heldout_accuracy"]),
+                _fmt(row["heldout_reward"]),
+                _fmt(row["base_heldout_accuracy"]),
+                f"{_fmt(row['distinct_correct_per_prompt'], '.2f')} "
+                f"({_fmt(row['base_distinct_correct_per_prompt'], '.2f')})",
+                _fmt(row["seconds_per_update"]),
+                ms_text,
+                f"{row['peak_rss_mb']['mean']:.0f}",
+            ]
+            if task == "maze":
+                cells += [
+                    f"{_fmt(row['tv_to_target'])} ({row['tv_noise_floor']['mean']:.3f})",
+                    f"{_fmt(row['tv_to_path'])} ({row['tv_to_path_noise_floor']['mean']:.3f})",
+                    f"{row['model_expected_reward']['mean']:.3f} / "
+                    f"{row['target_expected_reward']['mean']:.3f}",
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        goal = block["goal"]
+        if goal:
+            reach = goal["dtm_rollouts_to_reach"]
+            reach_text = "never" if reach is None else f"{reach:.0f} rollouts"
+            lines += [
+                "",
+                f"Goal check: best baseline {goal['best_baseline']} ends at "
+                f"{goal['best_baseline_accuracy']:.3f} after {goal['best_baseline_rollouts']} "
+                f"rollouts; DTM's mean curve reaches that level at {reach_text} "
+                f"(half budget: {'yes' if goal['reaches_with_half'] else 'no'}) and ends at "
+                f"{goal['dtm_accuracy']:.3f} (at least as high: "
+                f"{'yes' if goal['ends_at_least_as_high'] else 'no'}).",
+            ]
+            if "dtm_tv_ratio" in goal:
+                others = ", ".join(f"{m} {v:.2f}" for m, v in goal["baseline_tv_ratio"].items())
+                lines.append(
+                    f"Maze TV / noise floor at beta = a_end: DTM {goal['dtm_tv_ratio']:.2f} "
+                    f"(within 2x: {'yes' if goal['dtm_within_2x_floor'] else 'no'}); {others}."
+                )
+        lines.append("")
+    lines += [
+        "![accuracy vs rollouts](accuracy_vs_rollouts.png)",
+        "",
+        "![accuracy vs seconds](accuracy_vs_seconds.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----- the command --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The benchmark's command line."""
+    p = argparse.ArgumentParser(
+        prog="tiltmatch bench", description="Side-by-side benchmark of DTM and its baselines."
+    )
+    p.add_argument("--out", default="runs/bench", help="output folder (results.json, plots)")
+    p.add_argument("--quick", action="store_true", help="the quick size (about 10 minutes)")
+    p.add_argument("--size", choices=sorted(SIZES), help="quick, default or micro (smoke test)")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--seeds", type=int, help="number of seeds (overrides the size's)")
+    p.add_argument("--bases", default="runs/bases", help="cache of the pretrained base models")
+    p.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run in this process (no per-run fork; peak memory is cumulative)",
+    )
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark; returns the exit code."""
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    size = SIZES[args.size or ("quick" if args.quick else "default")]
+    if args.seeds is not None:
+        size = dataclasses.replace(size, seeds=args.seeds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(text: str) -> None:
+        if not args.quiet:
+            print(text, flush=True)
+
+    started = time.time()
+    date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
+    command = "tiltmatch bench " + " ".join(argv)
+    setups = task_setups(args.tasks, size, Path(args.bases), quiet=args.quiet)
+    isolate = not args.no_isolate
+    sweep: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for task in args.tasks:
+        setup = setups[task]
+        log(f"{task}: base {setup.base or '(fresh model)'}")
+        for method in args.methods:
+            tried = [
+                cached_run(setup, RunSpec(task, method, lr, 0), size, out, isolate, log)
+                for lr in size.learning_rates
+            ]
+            sweep += tried
+            best = max(tried, key=lambda r: (r["heldout_accuracy"], r["heldout_reward"]))
+            results.append(best)
+            for seed in range(1, size.seeds):
+                spec = RunSpec(task, method, best["learning_rate"], seed)
+                results.append(cached_run(setup, spec, size, out, isolate, log))
+    slim = [{k: v for k, v in r.items() if k != "config"} for r in sweep]
+    (out / "sweep.json").write_text(json.dumps(slim, indent=2))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    summary = summarise(results, sweep, size)
+    summary["size"] = dataclasses.asdict(size)
+    summary["bases"] = {t: {"base": s.base, "heldout": s.base_heldout} for t, s in setups.items()}
+    seconds = time.time() - started
+    summary.update(command=command, date=date, machine=machine_line(), wall_seconds=seconds)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(summary, out)
+    (out / "report.md").write_text(report_markdown(summary, size, command, date, seconds))
+    log(f"wrote {out / 'results.json'}, {out / 'report.md'} ({seconds / 60:.1f} min)")
+    return 0

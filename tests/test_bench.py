@@ -1,0 +1,47 @@
+"""Smoke test of the side-by-side benchmark's machinery on a micro setting (not the benchmark)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tiltmatch.bench import METHODS, SIZES, TASKS, dtm_prompts_per_stage, main, rollouts_to_reach
+
+REQUIRED = ("task", "method", "seed", "rollouts", "heldout_accuracy", "curve")
+
+
+def test_micro_benchmark_writes_every_task_and_method(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    assert main(["--size", "micro", "--out", str(out), "--bases", str(tmp_path), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert isinstance(results, list)
+    assert {(r["task"], r["method"]) for r in results} == {(t, m) for t in TASKS for m in METHODS}
+    budget = SIZES["micro"].budget
+    for r in results:
+        for key in REQUIRED:
+            assert key in r, key
+        assert r["rollouts"] == budget  # the same rollout budget for every method
+        assert 0.0 <= r["heldout_accuracy"] <= 1.0
+        curve = r["curve"]
+        assert curve[0]["rollouts"] == 0 and curve[-1]["rollouts"] == budget
+        assert [p["rollouts"] for p in curve] == sorted(p["rollouts"] for p in curve)
+        assert r["peak_rss_mb"] > 0 and r["seconds_per_rollout"] > 0
+        if r["task"] == "maze":
+            assert r["tv_noise_floor"] >= 0 and r["tv_to_target"] >= 0
+    assert (out / "accuracy_vs_rollouts.png").is_file()
+    assert "Goal check" in (out / "report.md").read_text()
+    # Rerunning reuses the cached runs.
+    assert main(["--size", "micro", "--out", str(out), "--bases", str(tmp_path), "--quiet"]) == 0
+
+
+def test_dtm_buffer_matches_the_budget() -> None:
+    for name in ("quick", "default"):
+        size = SIZES[name]
+        assert dtm_prompts_per_stage(size) * size.dtm_stages * size.num_generations == size.budget
+
+
+def test_rollouts_to_reach_interpolates() -> None:
+    curve = [{"x": 0.0, "mean": 0.2}, {"x": 100.0, "mean": 0.4}, {"x": 200.0, "mean": 0.8}]
+    assert rollouts_to_reach(curve, 0.6) == 150.0
+    assert rollouts_to_reach(curve, 0.1) == 0.0
+    assert rollouts_to_reach(curve, 0.9) is None
