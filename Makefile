@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench base-maze clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+base-maze: $(STAMP)  ## rebuild the shipped maze base model (about 15 CPU-minutes)
+	$(BIN)/tiltmatch pretrain --task maze --out src/tiltmatch/assets/maze-base \
+		--steps 2500 --hidden-size 96 --num-layers 4 --num-heads 4
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/side_by_side.py --out runs/bench
