@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -81,20 +82,16 @@ RECIPES: dict[str, BaseRecipe] = {
             "temperature": 1.0,
         },
     ),
-    # Fallback only: the shipped maze base uses tiltmatch.demo.MAZE_BASE_SPEC / RECIPE.
+    # Fallback only, while the package ships no maze base: the task's (and the demo's)
+    # default options, 4x4 grids with answers of at most 8 moves.
     "maze": BaseRecipe(
         task="maze",
         task_options={},
         spec=TinyModelSpec(
-            hidden_size=128, num_layers=4, num_heads=4, intermediate_size=384, max_positions=64
+            hidden_size=96, num_layers=3, num_heads=4, intermediate_size=288, max_positions=64
         ),
-        pretrain=PretrainConfig(steps=700, batch_size=64, learning_rate=1e-3, train_examples=5000),
-        sampler={
-            "steps": 12,
-            "block_length": 12,
-            "remasking": "low_confidence",
-            "temperature": 1.0,
-        },
+        pretrain=PretrainConfig(steps=3000, batch_size=64, learning_rate=1e-3, train_examples=5000),
+        sampler={"steps": 8, "block_length": 8, "remasking": "low_confidence", "temperature": 1.0},
     ),
 }
 
@@ -115,15 +112,24 @@ def ensure_base(task_name: str, out: str | Path, quiet: bool = True) -> Path:
     """The cached base of ``task_name`` under ``out``; pretrain and measure it if absent."""
     recipe = RECIPES[task_name]
     folder = Path(out) / task_name
-    if (folder / "config.json").is_file() and (folder / METRICS_FILE).is_file():
-        return folder
     task = get_task(recipe.task, **recipe.task_options)
+    options = _resolved_options(task)
+    if (folder / "config.json").is_file() and (folder / METRICS_FILE).is_file():
+        cached = json.loads((folder / METRICS_FILE).read_text())
+        if cached.get("resolved_task_options") == options:
+            return folder
+        # The task's defaults changed since this base was trained: it would be tested on
+        # prompts it never saw. Keep it aside and train a new one.
+        stale = folder.with_name(folder.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        folder.rename(stale)
     started = time.time()
     _, summary = pretrain(task, recipe.spec, recipe.pretrain, out_dir=folder, quiet=quiet)
     metrics = measure(folder, recipe)
     record = {
         "task": recipe.task,
         "task_options": recipe.task_options,
+        "resolved_task_options": options,
         "spec": asdict(recipe.spec),
         "pretrain": asdict(recipe.pretrain),
         "sampler": recipe.sampler,
@@ -133,6 +139,23 @@ def ensure_base(task_name: str, out: str | Path, quiet: bool = True) -> Path:
     }
     (folder / METRICS_FILE).write_text(json.dumps(record, indent=2))
     return folder
+
+
+def _resolved_options(task: Any) -> dict[str, Any]:
+    """Every option of a task with its value, defaults included (to detect stale bases)."""
+    if hasattr(task, "describe"):
+        return json.loads(json.dumps(task.describe()))
+    names = (
+        "format",
+        "blanks",
+        "demo_error_rate",
+        "min_number",
+        "max_number",
+        "max_target",
+        "demo_correct_prob",
+        "response_length",
+    )
+    return json.loads(json.dumps({n: getattr(task, n) for n in names if hasattr(task, n)}))
 
 
 def main(argv: list[str] | None = None) -> int:

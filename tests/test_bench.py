@@ -45,3 +45,16 @@ def test_rollouts_to_reach_interpolates() -> None:
     assert rollouts_to_reach(curve, 0.6) == 150.0
     assert rollouts_to_reach(curve, 0.1) == 0.0
     assert rollouts_to_reach(curve, 0.9) is None
+
+
+def test_micro_maze_ablation_runs(tmp_path: Path) -> None:
+    from tiltmatch.ablation import main as ablation_main
+
+    out = tmp_path / "ablation"
+    argv = ["--size", "micro", "--out", str(out), "--schedules", "fixed", "adaptive", "--quiet"]
+    assert ablation_main([*argv, "--c", "1", "--states", "random"]) == 0
+    records = json.loads((out / "ablation.json").read_text())
+    assert {r["variant"] for r in records} == {"fixed/c1/random", "adaptive/c1/random"}
+    for r in records:
+        assert r["history"] and "grad_norm_var" in r["history"][0]
+        assert r["tv_noise_floor"] >= 0 and r["distinct_optimal_paths"] >= 0

@@ -63,8 +63,8 @@ class AblationSize:
 
 SIZES: dict[str, AblationSize] = {
     "micro": AblationSize("micro", 1, 4.0, 2.0, 4.0, 2, 4, 2, 2, 3e-4, 4, 1, 2, 8, max_stages=4),
-    "small": AblationSize("small", 3, 10.0, 2.5, 5.0, 12, 16, 8, 8, 3e-4, 32, 2, 4, 64),
-    "default": AblationSize("default", 3, 10.0, 2.0, 4.0, 40, 32, 8, 8, 3e-4, 64, 4, 8, 200),
+    "small": AblationSize("small", 3, 10.0, 2.5, 5.0, 12, 16, 8, 8, 3e-5, 32, 2, 4, 64),
+    "default": AblationSize("default", 3, 10.0, 2.0, 4.0, 40, 32, 8, 8, 3e-5, 64, 4, 8, 200),
 }
 
 
@@ -261,6 +261,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--seeds", type=int)
+    p.add_argument("--learning-rate", type=float, help="override the size's learning rate")
     p.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
     p.add_argument("--c", nargs="+", type=float, default=list(CONTROL_VARIATES))
     p.add_argument("--states", nargs="+", choices=STATES, default=list(STATES))
@@ -271,6 +272,8 @@ def main(argv: list[str]) -> int:
     size = SIZES[args.size]
     if args.seeds is not None:
         size = dataclasses.replace(size, seeds=args.seeds)
+    if args.learning_rate is not None:
+        size = dataclasses.replace(size, learning_rate=args.learning_rate)
     base = None if size.name == "micro" else (args.base or _maze_base())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

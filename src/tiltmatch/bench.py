@@ -122,13 +122,13 @@ SIZES: dict[str, BenchSize] = {
         prompts_per_batch=4,
         dtm_stages=4,
         dtm_steps_per_h=6,
-        learning_rates=(1e-4, 3e-4),
-        eval_examples=24,
-        eval_samples=2,
+        learning_rates=(3e-5, 1e-4, 3e-4),
+        eval_examples=32,
+        eval_samples=4,
         diversity_examples=8,
         diversity_samples=8,
         target_mazes=4,
-        target_samples=48,
+        target_samples=64,
     ),
     "default": BenchSize(
         name="default",
@@ -138,9 +138,9 @@ SIZES: dict[str, BenchSize] = {
         prompts_per_batch=8,
         dtm_stages=5,
         dtm_steps_per_h=16,
-        learning_rates=(1e-4, 3e-4, 1e-3),
+        learning_rates=(1e-5, 3e-5, 1e-4, 3e-4),
         eval_examples=64,
-        eval_samples=2,
+        eval_samples=4,
         diversity_examples=16,
         diversity_samples=16,
         target_mazes=6,
@@ -653,7 +653,10 @@ def _goal(rows: dict[str, Any], size: BenchSize) -> dict[str, Any]:
     level = baselines[best]["heldout_accuracy"]["mean"]
     dtm = rows["dtm"]
     reach = rollouts_to_reach(dtm["curve"], level)
+    base = dtm["base_heldout_accuracy"]["mean"]
     out: dict[str, Any] = {
+        "base_accuracy": base,
+        "best_baseline_above_base": level > base,
         "best_baseline": best,
         "best_baseline_accuracy": level,
         "best_baseline_rollouts": size.budget,
@@ -801,6 +804,11 @@ def report_markdown(
                 f"{goal['dtm_accuracy']:.3f} (at least as high: "
                 f"{'yes' if goal['ends_at_least_as_high'] else 'no'}).",
             ]
+            if not goal["best_baseline_above_base"]:
+                lines.append(
+                    f"No baseline ends above the base model ({goal['base_accuracy']:.3f}): "
+                    "reaching the best baseline's level is trivial here, not a win."
+                )
             if "dtm_tv_ratio" in goal:
                 others = ", ".join(f"{m} {v:.2f}" for m, v in goal["baseline_tv_ratio"].items())
                 lines.append(
