@@ -43,6 +43,9 @@ def tiny_denoiser(
 ) -> LlamaForCausalLM:
     """A freshly initialised tiny ``LlamaForCausalLM`` with bidirectional attention."""
     spec = spec or TinyModelSpec()
+    # ``is_causal`` is not a declared LlamaConfig field (mypy), but transformers' masking
+    # reads it from the config: passed through ``**`` as an extra attribute.
+    bidirectional: dict[str, Any] = {"is_causal": False}
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
@@ -51,7 +54,7 @@ def tiny_denoiser(
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_heads,
         max_position_embeddings=spec.max_positions,
-        is_causal=False,  # LLaDA's architecture: a Llama without the causal mask
+        **bidirectional,  # LLaDA's architecture: a Llama without the causal mask
         tie_word_embeddings=False,
         attention_bias=False,
         mlp_bias=False,

@@ -60,7 +60,7 @@ def build_trainer(
         from tiltmatch.lora import prepare_base_model
 
         model = prepare_base_model(model, config.model)
-    model.to(context.device)
+    model.to(context.device)  # type: ignore[arg-type]  # transformers' decorated .to
     pair = make_pair(config, model, codec)
     objective = make_objective(config, codec.mask_token_id)
     trainer = make_trainer(config, task, codec, pair, objective, out_dir, quiet, context)

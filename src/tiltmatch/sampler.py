@@ -102,7 +102,7 @@ def generate(
     response = torch.full((batch, response_length), denoiser.mask_token_id, device=device)
     attention = torch.cat([prompt_mask, torch.ones_like(response)], dim=1)
     banned = sorted({denoiser.mask_token_id, *forbidden_token_ids})
-    visited = [] if record_states else None
+    visited: list[torch.Tensor] | None = [] if record_states else None
     was_training = denoiser.training
     denoiser.eval()
     for block in range(num_blocks):

@@ -151,7 +151,7 @@ class Trainer:
         reference = self.pair.reference() if self.objective.needs_reference else None
         self.pair.student.train()
         self.optimizer.zero_grad(set_to_none=True)
-        total, extras = 0.0, {}
+        total, extras = 0.0, dict[str, float]()
         for _ in range(tc.gradient_accumulation_steps):
             batch = self.buffer.sample(tc.prompts_per_batch, self.generator)
             loss, extras = self.objective.loss(
