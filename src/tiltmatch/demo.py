@@ -70,6 +70,7 @@ class ExactTargetProbe:
         self.temperature = temperature
         self.seed = seed
         denoiser = trainer.pair.teacher  # the base model before training starts
+        self.last: dict[str, Any] = {}
         self.base_a = self._sample(denoiser, seed + 1)
         self.base_b = self._sample(denoiser, seed + 2)
 
@@ -78,9 +79,21 @@ class ExactTargetProbe:
             self.trainer.worker, denoiser, self.examples, self.samples, self.temperature, seed
         )
 
-    def measure(self, beta: float, denoiser=None, seed: int | None = None) -> dict[str, Any]:
-        """Mean over mazes of the target report at inverse temperature ``beta``."""
-        model = self._sample(denoiser or self.trainer.pair.student, seed or self.seed + 3)
+    def measure(
+        self,
+        beta: float,
+        denoiser=None,
+        seed: int | None = None,
+        samples: list[list[str]] | None = None,
+    ) -> dict[str, Any]:
+        """Mean over mazes of the target report at inverse temperature ``beta``.
+
+        The model's samples are drawn from ``denoiser`` (default: the student), or
+        given as ``samples`` to score the same draws against another ``beta``.
+        """
+        model = samples
+        if model is None:
+            model = self._sample(denoiser or self.trainer.pair.student, seed or self.seed + 3)
         task = self.trainer.task
         assert isinstance(task, MazeTask)
         reports = [
@@ -94,6 +107,7 @@ class ExactTargetProbe:
     def stage_callback(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """Adds ``tv_to_target`` and ``tv_noise_floor`` at the stage's new ``a``."""
         result = self.measure(trainer.phase.a, seed=self.seed + 100 + trainer.phase.stage)
+        self.last = result
         record["tv_to_target"] = result["tv_to_target"]
         record["tv_noise_floor"] = result["tv_noise_floor"]
         record["target_expected_reward"] = result["expected_reward_target"]
@@ -229,11 +243,12 @@ def run_demo(
     probe = ExactTargetProbe(trainer, mazes, target_samples, config.eval.temperature, config.seed)
     base_eval = trainer.evaluate()
     at0 = probe.measure(0.0, denoiser=trainer.pair.teacher, seed=config.seed + 99)
-    base_at_beta = probe.measure(beta, denoiser=trainer.pair.teacher, seed=config.seed + 99)
+    base_at_beta = probe.measure(beta, samples=at0["samples"])
     trainer.stage_callbacks.append(probe.stage_callback)
     history = trainer.train()
     final_eval = history[-1] if history else {}
-    final = probe.measure(beta, seed=config.seed + 5)
+    # The last stage ended at a_end = beta: its measurement is the final one.
+    final = probe.last if history else base_at_beta
     save_final(trainer, _codec, out / "final")
 
     maze = mazes[0]
