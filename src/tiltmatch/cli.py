@@ -188,8 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - transformers is a hard dependency
         pass
 
-    p = sub.add_parser("bench", help="side-by-side benchmark of DTM and the baselines")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of benchmarks/side_by_side")
+    # Every argument goes to tiltmatch.bench (its own --help): with "+" as the only prefix,
+    # this parser takes "--quick" and friends as plain words instead of rejecting them.
+    p = sub.add_parser(
+        "bench",
+        help="side-by-side benchmark of DTM and the baselines",
+        prefix_chars="+",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of tiltmatch.bench")
     p.set_defaults(func=cmd_bench)
     return parser
 
