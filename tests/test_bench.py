@@ -58,3 +58,10 @@ def test_micro_maze_ablation_runs(tmp_path: Path) -> None:
     for r in records:
         assert r["history"] and "grad_norm_var" in r["history"][0]
         assert r["tv_noise_floor"] >= 0 and r["distinct_optimal_paths"] >= 0
+
+
+def test_cli_passes_bench_options_through() -> None:
+    from tiltmatch.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--out", "x", "--seeds", "2"])
+    assert args.rest == ["--quick", "--out", "x", "--seeds", "2"]
