@@ -184,15 +184,20 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _describe(err: ValidationError) -> str:
+def describe_validation_error(err: ValidationError, unknown: str = "unknown field") -> list[str]:
+    """One line per problem, naming the field: ``  dtm.hh: unknown field``."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown field")
+            lines.append(f"  {where}: {unknown}")
         else:
             lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid configuration:\n" + "\n".join(lines)
+    return lines
+
+
+def _describe(err: ValidationError) -> str:
+    return "invalid configuration:\n" + "\n".join(describe_validation_error(err))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -16,7 +16,7 @@ from tiltmatch.baselines import BaselineObjective, BaselineOptions
 from tiltmatch.baselines.diffu_grpo import DiffuGRPOObjective, DiffuGRPOOptions
 from tiltmatch.baselines.rejection import RejectionObjective, RejectionOptions
 from tiltmatch.baselines.wd1 import WD1Objective, WD1Options
-from tiltmatch.config import ConfigError, RunConfig
+from tiltmatch.config import ConfigError, RunConfig, describe_validation_error
 from tiltmatch.dtm import DTMObjective
 from tiltmatch.objective import Objective
 
@@ -30,14 +30,8 @@ BASELINES: dict[str, tuple[type[BaselineOptions], type[BaselineObjective]]] = {
 
 def _describe(method: str, model: type[BaseModel], err: ValidationError) -> str:
     known = ", ".join(model.model_fields)
-    lines = [f"invalid method_options for method {method!r}:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown option (known: {known})")
-        else:
-            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    lines = describe_validation_error(err, unknown=f"unknown option (known: {known})")
+    return "\n".join([f"invalid method_options for method {method!r}:", *lines])
 
 
 def method_options(config: RunConfig) -> BaselineOptions | None:
