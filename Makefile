@@ -30,9 +30,9 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-base-maze: $(STAMP)  ## rebuild the shipped maze base model (about 15 CPU-minutes)
+base-maze: $(STAMP)  ## rebuild the shipped maze base model (about 30 CPU-minutes)
 	$(BIN)/tiltmatch pretrain --task maze --out src/tiltmatch/assets/maze-base \
-		--steps 2500 --hidden-size 96 --num-layers 4 --num-heads 4
+		--steps 6000 --hidden-size 96 --num-layers 4 --num-heads 4
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/side_by_side.py --out runs/bench

@@ -30,9 +30,9 @@ from tiltmatch.tasks.maze import MazeTask, maze_of
 from tiltmatch.trainer import Trainer
 
 #: How the shipped base model was made (``make base-maze`` runs the same recipe:
-#: ``tiltmatch pretrain --task maze --steps 2500 --hidden-size 96 --num-layers 4``).
+#: ``tiltmatch pretrain --task maze --steps 6000 --hidden-size 96 --num-layers 4``).
 MAZE_BASE_SPEC = TinyModelSpec(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=288)
-MAZE_BASE_RECIPE = PretrainConfig(steps=2500, batch_size=128, learning_rate=1e-3)
+MAZE_BASE_RECIPE = PretrainConfig(steps=6000, batch_size=128, learning_rate=1e-3)
 CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
 
 
