@@ -234,7 +234,7 @@ def run_demo(
     if config.task != "maze" or config.method != "dtm":
         raise ValueError("the demo runs DTM on the maze; use 'tiltmatch train' for other runs")
     task = MazeTask(**config.task_options)
-    if config.model.base is None:
+    if config.model.base in (None, "shipped:maze"):
         config.model.base = str(ensure_base_model(task, quiet))
     trainer, task_built, _codec = build_trainer(config, out, quiet=quiet)
     assert isinstance(task_built, MazeTask)

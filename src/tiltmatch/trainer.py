@@ -94,6 +94,8 @@ class Trainer:
         #: called as ``callback(trainer, record)`` at every stage end, before the record is
         #: logged; a callback may add keys to the record (the demo adds TV to the target).
         self.stage_callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
+        #: write checkpoints during :meth:`train` (off for throwaway benchmark runs)
+        self.checkpointing = True
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -310,8 +312,12 @@ class Trainer:
                 bar.update(1)
                 if self.phase.step >= steps:
                     self._end_stage()
-                    self.save()
-                elif self.phase.updates % self.config.train.checkpoint_every == 0:
+                    if self.checkpointing:
+                        self.save()
+                elif (
+                    self.checkpointing
+                    and self.phase.updates % self.config.train.checkpoint_every == 0
+                ):
                     self.save()
         finally:
             bar.close()
