@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tiltmatch.config import ConfigError
+from tiltmatch.config import ConfigError, parse_task_options
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from tiltmatch.pretrain import PretrainConfig, pretrain
     from tiltmatch.tasks import get_task
 
-    task = get_task(args.task, **_task_options(args.task_option))
+    task = get_task(args.task, **parse_task_options(args.task_option))
     spec = TinyModelSpec(
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
@@ -76,16 +76,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     _, summary = pretrain(task, spec, config, out_dir=args.out, quiet=args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _task_options(items: list[str]) -> dict[str, Any]:
-    from tiltmatch.config import parse_override
-
-    out: dict[str, Any] = {}
-    for item in items:
-        keys, value = parse_override(item)
-        out[".".join(keys)] = value
-    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

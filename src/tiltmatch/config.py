@@ -212,6 +212,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def parse_task_options(items: list[str]) -> dict[str, Any]:
+    """``["size=5", "wall_density=0.1"]`` -> ``{"size": 5, "wall_density": 0.1}`` (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        keys, value = parse_override(item)
+        out[".".join(keys)] = value
+    return out
+
+
 def build_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,

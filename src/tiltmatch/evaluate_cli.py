@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tiltmatch.config import parse_override
+from tiltmatch.config import parse_task_options
 from tiltmatch.loading import load_model_folder, resolve_model_path
 from tiltmatch.model import MaskedDenoiser
 from tiltmatch.sampler import SamplingConfig, generate
@@ -20,11 +20,7 @@ from tiltmatch.tasks import get_task
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate ``args.model`` on ``args.task``; write ``outputs.jsonl`` and ``metrics.json``."""
-    options: dict[str, Any] = {}
-    for item in args.task_option:
-        keys, value = parse_override(item)
-        options[".".join(keys)] = value
-    task = get_task(args.task, **options)
+    task = get_task(args.task, **parse_task_options(args.task_option))
     path = resolve_model_path(args.model)
     model, codec = load_model_folder(path, task)
     model.to(args.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from transformers import PreTrainedModel
 
 from tiltmatch.config import ModelConfig
-from tiltmatch.model import TinyModelSpec, load_denoiser, tiny_denoiser
+from tiltmatch.model import DENOISER_META, TinyModelSpec, load_denoiser, tiny_denoiser
 from tiltmatch.tasks.base import Task
 from tiltmatch.tokenizer import CharTokenizer, PromptCodec
 
@@ -76,12 +77,8 @@ def load_model_folder(
     """Load a model folder: a character-level denoiser or a LLaDA/Llama checkpoint."""
     from tiltmatch.llada import LLaDACodec, load_llada
 
-    model, meta = (None, {})
-    if (path / "tiltmatch.json").is_file():
-        import json
-
-        meta = json.loads((path / "tiltmatch.json").read_text())
-    if "alphabet" in meta:
+    meta_file = path / DENOISER_META
+    if meta_file.is_file() and "alphabet" in json.loads(meta_file.read_text()):
         model, meta = load_denoiser(path)
         codec = CharTokenizer(meta["alphabet"])
         if (
@@ -94,5 +91,6 @@ def load_model_folder(
                 f"lacks characters of task {task.name!r}"
             )
         return model, codec
-    model, _tokenizer, _ids = load_llada(path, dtype=dtype)
-    return model, LLaDACodec.from_pretrained(path)
+    llada, tokenizer, special_ids = load_llada(path, dtype=dtype)
+    # The codec's vocabulary is the width of the logits (the embedding rows).
+    return llada, LLaDACodec(tokenizer, special_ids, llada.config.vocab_size)
