@@ -283,6 +283,11 @@ class DistributedTrainer(Trainer):
 
     # -- the hooks of Trainer ----------------------------------------------------------------
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, which alone writes logs, checkpoints and the final model."""
+        return self.context.is_main
+
     def _all_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
         """Rewards ``[N x P, G]`` of every rank's buffer, rank by rank."""
         return all_gather_rows(rewards, self.context.device)
@@ -393,6 +398,18 @@ class DistributedTrainer(Trainer):
             )
 
 
+def close_process_group() -> None:
+    """Wait for every rank, then destroy the process group (a no-op with one process).
+
+    Call it before a multi-process job exits: a process that exits with the group
+    still alive can abort in gloo's worker threads during interpreter shutdown
+    ("terminate called without an active exception") and take the job down.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def make_trainer(
     config: RunConfig,
     task: Task,
@@ -416,6 +433,7 @@ __all__ = [
     "all_gather_object",
     "all_gather_rows",
     "all_reduce_mean_",
+    "close_process_group",
     "gather_object_to_main",
     "make_trainer",
     "process_context",

@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel
 
 from tiltmatch.config import RunConfig
+from tiltmatch.distributed import close_process_group, make_trainer, process_context
 from tiltmatch.loading import load_model_and_codec
 from tiltmatch.model import MaskedDenoiser, save_denoiser
 from tiltmatch.objective import Objective
@@ -50,8 +51,6 @@ def build_trainer(
     config: RunConfig, out_dir: Path, quiet: bool = False
 ) -> tuple[Trainer, Task, PromptCodec]:
     """Task, model, codec, pair, objective and trainer of a configuration."""
-    from tiltmatch.distributed import make_trainer, process_context
-
     torch.manual_seed(config.seed)
     context = process_context()
     task = get_task(config.task, **config.task_options)
@@ -95,8 +94,12 @@ def run_training(
         raise FileExistsError(
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
-    history = trainer.train()
-    final = history[-1] if history else {}
-    save_final(trainer, codec, out_dir / "final")
-    (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    try:
+        history = trainer.train()
+        final = history[-1] if history else {}
+        if trainer.is_main:  # one writer under a multi-process launch
+            save_final(trainer, codec, out_dir / "final")
+            (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    finally:
+        close_process_group()
     return {"history": history, "final": final, "trainer": trainer}

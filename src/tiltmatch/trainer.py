@@ -231,6 +231,11 @@ class Trainer:
             seed=self.config.seed + 777,
         )
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files (always, with one process)."""
+        return True
+
     def wall_seconds(self) -> float:
         """Training wall time, continued across resumes."""
         return self._wall_offset + (time.time() - self._run_started)
