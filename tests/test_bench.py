@@ -30,8 +30,18 @@ def test_micro_benchmark_writes_every_task_and_method(tmp_path: Path) -> None:
             assert r["tv_noise_floor"] >= 0 and r["tv_to_target"] >= 0
     assert (out / "accuracy_vs_rollouts.png").is_file()
     assert "Goal check" in (out / "report.md").read_text()
-    # Rerunning reuses the cached runs.
+    # Rerunning reuses the cached runs; a run whose cache key no longer matches reruns.
+    cached = sorted((out / "runs").rglob("result.json"))
+    before = {path: path.stat().st_mtime_ns for path in cached}
+    stale = cached[0]
+    record = json.loads(stale.read_text())
+    key = record["cache_key"]
+    stale.write_text(json.dumps({**record, "cache_key": "from an older config"}))
+    before[stale] = stale.stat().st_mtime_ns
     assert main(["--size", "micro", "--out", str(out), "--bases", str(tmp_path), "--quiet"]) == 0
+    after = {path: path.stat().st_mtime_ns for path in cached}
+    assert [p for p in cached if after[p] != before[p]] == [stale]
+    assert json.loads(stale.read_text())["cache_key"] == key
 
 
 def test_dtm_buffer_matches_the_budget() -> None:

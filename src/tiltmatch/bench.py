@@ -28,7 +28,8 @@ Writes into ``--out``: ``results.json`` (one record per task x method x seed at
 the selected learning rate, each with its curve), ``sweep.json`` (every sweep
 run), ``summary.json``, ``report.md`` (tables, command, machine, date) and the
 plots ``accuracy_vs_rollouts.png`` and ``accuracy_vs_seconds.png``. Finished
-runs are cached under ``--out/runs`` and reused when the benchmark is rerun.
+runs are cached under ``--out/runs`` and reused when the benchmark is rerun with the
+same run configuration, size and base-model weights (anything else reruns them).
 
     tiltmatch bench --quick --out runs/bench-quick
     python benchmarks/side_by_side.py --out runs/bench
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -45,6 +47,7 @@ import math
 import multiprocessing as mp
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -534,17 +537,35 @@ def run_isolated(
     return payload
 
 
+def run_cache_key(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> str:
+    """What a cached run must match to be reused: its run config, size and base weights."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(run_config_dict(setup, spec, size), sort_keys=True).encode())
+    digest.update(json.dumps(dataclasses.asdict(size), sort_keys=True).encode())
+    if setup.base is not None:
+        for path in sorted(Path(setup.base).glob("*.safetensors")):
+            digest.update(path.name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def cached_run(
     setup: TaskSetup, spec: RunSpec, size: BenchSize, out: Path, isolate: bool, log: Callable
 ) -> dict[str, Any]:
     """A run's record from ``out/runs/<key>/result.json``, running it first if absent."""
     folder = out / "runs" / size.name / spec.key
     result = folder / "result.json"
+    key = run_cache_key(setup, spec, size)
     if result.is_file():
-        return json.loads(result.read_text())
+        cached = json.loads(result.read_text())
+        if cached.get("cache_key") == key:
+            return cached
+        log(f"  {spec.key}: cached result is stale (config or base model changed); rerunning")
+        shutil.rmtree(folder)
     started = time.time()
     record = run_isolated(setup, spec, size, folder, isolate)
     record["wall_seconds"] = time.time() - started
+    record["cache_key"] = key
     result.write_text(json.dumps(record, indent=2))
     log(
         f"  {spec.key}: acc {record['heldout_accuracy']:.3f} "
