@@ -62,9 +62,13 @@ def test_micro_maze_ablation_runs(tmp_path: Path) -> None:
 
     out = tmp_path / "ablation"
     argv = ["--size", "micro", "--out", str(out), "--schedules", "fixed", "adaptive", "--quiet"]
-    assert ablation_main([*argv, "--c", "1", "--states", "random"]) == 0
+    assert ablation_main([*argv, "--c", "1", "--states", "random", "trajectory"]) == 0
     records = json.loads((out / "ablation.json").read_text())
-    assert {r["variant"] for r in records} == {"fixed/c1/random", "adaptive/c1/random"}
+    assert {r["variant"] for r in records} == {
+        f"{schedule}/c1/{states}"
+        for schedule in ("fixed", "adaptive")
+        for states in ("random", "trajectory")
+    }
     for r in records:
         assert r["history"] and "grad_norm_var" in r["history"][0]
         assert r["tv_noise_floor"] >= 0 and r["distinct_optimal_paths"] >= 0

@@ -7,7 +7,8 @@ the ablated fields change:
 - annealing: ``none`` (one stage straight to ``a_end``), ``fixed`` (constant ``h``),
   ``adaptive`` (largest ``h <= h_max`` with mean ESS >= ``rho``);
 - control variate: ``c`` = 0 (plain weighted cross-entropy) or 1;
-- states: ``random`` masking or ``sar`` (semi-autoregressive aligned).
+- states: ``random`` masking or ``sar`` (semi-autoregressive aligned); also
+  ``trajectory`` (the sampler's own visited states) with ``--states trajectory``.
 
 Across training (after every stage) it records the held-out reward, the TV
 distance to the exact tilted target ``p_a`` at the ``a`` reached (and its
@@ -37,7 +38,9 @@ import torch
 
 SCHEDULES: tuple[str, ...] = ("none", "fixed", "adaptive")
 CONTROL_VARIATES: tuple[float, ...] = (0.0, 1.0)
-STATES: tuple[str, ...] = ("random", "sar")
+STATES: tuple[str, ...] = ("random", "sar", "trajectory")
+#: the states of METHOD.md section 7's ablation (trajectory states on request)
+DEFAULT_STATES: tuple[str, ...] = ("random", "sar")
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--learning-rate", type=float, help="override the size's learning rate")
     p.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
     p.add_argument("--c", nargs="+", type=float, default=list(CONTROL_VARIATES))
-    p.add_argument("--states", nargs="+", choices=STATES, default=list(STATES))
+    p.add_argument("--states", nargs="+", choices=STATES, default=list(DEFAULT_STATES))
     p.add_argument("--base", help="maze base model folder (default: shipped, else runs/bases)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
