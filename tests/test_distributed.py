@@ -20,12 +20,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.distributed.tensor import DTensor
 
 from tiltmatch.config import build_config
 from tiltmatch.distributed import (
     DistributedContext,
     DistributedTrainer,
+    FSDPSettings,
     close_process_group,
+    fsdp_settings_from_env,
     make_trainer,
     process_context,
     rank_seed,
@@ -33,11 +36,13 @@ from tiltmatch.distributed import (
     unshard,
 )
 from tiltmatch.dtm import DTMObjective
+from tiltmatch.lora import LoRAPair
 from tiltmatch.model import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.pair import CopiedPair
 from tiltmatch.pretrain import char_codec_for
 from tiltmatch.rollouts import RolloutBatch
 from tiltmatch.sampler import left_pad
+from tiltmatch.sharding import ShardedTrainer, full_tensors, shard_module
 from tiltmatch.states import States, random_mask_states
 from tiltmatch.tasks.maze import MazeTask
 from tiltmatch.trainer import CHECKPOINT, Trainer
@@ -112,26 +117,39 @@ def equivalence_run(context: DistributedContext, out: Path) -> dict[str, torch.T
     objective = RowSeededDTM(config.dtm, codec.mask_token_id)
     trainer = make_trainer(config, task, codec, pair, objective, out, quiet=True, context=context)
     assert isinstance(trainer, DistributedTrainer) == (context.world_size > 1)
+    assert isinstance(trainer, ShardedTrainer) == (context.fsdp is not None)
     batch = fixed_rollouts(context.rank, context.world_size, task.response_length)
     trainer._fill = lambda examples: batch  # type: ignore[method-assign]
     trainer._begin_stage()
     for _ in range(UPDATES):
         trainer._update()
-    return {k: v.detach().clone() for k, v in pair.student.state_dict().items()}
+    return whole(pair.student.state_dict())
 
 
-def resume_run(context: DistributedContext, out: Path) -> dict:
-    """Real sampling, refreshes, a stage end with sharded evaluation; resume from update 2."""
+def whole(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached copies; FSDP shards gathered into whole tensors (collective)."""
+    return {k: v.detach().clone() for k, v in full_tensors(tensors).items()}
+
+
+def resume_run(context: DistributedContext, out: Path, lora: bool = False) -> dict:
+    """Real sampling, refreshes, a stage end with sharded evaluation; resume from update 2.
+
+    ``lora``: student and teacher as two adapters of one model (one sharded model
+    under FSDP), with 5 evaluation examples over 2 ranks (uneven shares).
+    """
     import torch.distributed as dist
 
-    config = build_config(overrides=TINY)
+    config = build_config(overrides=[*TINY, *(["lora.r=4", "lora.alpha=8"] if lora else [])])
     task = MazeTask()
     codec = char_codec_for(task)
 
     def build(folder: Path) -> Trainer:
         torch.manual_seed(config.seed)
         model = tiny_denoiser(codec.vocab_size, SPEC, seed=config.seed)
-        pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
+        if lora:
+            pair = LoRAPair.from_config(config, model, codec.mask_token_id, codec.pad_token_id)
+        else:
+            pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
         objective = DTMObjective(config.dtm, codec.mask_token_id)
         return make_trainer(config, task, codec, pair, objective, folder, True, context)
 
@@ -145,9 +163,13 @@ def resume_run(context: DistributedContext, out: Path) -> dict:
     b.load()
     b.train(max_updates=5)
     drop = ("stage_seconds", "wall_seconds")
+    groups = a.pair.state_dict()
     return {
-        "a": {k: v.clone() for k, v in a.pair.student.state_dict().items()},
-        "b": {k: v.clone() for k, v in b.pair.student.state_dict().items()},
+        "a": whole(groups["student"]),
+        "a_teacher": whole(groups["teacher"]),
+        "b": whole(b.pair.state_dict()["student"]),
+        "saved": a.student_weights_to_save(),
+        "sharded": any(isinstance(v, DTensor) for v in groups["student"].values()),
         "history_a": [{k: v for k, v in r.items() if k not in drop} for r in a.history],
         "history_b": [{k: v for k, v in r.items() if k not in drop} for r in b.history],
         "rollouts": a.phase.rollouts,
@@ -161,14 +183,24 @@ def worker(out: Path) -> None:
     rank = context.rank
     torch.save(equivalence_run(context, out / "equivalence"), out / f"equivalence_{rank}.pt")
     torch.save(resume_run(context, out / "resume"), out / f"resume_{rank}.pt")
+    if context.fsdp is not None:
+        torch.save(resume_run(context, out / "lora", lora=True), out / f"lora_{rank}.pt")
     close_process_group()  # exiting with a live gloo group can abort at shutdown
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
+#: what `accelerate launch --config_file configs/accelerate/fsdp.yaml` exports (checked below)
+FSDP_ENV = {
+    "ACCELERATE_USE_FSDP": "true",
+    "FSDP_VERSION": "2",
+    "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+    "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer",
+    "FSDP_RESHARD_AFTER_FORWARD": "true",
+}
+
+
+def launch(out: Path, extra_env: dict[str, str]) -> Path:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(OMP_NUM_THREADS="1", **extra_env)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     done = subprocess.run(
         [*cmd, __file__, str(out)], env=env, capture_output=True, text=True, timeout=300
@@ -179,25 +211,50 @@ def two_ranks(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(two_ranks, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    return launch(tmp_path_factory.mktemp("ddp"), {})
+
+
+@pytest.fixture(scope="module")
+def two_sharded_ranks(tmp_path_factory) -> Path:
+    return launch(tmp_path_factory.mktemp("fsdp"), FSDP_ENV)
+
+
+LAUNCHES = ["two_ranks", "two_sharded_ranks"]  # DDP, FSDP
+
+
+@pytest.mark.parametrize("launch_name", LAUNCHES)
+def test_two_processes_equal_one_with_the_same_global_batch(launch_name, request, tmp_path):
+    launched = request.getfixturevalue(launch_name)
     single = equivalence_run(DistributedContext(), tmp_path)
     initial = tiny_denoiser(11, SPEC, seed=0).double().state_dict()
-    ranks = [torch.load(two_ranks / f"equivalence_{r}.pt") for r in (0, 1)]
+    ranks = [torch.load(launched / f"equivalence_{r}.pt") for r in (0, 1)]
     assert any(not torch.equal(v, initial[k.removeprefix("model.")]) for k, v in single.items())
     for key, value in single.items():
         assert torch.equal(ranks[0][key], ranks[1][key]), key  # replicas stay identical
         assert torch.allclose(ranks[0][key], value, rtol=0, atol=1e-5), key
 
 
-def test_resume_restores_every_rank(two_ranks) -> None:
+@pytest.mark.parametrize("launch_name", LAUNCHES)
+def test_resume_restores_every_rank(launch_name, request) -> None:
     from tiltmatch.checkpoint import load_checkpoint
 
+    two_ranks = request.getfixturevalue(launch_name)
+    sharded = launch_name == "two_sharded_ranks"
     ranks = [torch.load(two_ranks / f"resume_{r}.pt") for r in (0, 1)]
     for r in ranks:
+        assert r["sharded"] == sharded
         for key, value in r["a"].items():
             assert torch.equal(value, r["b"][key]), key
             assert torch.equal(value, ranks[0]["a"][key]), key
         assert r["history_a"] == r["history_b"] == ranks[0]["history_a"]
+        if sharded:  # the final save gets whole tensors, gathered on every rank
+            saved = {f"model.{k}": v for k, v in r["saved"].items()}  # the inner model's keys
+            assert saved.keys() == r["a"].keys()
+            assert all(torch.equal(saved[k], v) for k, v in r["a"].items())
+        else:
+            assert r["saved"] is None
     record = ranks[0]["history_a"][0]
     assert "eval_reward" in record and record["stage"] == 0
     # Rollouts of the whole job: each rank fills 4 prompts x 2, then refreshes 2 x 2 at update 2.
@@ -208,6 +265,26 @@ def test_resume_restores_every_rank(two_ranks) -> None:
     assert not torch.equal(states[0], states[1])  # each rank draws its own randomness
     log = (two_ranks / "resume" / "a" / "stages.jsonl").read_text().splitlines()
     assert len(log) == 1 and json.loads(log[0])["stage"] == 0  # rank 0 alone wrote it
+
+
+def test_fsdp_shards_one_lora_model_and_resumes_exactly(two_sharded_ranks) -> None:
+    ranks = [torch.load(two_sharded_ranks / f"lora_{r}.pt") for r in (0, 1)]
+    for r in ranks:
+        assert r["sharded"]
+        for key, value in r["a"].items():
+            assert torch.equal(value, r["b"][key]), key  # resumed = uninterrupted
+            assert torch.equal(value, ranks[0]["a"][key]), key  # replicas agree
+        assert r["history_a"] == r["history_b"] == ranks[0]["history_a"]
+        # 5 evaluation examples over 2 ranks: padded shares, every example scored once.
+        assert "eval_reward" in r["history_a"][0]
+    # The teacher adapter was refreshed at the stage end (it starts equal to the base: B = 0).
+    teacher = ranks[0]["a_teacher"]
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in teacher.items())
+    # The final save gathers the student adapter, under PEFT's own parameter names.
+    saved = ranks[0]["saved"]
+    assert {".".join(s for s in k.split(".") if s != "student") for k in saved} == set(
+        ranks[0]["a"]
+    )
 
 
 def test_single_process_needs_no_accelerate(monkeypatch, tmp_path) -> None:
@@ -227,13 +304,56 @@ def test_single_process_needs_no_accelerate(monkeypatch, tmp_path) -> None:
     close_process_group()  # no group: nothing to close, nothing raised
 
 
-def test_sharded_launch_is_refused(monkeypatch) -> None:
+def fsdp_launch_env(config_file: Path) -> dict[str, str]:
+    """The environment ``accelerate launch --config_file F`` gives an FSDP process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), "train.py"])
+    args, _, _ = _validate_launch_command(args)  # accelerate launch's own steps (private API)
+    return prepare_multi_gpu_env(args)
+
+
+def test_fsdp_config_file_gives_the_tested_settings(monkeypatch) -> None:
+    env = fsdp_launch_env(ROOT / "configs" / "accelerate" / "fsdp.yaml")
+    assert {k: env[k] for k in FSDP_ENV} == FSDP_ENV  # what the two-process FSDP test runs
+    for key, value in env.items():
+        if key.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(key, value)
+    assert fsdp_settings_from_env() == FSDPSettings(True, ("LlamaDecoderLayer",))
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")  # ZeRO-2-like
+    assert not fsdp_settings_from_env().reshard_after_forward
+
+
+def test_unsupported_launches_are_refused_by_name(monkeypatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
-        monkeypatch.setenv(flag, "true")
-        with pytest.raises(NotImplementedError, match="DDP"):
-            process_context(cpu=True)
-        monkeypatch.delenv(flag)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(NotImplementedError, match=r"DeepSpeed.*fsdp\.yaml"):
+        process_context(cpu=True)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    for key, value in FSDP_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key, value, named in (
+        ("FSDP_OFFLOAD_PARAMS", "true", "fsdp_offload_params"),
+        ("FSDP_AUTO_WRAP_POLICY", "SIZE_BASED_WRAP", "fsdp_auto_wrap_policy=SIZE_BASED_WRAP"),
+    ):
+        monkeypatch.setenv(key, value)
+        with pytest.raises(NotImplementedError, match=named):
+            fsdp_settings_from_env()
+        monkeypatch.setenv(key, FSDP_ENV.get(key, "false"))
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    monkeypatch.delenv("FSDP_RESHARD_AFTER_FORWARD")
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "SHARD_GRAD_OP")  # FSDP1's name for ZeRO-2
+    assert not fsdp_settings_from_env().reshard_after_forward
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "NO_SHARD")
+    with pytest.raises(NotImplementedError, match="NO_SHARD"):
+        fsdp_settings_from_env()
+
+
+def test_layer_class_must_match_a_module() -> None:
+    model = tiny_denoiser(11, SPEC, seed=0)
+    with pytest.raises(ValueError, match=r"GPT2Block.*LlamaDecoderLayer"):
+        shard_module(model, FSDPSettings(True, ("GPT2Block",)))
 
 
 def test_shards_cover_everything_once() -> None:
@@ -263,8 +383,8 @@ def test_accelerate_config_files_are_valid(name) -> None:
     config = ClusterConfig.from_yaml_file(str(path))  # what accelerate launch reads
     assert config.distributed_type.value == ACCELERATE_CONFIGS[name]
     assert config.num_processes == 8
-    # tiltmatch's DDP path takes its dtype from model.dtype, not from accelerate's autocast.
-    assert config.mixed_precision == ("no" if name == "ddp.yaml" else "bf16")
+    # tiltmatch's DDP and FSDP paths take the dtype from model.dtype, not accelerate's autocast.
+    assert config.mixed_precision == ("bf16" if name == "deepspeed_zero2.yaml" else "no")
     parser = launch_command_parser()
     args = parser.parse_args(["--config_file", str(path), "train.py"])
     args, _, _ = _validate_launch_command(args)  # accelerate launch's own check (private API)
@@ -281,7 +401,7 @@ def test_accelerate_config_files_are_valid(name) -> None:
         assert key in options, key
     if name == "fsdp.yaml":
         fsdp = raw["fsdp_config"]
-        assert fsdp["fsdp_use_orig_params"] is True  # frozen base + trainable adapters
+        assert fsdp["fsdp_version"] == 2  # fully_shard, what tiltmatch.sharding runs
         assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
     if name == "deepspeed_zero2.yaml":
         assert raw["deepspeed_config"]["zero_stage"] == 2

@@ -28,8 +28,9 @@ processes (DDP semantics):
 - Evaluation: the held-out examples are split over ranks and the sampled texts
   gathered, so each metric is the task's own over the whole set.
 
-Sharded strategies (FSDP, DeepSpeed ZeRO) are refused with an explanation: see
-:func:`process_context`.
+An FSDP launch gets :class:`tiltmatch.sharding.ShardedTrainer`, the same trainer
+with sharded weights; a DeepSpeed launch is refused with an explanation (see
+:func:`process_context`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,56 @@ T = TypeVar("T")
 BUCKET_BYTES = 256 * 2**20
 
 
+#: what ``fully_shard`` wraps when the accelerate config names no layer class
+DEFAULT_LAYER_CLASSES: tuple[str, ...] = ("LlamaDecoderLayer",)
+
+
+@dataclass(frozen=True)
+class FSDPSettings:
+    """The accelerate FSDP settings the trainer honours."""
+
+    #: free the gathered weights after each forward (ZeRO-3); ``False`` keeps them until
+    #: backward (ZeRO-2-like: FSDP1's SHARD_GRAD_OP)
+    reshard_after_forward: bool = True
+    #: module class names that each become one FSDP unit
+    layer_classes: tuple[str, ...] = DEFAULT_LAYER_CLASSES
+
+
+def fsdp_settings_from_env() -> FSDPSettings:
+    """The settings ``accelerate launch`` passes for an FSDP config (read by accelerate's plugin).
+
+    Settings the trainer cannot honour are refused by name: CPU offload, the
+    ``NO_SHARD``/hybrid strategies, and an auto-wrap policy other than
+    transformer-based (size-based wrapping has no fixed unit to shard).
+    """
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if _flag("FSDP_OFFLOAD_PARAMS"):
+        raise NotImplementedError("fsdp_offload_params: tiltmatch does not offload weights to CPU")
+    policy = os.environ.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP").upper()
+    if policy != "TRANSFORMER_BASED_WRAP":
+        raise NotImplementedError(
+            f"fsdp_auto_wrap_policy={policy}: tiltmatch shards per decoder layer; use "
+            "TRANSFORMER_BASED_WRAP with fsdp_transformer_layer_cls_to_wrap"
+        )
+    reshard = plugin.reshard_after_forward
+    if reshard is None:  # FSDP1 settings keep the strategy under its old name
+        reshard = plugin.sharding_strategy
+    if not isinstance(reshard, bool):  # FSDP1 names: 1 FULL_SHARD, 2 SHARD_GRAD_OP, ...
+        strategy = getattr(reshard, "name", str(reshard)).upper()
+        if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP", "1", "2"):
+            raise NotImplementedError(
+                f"fsdp_sharding_strategy={strategy}: tiltmatch supports FULL_SHARD and "
+                "SHARD_GRAD_OP"
+            )
+        reshard = strategy in ("FULL_SHARD", "1")
+    names = plugin.transformer_cls_names_to_wrap or list(DEFAULT_LAYER_CLASSES)
+    if isinstance(names, str):
+        names = names.split(",")
+    return FSDPSettings(bool(reshard), tuple(n.strip() for n in names if n.strip()))
+
+
 @dataclass(frozen=True)
 class DistributedContext:
     """Where this process stands: its rank among ``world_size`` and its device."""
@@ -67,6 +118,8 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: set when the launch asked for FSDP: the weights are sharded over the ranks
+    fsdp: FSDPSettings | None = None
 
     @property
     def is_main(self) -> bool:
@@ -79,18 +132,21 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _refuse_sharded_launch() -> None:
-    for flag, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(flag, "").lower() in ("1", "true", "yes"):
-            # Why not (yet): with a sharded model, the teacher's and the sampler's forwards
-            # must also run through the wrapped root module in lockstep on every rank, and
-            # DeepSpeed's engine owns the optimiser step, clipping and LR schedule that the
-            # trainer resets at every DTM stage. Neither is done here.
-            raise NotImplementedError(
-                f"the tiltmatch trainer runs data-parallel (DDP) only; {what} was requested by "
-                f"the accelerate config. Use configs/accelerate/ddp.yaml (with LoRA the 8B base "
-                f"fits on each GPU), or see the header of the {what} config file."
-            )
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _refuse_deepspeed_launch() -> None:
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        # Why not: DeepSpeed's engine owns the optimiser step, gradient clipping and LR
+        # schedule, which the trainer restarts at every DTM stage (METHOD.md section 6).
+        raise NotImplementedError(
+            "the tiltmatch trainer runs DDP or FSDP; DeepSpeed was requested by the accelerate "
+            "config. For ZeRO-2's sharding of gradients and optimiser states use "
+            "configs/accelerate/fsdp.yaml with fsdp_reshard_after_forward: false (or "
+            "fsdp_sharding_strategy: SHARD_GRAD_OP), or configs/accelerate/ddp.yaml with LoRA; "
+            "see the header of configs/accelerate/deepspeed_zero2.yaml."
+        )
 
 
 def process_context(cpu: bool | None = None) -> DistributedContext:
@@ -107,7 +163,8 @@ def process_context(cpu: bool | None = None) -> DistributedContext:
     if world_size_from_env() <= 1:
         device = torch.device("cpu" if cpu else "cuda")
         return DistributedContext(device=device)
-    _refuse_sharded_launch()
+    _refuse_deepspeed_launch()
+    fsdp = fsdp_settings_from_env() if _flag("ACCELERATE_USE_FSDP") else None
     from accelerate import PartialState
 
     state = PartialState(cpu=cpu)
@@ -121,6 +178,7 @@ def process_context(cpu: bool | None = None) -> DistributedContext:
         world_size=state.num_processes,
         local_rank=state.local_process_index,
         device=torch.device(state.device),
+        fsdp=fsdp,
     )
 
 
@@ -424,16 +482,22 @@ def make_trainer(
     context = context or process_context()
     if context.world_size == 1:
         return Trainer(config, task, codec, pair, objective, out_dir, quiet=quiet)
+    if context.fsdp is not None:
+        from tiltmatch.sharding import ShardedTrainer
+
+        return ShardedTrainer(config, task, codec, pair, objective, out_dir, context, quiet)
     return DistributedTrainer(config, task, codec, pair, objective, out_dir, context, quiet)
 
 
 __all__ = [
     "DistributedContext",
     "DistributedTrainer",
+    "FSDPSettings",
     "all_gather_object",
     "all_gather_rows",
     "all_reduce_mean_",
     "close_process_group",
+    "fsdp_settings_from_env",
     "gather_object_to_main",
     "make_trainer",
     "process_context",

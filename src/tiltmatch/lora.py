@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -288,6 +288,25 @@ class LoRAPair(DenoiserPair):
             raise RuntimeError(f"adapter {adapter!r} has no parameters: check target_modules")
         return out
 
+    def apply_sharding(self, shard: Callable[[nn.Module], None]) -> None:
+        """Shard the one PEFT model (base and both adapters) and rebind the adapter parameters.
+
+        Sharding replaces every parameter with a sharded one, so the adapter
+        dictionaries (and the EMA, a copy of the student's) are rebuilt from it.
+        """
+        shard(self.peft_model)
+        self._params = {name: self._adapter_parameters(name) for name in ADAPTERS}
+        if self._ema is not None:
+            self._ema = self._student_copy()
+
+    def student_weights(self) -> dict[str, torch.Tensor]:
+        """The student adapter's entries of the PEFT model's ``state_dict``."""
+        return {
+            name: p.detach()
+            for name, p in self.peft_model.named_parameters()
+            if STUDENT in name.split(".") and "lora_" in name
+        }
+
     def _student_copy(self) -> dict[str, torch.Tensor]:
         return {k: p.detach().float().clone() for k, p in self._params[STUDENT].items()}
 
@@ -334,10 +353,21 @@ class LoRAPair(DenoiserPair):
             _check_keys(self._ema.keys(), groups["ema"].keys(), "ema")
             self._ema = {k: groups["ema"][k].detach().float().clone() for k in self._ema}
 
-    def save_adapter(self, folder: str | Path, adapter: str = STUDENT) -> Path:
-        """Save one adapter in PEFT's format (loadable onto the base with ``PeftModel``)."""
+    def save_adapter(
+        self,
+        folder: str | Path,
+        adapter: str = STUDENT,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Save one adapter in PEFT's format (loadable onto the base with ``PeftModel``).
+
+        ``state_dict``: the adapter's whole tensors when the model holds shards
+        (from :meth:`student_weights`, gathered).
+        """
         folder = Path(folder)
-        self.peft_model.save_pretrained(str(folder), selected_adapters=[adapter])
+        self.peft_model.save_pretrained(
+            str(folder), selected_adapters=[adapter], state_dict=state_dict
+        )
         return folder
 
 

@@ -107,15 +107,22 @@ class MaskedDenoiser(nn.Module):
 DENOISER_META = "tiltmatch.json"
 
 
-def save_denoiser(folder: str | Path, model: PreTrainedModel, meta: dict[str, Any]) -> Path:
+def save_denoiser(
+    folder: str | Path,
+    model: PreTrainedModel,
+    meta: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Save a denoiser with ``save_pretrained`` (safetensors) plus tiltmatch's metadata.
 
     ``meta`` holds what the adapter needs to use it again: special token ids
     and, for character-level tasks, the tokenizer alphabet and the task name.
+    ``state_dict``: the weights to write instead of the model's own (its whole
+    tensors, when the model holds FSDP shards).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     (folder / DENOISER_META).write_text(json.dumps(meta, indent=2))
     return folder
 

@@ -9,7 +9,7 @@ pair in ``tiltmatch.lora`` holds two adapters on one frozen base instead.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -36,6 +36,14 @@ class DenoiserPair:
 
     def refresh_teacher(self) -> None:
         """Make the teacher the student (or its EMA), at a phase boundary."""
+        raise NotImplementedError
+
+    def apply_sharding(self, shard: Callable[[nn.Module], None]) -> None:
+        """Shard (in place) every distinct module holding weights, and rebind references."""
+        raise NotImplementedError
+
+    def student_weights(self) -> dict[str, torch.Tensor]:
+        """The tensors a final save writes for the student (keys as its saver expects)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -88,6 +96,16 @@ class CopiedPair(DenoiserPair):
         self.teacher.load_state_dict(source.state_dict())
         if self.ema is not None:
             self.ema.load_state_dict(self.student.state_dict())
+
+    def apply_sharding(self, shard: Callable[[nn.Module], None]) -> None:
+        """Shard the student's, teacher's, EMA's and reference's models, each on its own."""
+        for denoiser in (self.student, self.teacher, self.ema, self._reference):
+            if denoiser is not None:
+                shard(denoiser.model)
+
+    def student_weights(self) -> dict[str, torch.Tensor]:
+        """The student model's ``state_dict`` (what ``save_pretrained`` writes)."""
+        return self.student.model.state_dict()
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """Student, teacher, and EMA/reference where held."""

@@ -66,11 +66,20 @@ def build_trainer(
     return trainer, task, codec
 
 
-def save_final(trainer: Trainer, codec: PromptCodec, folder: Path) -> Path:
-    """The fine-tuned student, saved as a loadable denoiser folder (or its LoRA adapter)."""
+def save_final(
+    trainer: Trainer,
+    codec: PromptCodec,
+    folder: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """The fine-tuned student, saved as a loadable denoiser folder (or its LoRA adapter).
+
+    ``state_dict``: the student's whole weights when the trainer holds shards
+    (:meth:`Trainer.student_weights_to_save`).
+    """
     save_adapter = getattr(trainer.pair, "save_adapter", None)
     if save_adapter is not None:
-        return save_adapter(folder)
+        return save_adapter(folder, state_dict=state_dict)
     meta: dict[str, Any] = {
         "task": trainer.task.name,
         "mask_token_id": codec.mask_token_id,
@@ -79,7 +88,7 @@ def save_final(trainer: Trainer, codec: PromptCodec, folder: Path) -> Path:
     }
     if isinstance(codec, CharTokenizer):
         meta["alphabet"] = codec.alphabet
-    return save_denoiser(folder, trainer.pair.student.model, meta)
+    return save_denoiser(folder, trainer.pair.student.model, meta, state_dict)
 
 
 def run_training(
@@ -97,8 +106,9 @@ def run_training(
     try:
         history = trainer.train()
         final = history[-1] if history else {}
+        whole = trainer.student_weights_to_save()  # collective under FSDP
         if trainer.is_main:  # one writer under a multi-process launch
-            save_final(trainer, codec, out_dir / "final")
+            save_final(trainer, codec, out_dir / "final", whole)
             (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     finally:
         close_process_group()

@@ -271,7 +271,7 @@ class Trainer:
     def load(self, path: str | Path | None = None) -> None:
         """Restore the training state from a checkpoint folder (default ``out_dir/checkpoint``)."""
         tensors, objects, meta = load_checkpoint(path or self.out_dir / CHECKPOINT)
-        self.pair.load_state_dict(tensors)
+        self.pair.load_state_dict(self._localise_weights(tensors))
         self.buffer.load_state_dict(objects["buffer"])
         self.generator.set_state(objects["rng"]["generator"])
         torch.set_rng_state(objects["rng"]["torch"])
@@ -284,7 +284,7 @@ class Trainer:
         if "optimizer" in objects:
             self._new_optimizer()
             assert self.optimizer is not None and self.scheduler is not None
-            self.optimizer.load_state_dict(objects["optimizer"])
+            self.optimizer.load_state_dict(self._localise_optimizer_state(objects["optimizer"]))
             self.scheduler.load_state_dict(objects["scheduler"])
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -337,6 +337,23 @@ class Trainer:
     def _all_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
         """The buffer rewards ``[P, G]`` of every process, so that all choose the same ``h``."""
         return rewards
+
+    def _localise_weights(
+        self, groups: dict[str, dict[str, torch.Tensor]]
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Checkpointed weights as this process holds them (its shards, under FSDP)."""
+        return groups
+
+    def _localise_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A checkpointed optimiser state as this process holds it (its shards, under FSDP)."""
+        return state
+
+    def student_weights_to_save(self) -> dict[str, torch.Tensor] | None:
+        """The student's weights for the final save when they are not whole here, else None.
+
+        Under FSDP every rank must call it (it gathers the shards).
+        """
+        return None
 
     def _synchronise(self, loss: float, extras: dict[str, float]) -> tuple[float, dict[str, float]]:
         """Average the gradients, the logged loss and the diagnostics over processes."""
