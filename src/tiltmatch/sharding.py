@@ -82,7 +82,7 @@ def full_tensors(obj: Any) -> Any:
     if isinstance(obj, DTensor):
         return obj.full_tensor().cpu()
     if isinstance(obj, Mapping):
-        return type(obj)((k, full_tensors(v)) for k, v in obj.items())
+        return {k: full_tensors(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return type(obj)(full_tensors(v) for v in obj)
     return obj
