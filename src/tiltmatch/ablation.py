@@ -66,8 +66,9 @@ class AblationSize:
 
 SIZES: dict[str, AblationSize] = {
     "micro": AblationSize("micro", 1, 4.0, 2.0, 4.0, 2, 4, 2, 2, 3e-4, 4, 1, 2, 8, max_stages=4),
-    "small": AblationSize("small", 3, 10.0, 2.5, 5.0, 12, 16, 8, 8, 3e-5, 32, 2, 4, 64),
-    "default": AblationSize("default", 3, 10.0, 2.0, 4.0, 40, 32, 8, 8, 3e-5, 64, 4, 8, 200),
+    # The demo's learning rate (3e-4, decaying to 1e-4 within each stage).
+    "small": AblationSize("small", 3, 10.0, 2.5, 5.0, 12, 16, 8, 8, 3e-4, 32, 2, 4, 64),
+    "default": AblationSize("default", 3, 10.0, 2.0, 4.0, 40, 32, 8, 8, 3e-4, 64, 4, 8, 200),
 }
 
 
