@@ -287,6 +287,28 @@ def test_fsdp_shards_one_lora_model_and_resumes_exactly(two_sharded_ranks) -> No
     )
 
 
+def test_accelerate_launch_with_the_fsdp_file_trains_and_saves_whole_adapters(tmp_path) -> None:
+    """The user's path: `accelerate launch --config_file fsdp.yaml -m tiltmatch.cli train`."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    sets = [*TINY, "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2"]
+    sets += ["model.intermediate_size=64", "lora.r=4", "lora.alpha=8"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes=2"]
+    config_file = str(ROOT / "configs" / "accelerate" / "fsdp.yaml")
+    command = [*launcher, "--config_file", config_file, "-m", "tiltmatch.cli", "train"]
+    command += ["--out", str(out), "--quiet", *(a for o in sets for a in ("--set", o))]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert len((out / "stages.jsonl").read_text().splitlines()) == 2  # rank 0 alone logged
+    saved = load_file(out / "final" / "student" / "adapter_model.safetensors")
+    down = saved["base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"]
+    assert down.shape == (32, 4) and down.abs().sum() > 0  # whole, and trained (B starts at 0)
+    assert len(saved) == 2 * 7 * 2  # A and B of 7 projections in each of 2 layers
+
+
 def test_single_process_needs_no_accelerate(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setitem(sys.modules, "accelerate", None)  # importing it would now fail
