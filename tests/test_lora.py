@@ -289,3 +289,48 @@ def test_countdown_recipe_reward_is_one_if_correct_else_zero() -> None:
     assert task.reward("<answer>3*5+7</answer>", example) == 1.0
     assert task.reward("<answer>3+5+7</answer>", example) == 0.0  # right numbers, wrong value
     assert get_task("countdown", format="chat").reward("<answer>3+5+7</answer>", example) == 0.1
+
+
+def test_sampling_through_the_teacher_switches_adapters_once(monkeypatch) -> None:
+    from contextlib import nullcontext
+
+    from tiltmatch.lora import AdapterDenoiser
+    from tiltmatch.sampler import SamplingConfig, generate
+
+    pair = make_pair()
+    with torch.no_grad():  # teacher != student, so a wrong adapter would show in the samples
+        for p in pair._params["teacher"].values():
+            p.add_(0.5 * torch.randn_like(p))
+    prompts = [[2, 3, 4], [5, 6, 7, 8, 9]]
+    config = SamplingConfig(steps=8, block_length=4, remasking="low_confidence")
+    switches = []
+    original = pair.peft_model.set_adapter
+    monkeypatch.setattr(
+        pair.peft_model, "set_adapter", lambda name: (switches.append(name), original(name))
+    )
+    held = generate(pair.teacher, prompts, 8, config, torch.Generator().manual_seed(0))
+    assert switches == ["teacher", "student"]  # once in, once out, for 8 forwards
+    monkeypatch.setattr(AdapterDenoiser, "session", lambda self: nullcontext())
+    switches.clear()
+    each = generate(pair.teacher, prompts, 8, config, torch.Generator().manual_seed(0))
+    assert len(switches) == 16  # in and out around every forward
+    assert torch.equal(held.responses, each.responses)
+    by_student = generate(pair.student, prompts, 8, config, torch.Generator().manual_seed(0))
+    assert not torch.equal(held.responses, by_student.responses)
+    # Afterwards the student is the active, trainable adapter again.
+    assert pair._active == "student"
+    assert all(p.requires_grad for p in pair._params["student"].values())
+    assert not any(p.requires_grad for p in pair._params["teacher"].values())
+
+
+def test_only_the_holding_view_runs_inside_a_session() -> None:
+    pair = make_pair()
+    ids, mask, _ = batch()
+    pair.teacher.eval()
+    with pair.teacher.session():
+        with pytest.raises(RuntimeError, match="held by a sampling session"):
+            pair.student(ids, mask, L)
+        second = pair.reference().session()
+        with pytest.raises(RuntimeError, match="already holds a session"):
+            second.__enter__()
+    assert pair._pinned is None and pair._active == "student"

@@ -167,9 +167,18 @@ class AdapterDenoiser(MaskedDenoiser):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
     ) -> torch.Tensor:
         """Logits ``[B, L, V]`` on the response positions, through this view's adapter."""
+        owner = self._owner
+        if owner._pinned is not None and owner._pinned != (self.adapter,):
+            raise RuntimeError(
+                f"adapter {owner._pinned[0]!r} is held by a sampling session; "
+                f"the {self.adapter!r} view cannot run inside it"
+            )
         if not self.frozen:
-            self._owner._select(self.adapter)
+            owner._select(self.adapter)
             return super().forward(input_ids, attention_mask, response_length)
+        if owner._pinned is not None and not self.model.training:  # inside session()
+            with torch.no_grad():
+                return super().forward(input_ids, attention_mask, response_length)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -177,6 +186,27 @@ class AdapterDenoiser(MaskedDenoiser):
                 return super().forward(input_ids, attention_mask, response_length)
         finally:
             self.model.train(was_training)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold this view's adapter for many forwards (the sampler's loop), then hand back.
+
+        Switching adapters walks every LoRA layer; the sampler's 128 forwards of
+        an 8B model would otherwise switch 256 times. Only this view may run
+        inside the session.
+        """
+        owner = self._owner
+        if owner._pinned is not None:
+            raise RuntimeError(f"adapter {owner._pinned[0]!r} already holds a session")
+        if not self.frozen:  # the student is the resting adapter: nothing to hold
+            yield
+            return
+        with owner._using(self.adapter):
+            owner._pinned = (self.adapter,)
+            try:
+                yield
+            finally:
+                owner._pinned = None
 
 
 class LoRAPair(DenoiserPair):
@@ -210,6 +240,8 @@ class LoRAPair(DenoiserPair):
         self.peft_model = peft.get_peft_model(model, lora, adapter_name=STUDENT)
         self.peft_model.add_adapter(TEACHER, lora)
         self._active: str | None = None
+        #: ``(adapter,)`` while a frozen view holds a sampling session (``(None,)``: the base)
+        self._pinned: tuple[str | None] | None = None
         self._select(STUDENT)
         self._params = {name: self._adapter_parameters(name) for name in ADAPTERS}
         with torch.no_grad():  # the teacher starts as the student (both equal the base: B = 0)

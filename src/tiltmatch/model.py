@@ -18,6 +18,7 @@ not depend on how much padding its batch needed.
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,14 @@ class MaskedDenoiser(nn.Module):
             use_cache=False,
         )
         return out.logits[:, -response_length:]
+
+    def session(self) -> AbstractContextManager[None]:
+        """A context around many consecutive forwards of this denoiser alone (sampling).
+
+        A plain denoiser needs none; a view of a shared model (a LoRA adapter)
+        uses it to switch adapters once instead of around every forward.
+        """
+        return nullcontext()
 
 
 DENOISER_META = "tiltmatch.json"

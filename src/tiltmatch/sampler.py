@@ -95,7 +95,6 @@ def generate(
     num_blocks = response_length // config.block_length
     if config.steps % num_blocks:
         raise ValueError(f"steps {config.steps} is not a multiple of the {num_blocks} blocks")
-    steps_per_block = config.steps // num_blocks
     device = next(denoiser.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, denoiser.pad_token_id, device)
     batch = prompt_ids.shape[0]
@@ -105,6 +104,28 @@ def generate(
     visited: list[torch.Tensor] | None = [] if record_states else None
     was_training = denoiser.training
     denoiser.eval()
+    with denoiser.session():  # e.g. a LoRA teacher's adapter stays selected throughout
+        _denoise(denoiser, prompt_ids, response, attention, banned, visited, config, generator)
+    denoiser.train(was_training)
+    out_visited = torch.stack(visited) if visited is not None else None
+    return SampleOutput(responses=response, visited=out_visited)
+
+
+def _denoise(
+    denoiser: MaskedDenoiser,
+    prompt_ids: torch.Tensor,
+    response: torch.Tensor,
+    attention: torch.Tensor,
+    banned: list[int],
+    visited: list[torch.Tensor] | None,
+    config: SamplingConfig,
+    generator: torch.Generator,
+) -> None:
+    """Unmask ``response`` in place, block by block (the loop of :func:`generate`)."""
+    response_length = response.shape[1]
+    num_blocks = response_length // config.block_length
+    steps_per_block = config.steps // num_blocks
+    device = response.device
     for block in range(num_blocks):
         lo, hi = block * config.block_length, (block + 1) * config.block_length
         for count in tokens_per_step(config.block_length, steps_per_block):
@@ -132,6 +153,3 @@ def generate(
             confidence = torch.where(open_, confidence, torch.full_like(confidence, -torch.inf))
             chosen = confidence.topk(count, dim=1).indices
             response.scatter_(1, chosen, candidates.gather(1, chosen))
-    denoiser.train(was_training)
-    out_visited = torch.stack(visited) if visited is not None else None
-    return SampleOutput(responses=response, visited=out_visited)
