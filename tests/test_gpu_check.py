@@ -12,6 +12,8 @@ from types import ModuleType
 import pytest
 import torch
 
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT reads a renamed flag
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 TINY = ["--model", "tiny", "--gen-length", "16", "--steps", "8", "--block-length", "8"]
 
