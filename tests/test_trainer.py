@@ -140,3 +140,20 @@ def test_stage_learning_rate_schedule() -> None:
     assert values[10] == 1.0
     assert values[-1] == pytest.approx(0.25)
     assert all(a >= b for a, b in itertools.pairwise(values[15:]))
+
+
+def test_rng_state_carries_the_gpu_generator_where_there_is_one(monkeypatch) -> None:
+    from tiltmatch.trainer import restore_rng_state, rng_state
+
+    generator = torch.Generator().manual_seed(3)
+    assert "cuda" not in rng_state(generator) or torch.cuda.is_available()
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu_state = torch.tensor([7, 8], dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: gpu_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", restored.append)
+    state = rng_state(generator)
+    expected = torch.rand(2, generator=generator)
+    restore_rng_state(state, generator)
+    assert torch.equal(torch.rand(2, generator=generator), expected)
+    assert len(restored) == 1 and restored[0].tolist() == [7, 8]  # dropout's GPU stream too

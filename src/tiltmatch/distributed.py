@@ -52,7 +52,7 @@ from tiltmatch.pair import DenoiserPair
 from tiltmatch.rollouts import PromptPool, ReplayBuffer
 from tiltmatch.tasks.base import Example, Task
 from tiltmatch.tokenizer import PromptCodec
-from tiltmatch.trainer import CHECKPOINT, Trainer
+from tiltmatch.trainer import CHECKPOINT, Trainer, restore_rng_state, rng_state
 
 T = TypeVar("T")
 
@@ -364,13 +364,7 @@ class DistributedTrainer(Trainer):
         return loss, {**extras, **combined}
 
     def _process_state(self) -> dict[str, Any]:
-        rng: dict[str, Any] = {
-            "generator": self.generator.get_state(),
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        return {"buffer": self.buffer.state_dict(), "rng": rng}
+        return {"buffer": self.buffer.state_dict(), "rng": rng_state(self.generator)}
 
     def _write_checkpoint(
         self, tensors: dict[str, dict[str, torch.Tensor]], objects: dict[str, Any], meta: Any
@@ -402,10 +396,7 @@ class DistributedTrainer(Trainer):
             )
         mine = ranks[self.context.rank]
         self.buffer.load_state_dict(mine["buffer"])
-        self.generator.set_state(mine["rng"]["generator"])
-        torch.set_rng_state(mine["rng"]["torch"])
-        if "cuda" in mine["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state(mine["rng"]["cuda"])
+        restore_rng_state(mine["rng"], self.generator)
 
     def _open_log(self) -> Any:
         """Rank 0 writes the run log and the resolved config; the others log nothing."""

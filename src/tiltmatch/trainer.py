@@ -48,6 +48,23 @@ def stage_lr_lambda(total: int, warmup: float, decay: float, final_ratio: float)
     return factor
 
 
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """The random state a resumed run needs: the trainer's generator (rollouts, states),
+    torch's CPU generator and, on a GPU, the current device's (dropout)."""
+    state: dict[str, Any] = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Undo :func:`rng_state` (the CUDA part only where it was saved and a GPU is here)."""
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
 class Trainer:
     """Runs an :class:`Objective` on a task with a student/teacher pair."""
 
@@ -254,7 +271,7 @@ class Trainer:
         """Write the full training state atomically to ``out_dir/checkpoint``."""
         objects: dict[str, Any] = {
             "buffer": self.buffer.state_dict(),
-            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "rng": rng_state(self.generator),
         }
         if self.optimizer is not None and self.scheduler is not None:
             objects["optimizer"] = self.optimizer.state_dict()
@@ -273,8 +290,7 @@ class Trainer:
         tensors, objects, meta = load_checkpoint(path or self.out_dir / CHECKPOINT)
         self.pair.load_state_dict(self._localise_weights(tensors))
         self.buffer.load_state_dict(objects["buffer"])
-        self.generator.set_state(objects["rng"]["generator"])
-        torch.set_rng_state(objects["rng"]["torch"])
+        restore_rng_state(objects["rng"], self.generator)
         self._restore_process_state(objects)  # data parallelism: this rank's buffer and RNG
         self.phase = Phase(**meta["phase"])
         self._stage_stats = meta["stage_stats"]
