@@ -406,22 +406,29 @@ class DistributedTrainer(Trainer):
         """Held-out metrics over all examples, each rank sampling its share of them.
 
         Collective, like :meth:`save`: every rank must call it (the trainer does, at
-        each stage end).
+        each stage end). Every rank runs the same forwards (a sharded forward is
+        collective under FSDP): a share shorter than the longest is padded with
+        copies of its first example (or of the set's first), whose samples are
+        dropped before scoring.
         """
         ec = self.config.eval
         rank, world = self.context.rank, self.context.world_size
-        mine = shard(self.eval_examples, rank, world)
+        shares = [shard(self.eval_examples, r, world) for r in range(world)]
+        mine = shares[rank]
+        filler = (mine or self.eval_examples)[:1]
+        padded = mine + filler * (max(len(s) for s in shares) - len(mine))
         texts: list[list[str]] = []
-        if mine:
+        if padded:
             texts = sample_texts(
                 self.worker,
                 denoiser or self.pair.student,
-                mine,
+                padded,
                 ec.samples_per_example,
                 ec.temperature,
                 seed=rank_seed(self.config.seed + 777, rank),
             )
-        groups = unshard(all_gather_object(texts))
+        gathered = all_gather_object(texts)
+        groups = unshard([t[: len(shares[r])] for r, t in enumerate(gathered)])
         flat_texts = [t for group in groups for t in group]
         flat_examples: list[Example] = [
             e for e in self.eval_examples for _ in range(ec.samples_per_example)

@@ -43,16 +43,11 @@ from tiltmatch.distributed import (
     DistributedContext,
     DistributedTrainer,
     FSDPSettings,
-    all_gather_object,
-    rank_seed,
     reduce_scalars,
-    shard,
-    unshard,
 )
-from tiltmatch.evaluation import sample_texts
 from tiltmatch.objective import Objective
 from tiltmatch.pair import DenoiserPair
-from tiltmatch.tasks.base import Example, Task
+from tiltmatch.tasks.base import Task
 from tiltmatch.tokenizer import PromptCodec
 
 
@@ -169,37 +164,6 @@ class ShardedTrainer(DistributedTrainer):
     def student_weights_to_save(self) -> dict[str, torch.Tensor] | None:
         """The student's whole weights, gathered on every rank (collective)."""
         return full_tensors(self.pair.student_weights())
-
-    def evaluate(self, denoiser=None) -> dict[str, float]:
-        """As the data-parallel evaluation, with every rank running the same forwards.
-
-        A sharded forward is collective, so each rank's share of the examples is
-        padded (with copies of its first example, or of the set's first) to the
-        longest share; the padded samples are dropped before scoring.
-        """
-        ec = self.config.eval
-        rank, world = self.context.rank, self.context.world_size
-        shares = [shard(self.eval_examples, r, world) for r in range(world)]
-        longest = max(len(s) for s in shares)
-        mine = shares[rank]
-        filler = (mine or self.eval_examples)[:1]
-        padded = mine + filler * (longest - len(mine))
-        texts: list[list[str]] = []
-        if padded:
-            texts = sample_texts(
-                self.worker,
-                denoiser or self.pair.student,
-                padded,
-                ec.samples_per_example,
-                ec.temperature,
-                seed=rank_seed(self.config.seed + 777, rank),
-            )
-        groups = unshard([t[: len(shares[r])] for r, t in enumerate(all_gather_object(texts))])
-        flat_texts = [t for group in groups for t in group]
-        flat_examples: list[Example] = [
-            e for e in self.eval_examples for _ in range(ec.samples_per_example)
-        ]
-        return self.task.metrics(flat_texts, flat_examples)
 
 
 __all__ = [
