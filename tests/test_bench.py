@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tiltmatch.bench import METHODS, SIZES, TASKS, dtm_prompts_per_stage, main, rollouts_to_reach
 
 REQUIRED = ("task", "method", "seed", "rollouts", "heldout_accuracy", "curve")
@@ -79,3 +81,16 @@ def test_cli_passes_bench_options_through() -> None:
 
     args = build_parser().parse_args(["bench", "--quick", "--out", "x", "--seeds", "2"])
     assert args.rest == ["--quick", "--out", "x", "--seeds", "2"]
+
+
+def test_diagnostic_overrides_change_the_runs(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    argv = ["--size", "micro", "--out", str(out), "--bases", str(tmp_path), "--quiet"]
+    argv += ["--tasks", "countdown", "--methods", "dtm", "--remasking", "random"]
+    assert main([*argv, "--budget", "32", "--learning-rates", "1e-3"]) == 0
+    (record,) = json.loads((out / "results.json").read_text())
+    assert record["rollouts"] == 32 and record["learning_rate"] == 1e-3
+    assert record["config"]["sampler"]["remasking"] == "random"
+    assert (out / "runs" / "micro-budget32").is_dir()  # cached apart from the size's own runs
+    with pytest.raises(ValueError, match="budget 30"):
+        main([*argv, "--budget", "30"])

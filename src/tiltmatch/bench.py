@@ -862,6 +862,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, help="number of seeds (overrides the size's)")
     p.add_argument("--bases", default="runs/bases", help="cache of the pretrained base models")
     p.add_argument(
+        "--remasking",
+        choices=("random", "low_confidence"),
+        help="sample every task with this remasking (default: each task's own sampler)",
+    )
+    p.add_argument(
+        "--budget", type=int, help="rollouts per run (overrides the size's; a diagnostic)"
+    )
+    p.add_argument(
+        "--learning-rates",
+        type=float,
+        nargs="+",
+        help="the learning-rate sweep (overrides the size's; a diagnostic)",
+    )
+    p.add_argument(
         "--no-isolate",
         action="store_true",
         help="run in this process (no per-run fork; peak memory is cumulative)",
@@ -877,6 +891,15 @@ def main(argv: list[str]) -> int:
     size = SIZES[args.size or ("quick" if args.quick else "default")]
     if args.seeds is not None:
         size = dataclasses.replace(size, seeds=args.seeds)
+    if args.budget is not None:  # a size of its own: its runs are cached apart
+        name = f"{size.name}-budget{args.budget}"
+        size = dataclasses.replace(size, name=name, budget=args.budget)
+        dtm_prompts_per_stage(size)  # a budget that the stages cannot split is an error now
+        per_batch = size.prompts_per_batch * size.num_generations
+        if size.budget % per_batch:
+            raise ValueError(f"--budget {size.budget} is not a multiple of {per_batch}")
+    if args.learning_rates:
+        size = dataclasses.replace(size, learning_rates=tuple(args.learning_rates))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -888,6 +911,9 @@ def main(argv: list[str]) -> int:
     date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
     command = "tiltmatch bench " + " ".join(argv)
     setups = task_setups(args.tasks, size, Path(args.bases), quiet=args.quiet)
+    if args.remasking is not None:
+        for setup in setups.values():
+            setup.sampler = {**setup.sampler, "remasking": args.remasking}
     isolate = not args.no_isolate
     sweep: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
