@@ -338,6 +338,10 @@ class DistributedTrainer(Trainer):
         self.generator = torch.Generator(device=device).manual_seed(rank_seed(config.seed, rank))
         torch.manual_seed(rank_seed(config.seed, rank))
         self._check_replicas_agree()
+        self._shard_weights()
+
+    def _shard_weights(self) -> None:
+        """Where the weights go once the ranks agree on them: replicated here (DDP)."""
 
     # -- the hooks of Trainer ----------------------------------------------------------------
 

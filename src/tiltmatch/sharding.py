@@ -38,17 +38,11 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from tiltmatch.config import RunConfig
 from tiltmatch.distributed import (
-    DistributedContext,
     DistributedTrainer,
     FSDPSettings,
     reduce_scalars,
 )
-from tiltmatch.objective import Objective
-from tiltmatch.pair import DenoiserPair
-from tiltmatch.tasks.base import Task
-from tiltmatch.tokenizer import PromptCodec
 
 
 def shard_module(module: nn.Module, settings: FSDPSettings) -> None:
@@ -120,23 +114,12 @@ def shard_optimizer_state(state: dict[str, Any], params: list[nn.Parameter]) -> 
 class ShardedTrainer(DistributedTrainer):
     """The data-parallel trainer with every model of the pair sharded (module docstring)."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        task: Task,
-        codec: PromptCodec,
-        pair: DenoiserPair,
-        objective: Objective,
-        out_dir: str | Path,
-        context: DistributedContext,
-        quiet: bool = False,
-    ) -> None:
-        if context.fsdp is None:
+    def _shard_weights(self) -> None:
+        """Shard every model of the pair, after the parent checked the whole weights agree."""
+        settings = self.context.fsdp
+        if settings is None:
             raise ValueError("ShardedTrainer needs the FSDP settings of the launch")
-        # The parent checks that the ranks built the same weights, while they are still whole.
-        super().__init__(config, task, codec, pair, objective, out_dir, context, quiet)
-        settings = context.fsdp
-        pair.apply_sharding(lambda module: shard_module(module, settings))
+        self.pair.apply_sharding(lambda module: shard_module(module, settings))
 
     def _synchronise(self, loss: float, extras: dict[str, float]) -> tuple[float, dict[str, float]]:
         """Gradients were reduce-scattered (and averaged) in backward; combine the scalars."""
