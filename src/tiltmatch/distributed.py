@@ -356,16 +356,19 @@ class DistributedTrainer(Trainer):
 
     def _synchronise(self, loss: float, extras: dict[str, float]) -> tuple[float, dict[str, float]]:
         """Average the student's gradients over ranks; combine the logged scalars."""
+        self._average_gradients()
+        numbers = {k: float(v) for k, v in extras.items() if isinstance(v, int | float)}
+        combined = reduce_scalars({**numbers, "loss": loss}, self.context.device)
+        loss = combined.pop("loss")
+        return loss, {**extras, **combined}
+
+    def _average_gradients(self) -> None:
         grads = []
         for p in self.pair.trainable_parameters():
             if p.grad is None:  # unused on this rank: DDP counts it as a zero gradient
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
         all_reduce_mean_(grads)
-        numbers = {k: float(v) for k, v in extras.items() if isinstance(v, int | float)}
-        combined = reduce_scalars({**numbers, "loss": loss}, self.context.device)
-        loss = combined.pop("loss")
-        return loss, {**extras, **combined}
 
     def _process_state(self) -> dict[str, Any]:
         return {"buffer": self.buffer.state_dict(), "rng": rng_state(self.generator)}

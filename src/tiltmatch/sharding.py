@@ -38,11 +38,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from tiltmatch.distributed import (
-    DistributedTrainer,
-    FSDPSettings,
-    reduce_scalars,
-)
+from tiltmatch.distributed import DistributedTrainer, FSDPSettings
 
 
 def shard_module(module: nn.Module, settings: FSDPSettings) -> None:
@@ -121,12 +117,8 @@ class ShardedTrainer(DistributedTrainer):
             raise ValueError("ShardedTrainer needs the FSDP settings of the launch")
         self.pair.apply_sharding(lambda module: shard_module(module, settings))
 
-    def _synchronise(self, loss: float, extras: dict[str, float]) -> tuple[float, dict[str, float]]:
-        """Gradients were reduce-scattered (and averaged) in backward; combine the scalars."""
-        numbers = {k: float(v) for k, v in extras.items() if isinstance(v, int | float)}
-        combined = reduce_scalars({**numbers, "loss": loss}, self.context.device)
-        loss = combined.pop("loss")
-        return loss, {**extras, **combined}
+    def _average_gradients(self) -> None:
+        """Nothing to do: ``fully_shard`` reduce-scattered (and averaged) them in backward."""
 
     def _write_checkpoint(
         self, tensors: dict[str, dict[str, torch.Tensor]], objects: dict[str, Any], meta: Any
