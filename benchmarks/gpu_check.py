@@ -469,7 +469,7 @@ def markdown_table(record: dict[str, Any]) -> str:
     lines += [
         "",
         "(a): one generate call through a MaskedDenoiser on the bare base, and through the "
-        "teacher adapter as rollouts are sampled (LoRA matmuls, adapter switch per forward). "
+        "teacher adapter as rollouts are sampled (LoRA matmuls; the adapter is held for the call). "
         "Tokens/s: generated tokens per second for (a); response tokens of the micro-batch "
         "per second of the first update for (b) and (c). Repeat: the same update again, "
         "AdamW's moments already allocated. Peak: torch.cuda.max_memory_allocated, everything "
@@ -608,8 +608,9 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "parts": {},
     }
     if "a" in args.parts:
-        # Rollouts go through the teacher adapter: its LoRA matmuls and the adapter switch
-        # around every forward (tiltmatch.lora.AdapterDenoiser) are what training pays.
+        # Rollouts go through the teacher adapter: its LoRA matmuls (and one adapter switch in
+        # and out per generate call, tiltmatch.lora.AdapterDenoiser.session) are what training
+        # pays on top of the bare base.
         sampler["teacher"] = measure_sampler(pair.teacher, prompts, args, device)
         release(device)
         progress(f"(a) sampler, teacher adapter: {sampler['teacher']['seconds']:.2f} s")
