@@ -372,6 +372,16 @@ def test_unsupported_launches_are_refused_by_name(monkeypatch) -> None:
         fsdp_settings_from_env()
 
 
+def test_a_4bit_base_is_not_sharded(monkeypatch, tmp_path) -> None:
+    import tiltmatch.runner as runner
+
+    sharded = DistributedContext(rank=0, world_size=2, fsdp=FSDPSettings())
+    monkeypatch.setattr(runner, "process_context", lambda: sharded)
+    sets = [*TINY, f"model.base={tmp_path}", "model.load_in_4bit=true", "lora.r=4"]
+    with pytest.raises(ValueError, match=r"load_in_4bit.*ddp\.yaml"):
+        runner.build_trainer(build_config(overrides=sets), tmp_path / "run")
+
+
 def test_layer_class_must_match_a_module() -> None:
     model = tiny_denoiser(11, SPEC, seed=0)
     with pytest.raises(ValueError, match=r"GPT2Block.*LlamaDecoderLayer"):

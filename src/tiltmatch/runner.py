@@ -53,13 +53,22 @@ def build_trainer(
     """Task, model, codec, pair, objective and trainer of a configuration."""
     torch.manual_seed(config.seed)
     context = process_context()
+    if context.fsdp is not None and config.model.load_in_4bit:
+        raise ValueError(
+            "model.load_in_4bit cannot be sharded with FSDP (bitsandbytes' 4-bit weights are "
+            "not DTensors): launch with configs/accelerate/ddp.yaml"
+        )
     task = get_task(config.task, **config.task_options)
     model, codec = load_model_and_codec(config.model, task, seed=config.seed)
     if config.model.base is not None and config.model.dtype != "float32":
         from tiltmatch.lora import prepare_base_model
 
         model = prepare_base_model(model, config.model)
-    model.to(context.device)  # type: ignore[arg-type]  # transformers' decorated .to
+    if context.fsdp is None:
+        model.to(context.device)  # type: ignore[arg-type]  # transformers' decorated .to
+    # Under FSDP the pair stays on the CPU until sharded: fully_shard moves one layer at a
+    # time to the GPU and shards it, so no GPU ever holds the whole student, teacher and
+    # reference copies at once.
     pair = make_pair(config, model, codec)
     objective = make_objective(config, codec.mask_token_id)
     trainer = make_trainer(config, task, codec, pair, objective, out_dir, quiet, context)

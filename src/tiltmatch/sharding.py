@@ -12,6 +12,10 @@ one layer at a time, so the teacher's and the sampler's forwards are collective
 too; the trainer keeps them in lockstep by giving every rank the same number of
 forwards (equal buffers, and evaluation shards padded to equal length).
 
+- Placement: :mod:`tiltmatch.runner` builds the pair on the CPU under FSDP;
+  ``fully_shard`` moves one layer at a time to the launch's GPU and shards it,
+  so no GPU holds the whole student, teacher and reference copies at once (the
+  host does, once per rank). A 4-bit base cannot be sharded (refused).
 - Gradients: ``fully_shard`` reduce-scatters them during ``backward`` and
   averages over ranks, so no extra all-reduce is done; gradient clipping,
   AdamW and the per-stage optimiser reset (METHOD.md section 6) work on the
@@ -38,7 +42,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from tiltmatch.distributed import DistributedTrainer, FSDPSettings
+from tiltmatch.distributed import DistributedTrainer, FSDPSettings, rank_seed
 
 
 def shard_module(module: nn.Module, settings: FSDPSettings) -> None:
@@ -116,6 +120,12 @@ class ShardedTrainer(DistributedTrainer):
         if settings is None:
             raise ValueError("ShardedTrainer needs the FSDP settings of the launch")
         self.pair.apply_sharding(lambda module: shard_module(module, settings))
+        # The pair may have been built on the CPU (it is, by tiltmatch.runner): the shards
+        # now live on the launch's device, and so must the trainer's generator.
+        device = next(self.pair.student.parameters()).device
+        if device != self.generator.device:
+            seed = rank_seed(self.config.seed, self.context.rank)
+            self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def _average_gradients(self) -> None:
         """Nothing to do: ``fully_shard`` reduce-scattered (and averaged) them in backward."""
