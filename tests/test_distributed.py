@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_OVERRIDES
 from torch.distributed.tensor import DTensor
 
 from tiltmatch.config import build_config
@@ -50,23 +51,9 @@ from tiltmatch.trainer import CHECKPOINT, Trainer
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 GLOBAL_PROMPTS, GROUP, UPDATES = 4, 2, 3
-TINY = [  # as tests/conftest.py's TINY_OVERRIDES (a script run cannot use the fixture)
-    "task=maze",
-    "sampler.steps=8",
-    "sampler.block_length=8",
-    "dtm.h=2",
-    "dtm.a_end=4",
-    "dtm.steps_per_h=4",
-    "train.num_generations=2",
-    "train.prompts_per_batch=2",
-    "train.buffer_prompts=4",
-    "train.refresh_prompts=2",
-    "train.refresh_every=2",
-    "train.train_examples=16",
-    "train.checkpoint_every=2",
-    "eval.examples=5",
-    "eval.samples_per_example=1",
-]
+# The suite's tiny run (conftest.py is importable by name here and under torchrun), with
+# 5 evaluation examples so that 2 ranks get uneven shares.
+TINY = [*TINY_OVERRIDES, "eval.examples=5"]
 
 
 class RowSeededDTM(DTMObjective):

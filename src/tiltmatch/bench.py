@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -249,11 +250,18 @@ def dtm_prompts_per_stage(size: BenchSize) -> int:
     return per_stage
 
 
-def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[str, Any]:
-    """The :class:`~tiltmatch.config.RunConfig` fields of one run."""
+def check_budget(size: BenchSize) -> None:
+    """Both ways of spending ``budget`` rollouts must come out even (else ValueError)."""
+    dtm_prompts_per_stage(size)
     g, ppb = size.num_generations, size.prompts_per_batch
     if size.budget % (ppb * g):
         raise ValueError(f"budget {size.budget} is not a multiple of {ppb} prompts x G {g}")
+
+
+def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[str, Any]:
+    """The :class:`~tiltmatch.config.RunConfig` fields of one run."""
+    check_budget(size)
+    g, ppb = size.num_generations, size.prompts_per_batch
     model: dict[str, Any] = {"base": setup.base}
     if setup.base is None:  # micro: a fresh one-layer model
         model.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -543,10 +551,18 @@ def run_cache_key(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> str:
     digest.update(json.dumps(run_config_dict(setup, spec, size), sort_keys=True).encode())
     digest.update(json.dumps(dataclasses.asdict(size), sort_keys=True).encode())
     if setup.base is not None:
-        for path in sorted(Path(setup.base).glob("*.safetensors")):
-            digest.update(path.name.encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(weights_digest(setup.base))
     return digest.hexdigest()
+
+
+@functools.cache
+def weights_digest(folder: str) -> bytes:
+    """SHA-256 over a model folder's safetensors files (read once per benchmark process)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.digest()
 
 
 def cached_run(
@@ -894,10 +910,7 @@ def main(argv: list[str]) -> int:
     if args.budget is not None:  # a size of its own: its runs are cached apart
         name = f"{size.name}-budget{args.budget}"
         size = dataclasses.replace(size, name=name, budget=args.budget)
-        dtm_prompts_per_stage(size)  # a budget that the stages cannot split is an error now
-        per_batch = size.prompts_per_batch * size.num_generations
-        if size.budget % per_batch:
-            raise ValueError(f"--budget {size.budget} is not a multiple of {per_batch}")
+        check_budget(size)  # now, not at the first run
     if args.learning_rates:
         size = dataclasses.replace(size, learning_rates=tuple(args.learning_rates))
     out = Path(args.out)

@@ -89,21 +89,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo: DTM on the maze from the shipped base model, with a report."""
-    from tiltmatch.demo import run_demo
+    from tiltmatch.demo import HEADLINE_KEYS, run_demo
 
     report = run_demo(
         Path(args.out), config_path=args.config, overrides=_overrides(args), quiet=args.quiet
     )
-    keys = (
-        "base_reward",
-        "final_reward",
-        "tv_to_target",
-        "tv_noise_floor",
-        "distinct_optimal_paths_base",
-        "distinct_optimal_paths_final",
-        "wall_seconds",
-    )
-    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(json.dumps({k: report[k] for k in HEADLINE_KEYS}, indent=2))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 

@@ -219,6 +219,18 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: the report's headline figures (what ``tiltmatch demo`` prints when it is done)
+HEADLINE_KEYS: tuple[str, ...] = (
+    "base_reward",
+    "final_reward",
+    "tv_to_target",
+    "tv_noise_floor",
+    "distinct_optimal_paths_base",
+    "distinct_optimal_paths_final",
+    "wall_seconds",
+)
+
+
 def run_demo(
     out: Path,
     config_path: str | None = None,

@@ -75,6 +75,11 @@ class FSDPSettings:
     layer_classes: tuple[str, ...] = DEFAULT_LAYER_CLASSES
 
 
+def _flag(name: str) -> bool:
+    """Whether the launcher set environment flag ``name`` (accelerate's spelling)."""
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
 def fsdp_settings_from_env() -> FSDPSettings:
     """The settings ``accelerate launch`` passes for an FSDP config (read by accelerate's plugin).
 
@@ -132,10 +137,6 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
-
-
 def _refuse_deepspeed_launch() -> None:
     if _flag("ACCELERATE_USE_DEEPSPEED"):
         # Why not: DeepSpeed's engine owns the optimiser step, gradient clipping and LR
@@ -158,8 +159,7 @@ def process_context(cpu: bool | None = None) -> DistributedContext:
     launcher's environment. ``cpu`` forces CPU processes (default: when no GPU).
     """
     if cpu is None:  # `accelerate launch --cpu` says so through the environment
-        forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-        cpu = forced or not torch.cuda.is_available()
+        cpu = _flag("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     if world_size_from_env() <= 1:
         device = torch.device("cpu" if cpu else "cuda")
         return DistributedContext(device=device)
@@ -333,12 +333,13 @@ class DistributedTrainer(Trainer):
             codec.pad_token_id,
             world_size=world,
         )
-        # Rollouts, states and dropout differ per rank, reproducibly.
-        device = next(pair.student.parameters()).device
-        self.generator = torch.Generator(device=device).manual_seed(rank_seed(config.seed, rank))
         torch.manual_seed(rank_seed(config.seed, rank))
         self._check_replicas_agree()
         self._shard_weights()
+        # Rollouts, states and dropout differ per rank, reproducibly; the generator lives
+        # where the weights do once placed (FSDP moves CPU-built weights to the GPU).
+        device = next(pair.student.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(rank_seed(config.seed, rank))
 
     def _shard_weights(self) -> None:
         """Where the weights go once the ranks agree on them: replicated here (DDP)."""

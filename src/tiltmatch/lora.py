@@ -305,6 +305,12 @@ class LoRAPair(DenoiserPair):
 
     # -- weights -----------------------------------------------------------------------------
 
+    def _named_adapter_parameters(self, adapter: str) -> Iterator[tuple[str, nn.Parameter]]:
+        """An adapter's LoRA parameters under the PEFT model's own names."""
+        for name, p in self.peft_model.named_parameters():
+            if adapter in name.split(".") and "lora_" in name:
+                yield name, p
+
     def _adapter_parameters(self, adapter: str) -> dict[str, nn.Parameter]:
         """An adapter's parameters keyed by name with the adapter segment removed.
 
@@ -312,10 +318,8 @@ class LoRAPair(DenoiserPair):
         weights are interchangeable groups in a checkpoint.
         """
         out: dict[str, nn.Parameter] = {}
-        for name, p in self.peft_model.named_parameters():
-            parts = name.split(".")
-            if adapter in parts and "lora_" in name:
-                out[".".join(s for s in parts if s != adapter)] = p
+        for name, p in self._named_adapter_parameters(adapter):
+            out[".".join(s for s in name.split(".") if s != adapter)] = p
         if not out:
             raise RuntimeError(f"adapter {adapter!r} has no parameters: check target_modules")
         return out
@@ -333,11 +337,7 @@ class LoRAPair(DenoiserPair):
 
     def student_weights(self) -> dict[str, torch.Tensor]:
         """The student adapter's entries of the PEFT model's ``state_dict``."""
-        return {
-            name: p.detach()
-            for name, p in self.peft_model.named_parameters()
-            if STUDENT in name.split(".") and "lora_" in name
-        }
+        return {name: p.detach() for name, p in self._named_adapter_parameters(STUDENT)}
 
     def _student_copy(self) -> dict[str, torch.Tensor]:
         return {k: p.detach().float().clone() for k, p in self._params[STUDENT].items()}

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from tiltmatch.distributed import DistributedTrainer, FSDPSettings, rank_seed
+from tiltmatch.distributed import DistributedTrainer, FSDPSettings
 
 
 def shard_module(module: nn.Module, settings: FSDPSettings) -> None:
@@ -120,12 +120,6 @@ class ShardedTrainer(DistributedTrainer):
         if settings is None:
             raise ValueError("ShardedTrainer needs the FSDP settings of the launch")
         self.pair.apply_sharding(lambda module: shard_module(module, settings))
-        # The pair may have been built on the CPU (it is, by tiltmatch.runner): the shards
-        # now live on the launch's device, and so must the trainer's generator.
-        device = next(self.pair.student.parameters()).device
-        if device != self.generator.device:
-            seed = rank_seed(self.config.seed, self.context.rank)
-            self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def _average_gradients(self) -> None:
         """Nothing to do: ``fully_shard`` reduce-scattered (and averaged) them in backward."""
