@@ -5,6 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tiltmatch.data import DatasetError, shared_data_dir
+
+
+def needs_shared_data(relative: str) -> pytest.MarkDecorator:
+    """Skip, saying why, a test that reads ``relative`` under the shared data folder
+    (``../shared/data`` beside the repository, or ``$TILTMATCH_DATA_DIR``)."""
+    try:
+        found = (shared_data_dir() / relative).is_file()
+    except DatasetError:
+        found = False
+    reason = f"shared data file {relative} not found (put shared/ beside the repository)"
+    return pytest.mark.skipif(not found, reason=reason)
+
+
 TINY_OVERRIDES = [
     "task=maze",
     "model.hidden_size=32",

@@ -7,8 +7,9 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared_data
 
-from tiltmatch.data import DatasetError, shared_data_dir
+from tiltmatch.data import DatasetError
 from tiltmatch.tasks import Example, get_task
 from tiltmatch.tasks.arith import evaluate_expression
 from tiltmatch.tasks.countdown import (
@@ -26,14 +27,7 @@ def _example(numbers: tuple[int, ...], target: int) -> Example:
     return Example(prompt="", data={"numbers": numbers, "target": target})
 
 
-def _has_shared_data() -> bool:
-    try:
-        return (shared_data_dir() / "countdown" / "test.jsonl").is_file()
-    except DatasetError:
-        return False
-
-
-needs_data = pytest.mark.skipif(not _has_shared_data(), reason="shared data folder not found")
+needs_data = needs_shared_data("countdown/test.jsonl")
 
 EX = _example((3, 5, 7), 22)  # 3*5+7 = 22
 

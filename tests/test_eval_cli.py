@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import needs_shared_data
 from llada_fixture import write_tiny_llada
 
 from tiltmatch.cli import main
 
 
+@needs_shared_data("gsm8k/test.jsonl")
 def test_eval_llada_checkpoint_on_gsm8k(tmp_path: Path, capsys) -> None:
     ckpt = write_tiny_llada(tmp_path / "llada")
     out = tmp_path / "eval"

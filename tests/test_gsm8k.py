@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import needs_shared_data
 
 from tiltmatch.data import DatasetError
 from tiltmatch.tasks import get_task
@@ -19,6 +20,8 @@ from tiltmatch.tasks.gsm8k import (
     reference_answer,
 )
 from tiltmatch.tasks.reasoning import REASONING_INSTRUCTION, subset_indices
+
+needs_data = needs_shared_data("gsm8k/test.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +71,7 @@ def test_registry_builds_the_task() -> None:
     assert get_task("gsm8k", response_length=512).response_length == 512
 
 
+@needs_data
 def test_shared_test_set_loads_in_file_order(test_set: list) -> None:
     assert len(test_set) == 1319
     first = test_set[0]
@@ -78,6 +82,7 @@ def test_shared_test_set_loads_in_file_order(test_set: list) -> None:
     assert len({e.uid for e in test_set}) == 1319
 
 
+@needs_data
 def test_prompt_is_instruction_then_question(test_set: list) -> None:
     prompt = test_set[0].prompt
     assert prompt.startswith(REASONING_INSTRUCTION)
@@ -86,6 +91,7 @@ def test_prompt_is_instruction_then_question(test_set: list) -> None:
         assert marker in prompt
 
 
+@needs_data
 def test_seeded_subset_is_deterministic_nested_and_in_file_order(task: GSM8KTask) -> None:
     a = task.examples("test", n=50, seed=3)
     b = task.examples("test", n=50, seed=3)
@@ -101,6 +107,7 @@ def test_seeded_subset_is_deterministic_nested_and_in_file_order(task: GSM8KTask
         task.examples("test", n=-1)
 
 
+@needs_data
 def test_reference_parsing_on_real_rows(test_set: list) -> None:
     by_index = {e.data["index"]: e.reference for e in test_set}
     assert by_index[0] == "18"
@@ -261,6 +268,7 @@ def test_last_number() -> None:
     assert last_number("nothing") is None
 
 
+@needs_data
 def test_reward(task: GSM8KTask, test_set: list) -> None:
     example = test_set[0]  # reference 18
     assert task.reward("<answer>\\boxed{18}</answer>", example) == 1.0
@@ -271,6 +279,7 @@ def test_reward(task: GSM8KTask, test_set: list) -> None:
     assert task.reward("", example) == 0.0
 
 
+@needs_data
 def test_true_solutions_score_one(task: GSM8KTask, test_set: list) -> None:
     rng = random.Random(0)
     for example in test_set[:20]:
@@ -281,6 +290,7 @@ def test_true_solutions_score_one(task: GSM8KTask, test_set: list) -> None:
         assert task.reward(demo, example) == 1.0
 
 
+@needs_data
 def test_metrics(task: GSM8KTask, test_set: list) -> None:
     examples = test_set[:4]
     responses = [f"<answer>{e.reference}</answer>" for e in examples[:3]] + ["<answer>x</answer>"]

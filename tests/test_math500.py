@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import needs_shared_data
 
 from tiltmatch.data import DatasetError
 from tiltmatch.tasks import get_task
@@ -25,6 +26,9 @@ from tiltmatch.tasks.math500 import (
 from tiltmatch.tasks.reasoning import REASONING_INSTRUCTION
 
 pytest.importorskip("math_verify")
+
+
+needs_data = needs_shared_data("math500/test.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,7 @@ def test_registry_builds_the_task() -> None:
     assert task.response_length == 256
 
 
+@needs_data
 def test_shared_test_set(test_set: list[Example]) -> None:
     assert len(test_set) == 500
     first = test_set[0]
@@ -60,6 +65,7 @@ def test_shared_test_set(test_set: list[Example]) -> None:
     assert first.prompt.endswith(first.data["problem"].strip())
 
 
+@needs_data
 def test_seeded_subset(task: Math500Task) -> None:
     a = [e.uid for e in task.examples("test", n=30, seed=1)]
     assert a == [e.uid for e in task.examples("test", n=30, seed=1)]
@@ -233,6 +239,7 @@ def test_string_equivalence() -> None:
     assert not string_equivalent("\\frac{2}{4}", "\\frac{1}{2}")
 
 
+@needs_data
 def test_true_solutions_score_one(task: Math500Task, test_set: list[Example]) -> None:
     rng = random.Random(0)
     for example in test_set[:20]:
@@ -242,6 +249,7 @@ def test_true_solutions_score_one(task: Math500Task, test_set: list[Example]) ->
         assert string_equivalent(extract_math_answer(solution) or "", example.reference or "")
 
 
+@needs_data
 def test_reward_and_metrics(task: Math500Task, test_set: list[Example]) -> None:
     example = test_set[0]  # \left( 3, \frac{\pi}{2} \right)
     assert task.reward("<answer>\\boxed{(3, \\pi/2)}</answer>", example) == 1.0

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared_data
 
 from tiltmatch.data import DatasetError, read_csv, shared_data_dir
 from tiltmatch.tasks import Example, get_task
@@ -28,14 +29,7 @@ SOLUTION = "1234341221434321"
 PUZZLE = "1030040201400300"  # 9 blanks
 
 
-def _has_shared_data() -> bool:
-    try:
-        return (shared_data_dir() / "sudoku" / "test_split_new.csv").is_file()
-    except DatasetError:
-        return False
-
-
-needs_data = pytest.mark.skipif(not _has_shared_data(), reason="shared data folder not found")
+needs_data = needs_shared_data("sudoku/test_split_new.csv")
 
 
 def _example(puzzle: str = PUZZLE, solution: str = SOLUTION) -> Example:
