@@ -1,15 +1,15 @@
 """GPU check of the LLaDA issue: sampler throughput, one c-DTM and one diffu-GRPO update.
 
 Builds a model with LLaDA-8B-Instruct's exact architecture, a bidirectional
-``LlamaForCausalLM`` from :func:`tiltmatch.llada.llada_config_to_llama`, with
+``LlamaForCausalLM`` from :func:`tiltmatch.models.llada.llada_config_to_llama`, with
 random bfloat16 weights made directly on the GPU (no checkpoint is read: the
 numbers below depend on the shapes, not on the values), puts the student and
-teacher LoRA adapters of :class:`tiltmatch.lora.LoRAPair` on it (r = 128, the
+teacher LoRA adapters of :class:`tiltmatch.training.lora.LoRAPair` on it (r = 128, the
 recipes' alpha, dropout and target modules, activation checkpointing) and
 measures, in one process:
 
-(a) the sampler: :func:`tiltmatch.sampler.generate` with low-confidence
-    remasking, through a :class:`~tiltmatch.model.MaskedDenoiser` on the bare
+(a) the sampler: :func:`tiltmatch.sampling.sampler.generate` with low-confidence
+    remasking, through a :class:`~tiltmatch.models.denoiser.MaskedDenoiser` on the bare
     base (before the adapters exist) and through the teacher adapter (the
     rollout policy, as the trainer samples): seconds and generated tokens per
     second, each after a warm-up of one step per block at the same shapes;
@@ -18,7 +18,7 @@ measures, in one process:
     ``clip_grad_norm_`` and the AdamW step: seconds and peak GPU memory;
 (c) one diffu-GRPO update (METHOD.md section 8) with the same pair: current
     policy = student, old policy = teacher, reference = the base with its
-    adapters disabled; the objective comes from ``tiltmatch.methods.make_objective``.
+    adapters disabled; the objective comes from ``tiltmatch.training.methods.make_objective``.
 
 Each update is timed twice on the same micro-batch: the first includes AdamW
 allocating its moments, the repeat does not. The checksums of the student
@@ -62,13 +62,13 @@ import torch
 from transformers import LlamaForCausalLM
 
 from tiltmatch.config import RunConfig
-from tiltmatch.llada import llada_config_to_llama
-from tiltmatch.lora import LoRAPair
-from tiltmatch.methods import make_objective
-from tiltmatch.model import MaskedDenoiser
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.llada import llada_config_to_llama
 from tiltmatch.objective import Objective, Phase
-from tiltmatch.rollouts import RolloutBatch
-from tiltmatch.sampler import SamplingConfig, generate, left_pad
+from tiltmatch.sampling.rollouts import RolloutBatch
+from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
+from tiltmatch.training.lora import LoRAPair
+from tiltmatch.training.methods import make_objective
 
 T = TypeVar("T")
 
@@ -106,7 +106,7 @@ class ModelSpec:
     description: str
     sizes: dict[str, Any]
     # With random weights the ids are just numbers. Real runs never hard-code them: they
-    # read them from the checkpoint (tiltmatch.llada.read_special_ids).
+    # read them from the checkpoint (tiltmatch.models.llada.read_special_ids).
     mask_token_id: int
     pad_token_id: int  # LLaDA pads with its EOS token
 
@@ -609,7 +609,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     }
     if "a" in args.parts:
         # Rollouts go through the teacher adapter: its LoRA matmuls (and one adapter switch in
-        # and out per generate call, tiltmatch.lora.AdapterDenoiser.session) are what training
+        # and out per generate call, tiltmatch.training.lora.AdapterDenoiser.session) are what
+        # training
         # pays on top of the bare base.
         sampler["teacher"] = measure_sampler(pair.teacher, prompts, args, device)
         release(device)

@@ -3,7 +3,7 @@
     python benchmarks/maze_ablation.py --size small --out runs/ablation
     python benchmarks/maze_ablation.py --size small --states random --out runs/ablation
 
-The logic lives in :mod:`tiltmatch.ablation`; see BENCHMARKS.md for results.
+The logic lives in :mod:`tiltmatch.experiments.ablation`; see BENCHMARKS.md for results.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from tiltmatch.ablation import main
+from tiltmatch.experiments.ablation import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from tiltmatch.config import build_config
-from tiltmatch.demo import demo_config_path
-from tiltmatch.evaluation import sample_texts
-from tiltmatch.exact_target import maze_target_report, mean_report
-from tiltmatch.runner import build_trainer
+from tiltmatch.dtm.exact_target import maze_target_report, mean_report
+from tiltmatch.experiments.demo import demo_config_path
+from tiltmatch.training.evaluation import sample_texts
+from tiltmatch.training.runner import build_trainer
 
 
 def main() -> None:

@@ -27,14 +27,14 @@ from tiltmatch.baselines.likelihood import (
 from tiltmatch.baselines.rejection import RejectionObjective, RejectionOptions, best_of_group
 from tiltmatch.baselines.wd1 import WD1Objective, WD1Options, wd1_advantages, wd1_loss, wd1_weights
 from tiltmatch.config import ConfigError, build_config
-from tiltmatch.dtm import DTMObjective
-from tiltmatch.loss import dtm_loss
-from tiltmatch.methods import make_objective, needs_reference
-from tiltmatch.model import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.dtm.loss import dtm_loss
+from tiltmatch.dtm.objective import DTMObjective
+from tiltmatch.dtm.states import random_mask_states
+from tiltmatch.dtm.weights import self_normalised_weights
+from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.objective import Phase, forward_response_logits
-from tiltmatch.rollouts import RolloutBatch
-from tiltmatch.states import random_mask_states
-from tiltmatch.weights import self_normalised_weights
+from tiltmatch.sampling.rollouts import RolloutBatch
+from tiltmatch.training.methods import make_objective, needs_reference
 
 PAD, MASK, VOCAB = 0, 1, 7
 SPEC = TinyModelSpec(
@@ -399,10 +399,10 @@ def test_make_objective_dispatches_and_validates_options() -> None:
 
 @pytest.mark.parametrize("method", ["diffu-grpo", "wd1", "rejection"])
 def test_trainer_runs_two_stages_of_each_baseline(method: str, tmp_path) -> None:
-    from tiltmatch.pair import CopiedPair
-    from tiltmatch.pretrain import char_codec_for
     from tiltmatch.tasks import get_task
-    from tiltmatch.trainer import Trainer
+    from tiltmatch.training.pair import CopiedPair
+    from tiltmatch.training.pretrain import char_codec_for
+    from tiltmatch.training.trainer import Trainer
 
     task = get_task("maze")
     # An untrained model never finds a valid path, so every group would be flat and the

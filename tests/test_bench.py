@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tiltmatch.bench import METHODS, SIZES, TASKS, dtm_prompts_per_stage, main, rollouts_to_reach
+from tiltmatch.experiments.bench import (
+    METHODS,
+    SIZES,
+    TASKS,
+    dtm_prompts_per_stage,
+    main,
+    rollouts_to_reach,
+)
 
 REQUIRED = ("task", "method", "seed", "rollouts", "heldout_accuracy", "curve")
 
@@ -60,7 +67,7 @@ def test_rollouts_to_reach_interpolates() -> None:
 
 
 def test_micro_maze_ablation_runs(tmp_path: Path) -> None:
-    from tiltmatch.ablation import main as ablation_main
+    from tiltmatch.experiments.ablation import main as ablation_main
 
     out = tmp_path / "ablation"
     argv = ["--size", "micro", "--out", str(out), "--schedules", "fixed", "adaptive", "--quiet"]

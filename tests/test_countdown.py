@@ -10,6 +10,7 @@ import pytest
 from conftest import needs_shared_data
 
 from tiltmatch.data import DatasetError
+from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.tasks import Example, get_task
 from tiltmatch.tasks.arith import evaluate_expression
 from tiltmatch.tasks.countdown import (
@@ -20,7 +21,6 @@ from tiltmatch.tasks.countdown import (
     random_instance,
     solve,
 )
-from tiltmatch.tokenizer import CharTokenizer
 
 
 def _example(numbers: tuple[int, ...], target: int) -> Example:

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from tiltmatch.demo import run_demo
+from tiltmatch.experiments.demo import run_demo
 
 REQUIRED = (
     "base_reward",

@@ -24,7 +24,13 @@ from conftest import TINY_OVERRIDES
 from torch.distributed.tensor import DTensor
 
 from tiltmatch.config import build_config
-from tiltmatch.distributed import (
+from tiltmatch.dtm.objective import DTMObjective
+from tiltmatch.dtm.states import States, random_mask_states
+from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.sampling.rollouts import RolloutBatch
+from tiltmatch.sampling.sampler import left_pad
+from tiltmatch.tasks.maze.task import MazeTask
+from tiltmatch.training.distributed import (
     DistributedContext,
     DistributedTrainer,
     FSDPSettings,
@@ -36,17 +42,11 @@ from tiltmatch.distributed import (
     shard,
     unshard,
 )
-from tiltmatch.dtm import DTMObjective
-from tiltmatch.lora import LoRAPair
-from tiltmatch.model import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.pair import CopiedPair
-from tiltmatch.pretrain import char_codec_for
-from tiltmatch.rollouts import RolloutBatch
-from tiltmatch.sampler import left_pad
-from tiltmatch.sharding import ShardedTrainer, full_tensors, shard_module
-from tiltmatch.states import States, random_mask_states
-from tiltmatch.tasks.maze import MazeTask
-from tiltmatch.trainer import CHECKPOINT, Trainer
+from tiltmatch.training.lora import LoRAPair
+from tiltmatch.training.pair import CopiedPair
+from tiltmatch.training.pretrain import char_codec_for
+from tiltmatch.training.sharding import ShardedTrainer, full_tensors, shard_module
+from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -225,7 +225,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(launch_name, request
 
 @pytest.mark.parametrize("launch_name", LAUNCHES)
 def test_resume_restores_every_rank(launch_name, request) -> None:
-    from tiltmatch.checkpoint import load_checkpoint
+    from tiltmatch.training.checkpoint import load_checkpoint
 
     two_ranks = request.getfixturevalue(launch_name)
     sharded = launch_name == "two_sharded_ranks"
@@ -360,7 +360,7 @@ def test_unsupported_launches_are_refused_by_name(monkeypatch) -> None:
 
 
 def test_a_4bit_base_is_not_sharded(monkeypatch, tmp_path) -> None:
-    import tiltmatch.runner as runner
+    import tiltmatch.training.runner as runner
 
     sharded = DistributedContext(rank=0, world_size=2, fsdp=FSDPSettings())
     monkeypatch.setattr(runner, "process_context", lambda: sharded)
@@ -420,7 +420,7 @@ def test_accelerate_config_files_are_valid(name) -> None:
         assert key in options, key
     if name == "fsdp.yaml":
         fsdp = raw["fsdp_config"]
-        assert fsdp["fsdp_version"] == 2  # fully_shard, what tiltmatch.sharding runs
+        assert fsdp["fsdp_version"] == 2  # fully_shard, what tiltmatch.training.sharding runs
         assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
     if name == "deepspeed_zero2.yaml":
         assert raw["deepspeed_config"]["zero_stage"] == 2

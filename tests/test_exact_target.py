@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from tiltmatch.exact_target import (
+from tiltmatch.dtm.exact_target import (
     INVALID,
     empirical_distribution,
     expected_reward,
@@ -20,7 +20,7 @@ from tiltmatch.exact_target import (
     tilt,
     total_variation,
 )
-from tiltmatch.tasks.maze import Maze, MazeTask
+from tiltmatch.tasks.maze.task import Maze, MazeTask
 
 # A base over path-like outcomes: four optimal ones (reward 1) with unequal mass,
 # detours (reward 0.5625) and the lumped invalid outcome (reward 0).

@@ -1,4 +1,4 @@
-"""LLaDA checkpoints as bidirectional ``LlamaForCausalLM`` models (tiltmatch.llada).
+"""LLaDA checkpoints as bidirectional ``LlamaForCausalLM`` models (tiltmatch.models.llada).
 
 The traps aimed at: a wrong key mapping (gate vs. up projection), a RoPE
 convention that differs from LLaDA's, attention turning causal, padding leaking
@@ -29,7 +29,9 @@ from llada_fixture import (
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
-from tiltmatch.llada import (
+from tiltmatch.models.codecs import PromptCodec
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.llada import (
     LLaDACodec,
     LLaDASpecialIds,
     add_convert_parser,
@@ -39,8 +41,6 @@ from tiltmatch.llada import (
     load_llada,
     read_special_ids,
 )
-from tiltmatch.model import MaskedDenoiser
-from tiltmatch.tokenizer import PromptCodec
 
 # --------------------------------------------------------------------------- reference
 

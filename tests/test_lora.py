@@ -7,21 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiltmatch.checkpoint import load_checkpoint, save_checkpoint
 from tiltmatch.config import LoRAConfig, ModelConfig, build_config
-from tiltmatch.dtm import DTMObjective
-from tiltmatch.lora import (
+from tiltmatch.dtm.objective import DTMObjective
+from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.tasks import get_task
+from tiltmatch.tasks.base import Example
+from tiltmatch.tasks.maze.task import MazeTask
+from tiltmatch.training.checkpoint import load_checkpoint, save_checkpoint
+from tiltmatch.training.lora import (
     LoRAPair,
     bitsandbytes_available,
     load_4bit_base,
     prepare_base_model,
 )
-from tiltmatch.model import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.pretrain import char_codec_for
-from tiltmatch.tasks import get_task
-from tiltmatch.tasks.base import Example
-from tiltmatch.tasks.maze import MazeTask
-from tiltmatch.trainer import Trainer
+from tiltmatch.training.pretrain import char_codec_for
+from tiltmatch.training.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT reads a renamed flag
 
@@ -294,8 +294,8 @@ def test_countdown_recipe_reward_is_one_if_correct_else_zero() -> None:
 def test_sampling_through_the_teacher_switches_adapters_once(monkeypatch) -> None:
     from contextlib import nullcontext
 
-    from tiltmatch.lora import AdapterDenoiser
-    from tiltmatch.sampler import SamplingConfig, generate
+    from tiltmatch.sampling.sampler import SamplingConfig, generate
+    from tiltmatch.training.lora import AdapterDenoiser
 
     pair = make_pair()
     with torch.no_grad():  # teacher != student, so a wrong adapter would show in the samples

@@ -9,9 +9,10 @@ from collections import Counter
 
 import pytest
 
-from tiltmatch.maze_figure import before_after_figure
+from tiltmatch.experiments.maze_figure import before_after_figure
+from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.tasks import get_task
-from tiltmatch.tasks.maze import (
+from tiltmatch.tasks.maze.task import (
     Maze,
     MazeTask,
     count_shortest_paths,
@@ -20,7 +21,6 @@ from tiltmatch.tasks.maze import (
     shortest_paths,
     valid_moves,
 )
-from tiltmatch.tokenizer import CharTokenizer
 
 # S at the top left, G at the bottom right, one wall at (1, 1); shortest length 6.
 HAND = Maze(grid=("....", ".#..", "....", "...."), start=(0, 0), goal=(3, 3))

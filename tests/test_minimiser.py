@@ -2,7 +2,7 @@
 
 A tabular denoiser over an enumerable space (V = 3 tokens, L = 3, two
 prompts) is fitted by minimising the c-DTM loss, as computed by
-``tiltmatch.loss.dtm_loss``, on (a) its exact expectation, by enumerating every
+``tiltmatch.dtm.loss.dtm_loss``, on (a) its exact expectation, by enumerating every
 (prompt, x, state) triple with its probability, and (b) Monte Carlo samples.
 The fitted posteriors must equal the tilted posteriors (T) computed directly
 from ``p_{a+h} ∝ p_0 e^{(a+h) r}``: to 1e-6 exactly, within Monte Carlo error
@@ -16,8 +16,8 @@ import itertools
 import pytest
 import torch
 
-from tiltmatch.loss import ctilt_target, dtm_loss
-from tiltmatch.states import States, random_mask_states
+from tiltmatch.dtm.loss import ctilt_target, dtm_loss
+from tiltmatch.dtm.states import States, random_mask_states
 
 V, L, MASK = 3, 3, 3  # tokens 0..2, the mask is id 3
 PROMPTS = 2

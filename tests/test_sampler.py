@@ -7,8 +7,14 @@ import itertools
 import pytest
 import torch
 
-from tiltmatch.model import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.sampler import SamplingConfig, generate, gumbel_max, left_pad, tokens_per_step
+from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.sampling.sampler import (
+    SamplingConfig,
+    generate,
+    gumbel_max,
+    left_pad,
+    tokens_per_step,
+)
 
 SPEC = TinyModelSpec(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 VOCAB, MASK, PAD = 16, 1, 0

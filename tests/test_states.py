@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tiltmatch.states import antithetic_times, random_mask_states, sar_states, trajectory_states
+from tiltmatch.dtm.states import antithetic_times, random_mask_states, sar_states, trajectory_states
 
 MASK = 1
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import needs_shared_data
 
 from tiltmatch.data import DatasetError, read_csv, shared_data_dir
+from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.tasks import Example, get_task
 from tiltmatch.tasks.sudoku import (
     PUBLISHED_TEST_GRIDS,
@@ -23,7 +24,6 @@ from tiltmatch.tasks.sudoku import (
     solutions,
     split_grids,
 )
-from tiltmatch.tokenizer import CharTokenizer
 
 SOLUTION = "1234341221434321"
 PUZZLE = "1030040201400300"  # 9 blanks

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiltmatch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tiltmatch.config import build_config
-from tiltmatch.dtm import DTMObjective
-from tiltmatch.model import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.pair import CopiedPair
-from tiltmatch.pretrain import char_codec_for
+from tiltmatch.dtm.objective import DTMObjective
+from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.tasks.base import RewardError
-from tiltmatch.tasks.maze import MazeTask
-from tiltmatch.trainer import Trainer, stage_lr_lambda
+from tiltmatch.tasks.maze.task import MazeTask
+from tiltmatch.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tiltmatch.training.pair import CopiedPair
+from tiltmatch.training.pretrain import char_codec_for
+from tiltmatch.training.trainer import Trainer, stage_lr_lambda
 
 
 def make_trainer(overrides: list[str], out: Path, task: MazeTask | None = None) -> Trainer:
@@ -143,7 +143,7 @@ def test_stage_learning_rate_schedule() -> None:
 
 
 def test_rng_state_carries_the_gpu_generator_where_there_is_one(monkeypatch) -> None:
-    from tiltmatch.trainer import restore_rng_state, rng_state
+    from tiltmatch.training.trainer import restore_rng_state, rng_state
 
     generator = torch.Generator().manual_seed(3)
     assert "cuda" not in rng_state(generator) or torch.cuda.is_available()

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from tiltmatch.schedule import (
+from tiltmatch.dtm.schedule import (
     AdaptiveESSSchedule,
     FixedSchedule,
     GeometricSchedule,
     NoAnnealing,
 )
-from tiltmatch.weights import (
+from tiltmatch.dtm.weights import (
     clamp_rewards,
     effective_sample_size,
     effective_sample_size_at,

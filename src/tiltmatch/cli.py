@@ -34,7 +34,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune with the configured method; ``--resume`` continues a killed run."""
     from tiltmatch.config import build_config
-    from tiltmatch.runner import run_training
+    from tiltmatch.training.runner import run_training
 
     out = Path(args.out)
     if args.resume:
@@ -55,9 +55,9 @@ def _task_base(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Masked-diffusion SFT of a tiny base model on a synthetic task's demonstrations."""
-    from tiltmatch.model import TinyModelSpec
-    from tiltmatch.pretrain import PretrainConfig, pretrain
+    from tiltmatch.models.denoiser import TinyModelSpec
     from tiltmatch.tasks import get_task
+    from tiltmatch.training.pretrain import PretrainConfig, pretrain
 
     task = get_task(args.task, **parse_task_options(args.task_option))
     spec = TinyModelSpec(
@@ -80,7 +80,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a model on a task's held-out split; writes per-example outputs and metrics."""
-    from tiltmatch.evaluate_cli import run_eval
+    from tiltmatch.training.model_eval import run_eval
 
     metrics = run_eval(args)
     print(json.dumps(metrics, indent=2))
@@ -89,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo: DTM on the maze from the shipped base model, with a report."""
-    from tiltmatch.demo import HEADLINE_KEYS, run_demo
+    from tiltmatch.experiments.demo import HEADLINE_KEYS, run_demo
 
     report = run_demo(
         Path(args.out), config_path=args.config, overrides=_overrides(args), quiet=args.quiet
@@ -101,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The side-by-side benchmark of DTM and the baselines."""
-    from tiltmatch.bench import main as bench_main
+    from tiltmatch.experiments.bench import main as bench_main
 
     return bench_main(args.rest)
 
@@ -163,31 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     try:
-        from tiltmatch.llada import add_convert_parser
+        from tiltmatch.models.llada import add_convert_parser
 
         add_convert_parser(sub)
     except ImportError:  # pragma: no cover - transformers is a hard dependency
         pass
 
-    # Every argument goes to tiltmatch.bench (its own --help): with "+" as the only prefix,
-    # this parser takes "--quick" and friends as plain words instead of rejecting them.
+    # Every argument goes to tiltmatch.experiments.bench (its own --help): with "+" as the only
+    # prefix, this parser takes "--quick" and friends as plain words instead of rejecting them.
     p = sub.add_parser(
         "bench",
         help="side-by-side benchmark of DTM and the baselines",
         prefix_chars="+",
         add_help=False,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of tiltmatch.bench")
+    p.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="arguments of tiltmatch.experiments.bench"
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one clear line and exit code 2."""
-    from tiltmatch.checkpoint import CheckpointError
     from tiltmatch.data import DatasetError
     from tiltmatch.tasks import UnknownTaskError
     from tiltmatch.tasks.base import RewardError
+    from tiltmatch.training.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:

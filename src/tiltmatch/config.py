@@ -34,7 +34,7 @@ class ModelConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
-    # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by tiltmatch.lora.
+    # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by tiltmatch.training.lora.
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of the base weights (bfloat16 for LLaDA-8B)"
     )
@@ -55,7 +55,10 @@ class ModelConfig(_Strict):
 
 
 class LoRAConfig(_Strict):
-    """LoRA adapters on a frozen base: student and teacher are two adapters (tiltmatch.lora)."""
+    """LoRA adapters on a frozen base: student and teacher are two adapters.
+
+    See :mod:`tiltmatch.training.lora`.
+    """
 
     r: int = Field(128, ge=1, description="adapter rank")
     alpha: float = Field(64.0, gt=0, description="scaling numerator: updates scale by alpha / r")
@@ -119,7 +122,7 @@ class TrainConfig(_Strict):
         1.0, gt=0, description="factor on task rewards before weighting (Sudoku recipe: 2)"
     )
     num_generations: int = Field(8, ge=1, description="completions per prompt, G")
-    # Under data parallelism (tiltmatch.distributed) the batch and buffer sizes are per
+    # Under data parallelism (tiltmatch.training.distributed) the batch and buffer sizes are per
     # process, like TRL's per_device_* sizes: the global batch is world_size times larger.
     prompts_per_batch: int = Field(8, ge=1, description="prompts per micro-batch (per process)")
     gradient_accumulation_steps: int = Field(1, ge=1)

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from tiltmatch.model import MaskedDenoiser
-from tiltmatch.rollouts import RolloutBatch
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 @dataclass

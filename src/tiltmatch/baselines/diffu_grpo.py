@@ -22,9 +22,9 @@ from pydantic import Field
 
 from tiltmatch.baselines import BaselineObjective, BaselineOptions, group_advantages
 from tiltmatch.baselines.likelihood import draw_prompt_mask, one_pass_token_log_probs
-from tiltmatch.model import MaskedDenoiser
+from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.objective import Phase
-from tiltmatch.rollouts import RolloutBatch
+from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 class DiffuGRPOOptions(BaselineOptions):

@@ -18,9 +18,9 @@ from dataclasses import replace
 
 import torch
 
-from tiltmatch.model import MaskedDenoiser
+from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.objective import forward_response_logits
-from tiltmatch.rollouts import RolloutBatch
+from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 def draw_prompt_mask(

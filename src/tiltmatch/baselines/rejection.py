@@ -18,11 +18,11 @@ import torch
 from pydantic import Field
 
 from tiltmatch.baselines import BaselineObjective, BaselineOptions
-from tiltmatch.loss import dtm_loss
-from tiltmatch.model import MaskedDenoiser
+from tiltmatch.dtm.loss import dtm_loss
+from tiltmatch.dtm.states import States, random_mask_states
+from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.objective import Phase, forward_response_logits
-from tiltmatch.rollouts import RolloutBatch
-from tiltmatch.states import States, random_mask_states
+from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 class RejectionOptions(BaselineOptions):

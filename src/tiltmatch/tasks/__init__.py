@@ -13,7 +13,7 @@ from typing import Any
 from tiltmatch.tasks.base import Example, RewardError, Task
 
 REGISTRY: dict[str, str] = {
-    "maze": "tiltmatch.tasks.maze:MazeTask",
+    "maze": "tiltmatch.tasks.maze.task:MazeTask",
     "sudoku": "tiltmatch.tasks.sudoku:SudokuTask",
     "countdown": "tiltmatch.tasks.countdown:CountdownTask",
     "gsm8k": "tiltmatch.tasks.gsm8k:GSM8KTask",

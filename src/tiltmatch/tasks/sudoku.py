@@ -12,7 +12,7 @@ used for training either.
 Formats (option ``format``):
 
 - ``"char"``: prompt = the puzzle as 16 digits (0 = blank); response = the 16
-  solved digits, for the project's :class:`~tiltmatch.tokenizer.CharTokenizer`.
+  solved digits, for the project's :class:`~tiltmatch.models.codecs.CharTokenizer`.
 - ``"chat"``: the published 3-shot prompt for LLaDA-8B-Instruct
   (:func:`~tiltmatch.tasks.prompts.sudoku_chat_prompt`); the answer is the first
   16 digits inside the last ``<answer>`` tag.

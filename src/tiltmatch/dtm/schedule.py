@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from tiltmatch.weights import effective_sample_size_at
+from tiltmatch.dtm.weights import effective_sample_size_at
 
 
 class TiltSchedule(ABC):

@@ -10,9 +10,9 @@ import torch
 from transformers import PreTrainedModel
 
 from tiltmatch.config import ModelConfig
-from tiltmatch.model import DENOISER_META, TinyModelSpec, load_denoiser, tiny_denoiser
+from tiltmatch.models.codecs import CharTokenizer, PromptCodec
+from tiltmatch.models.denoiser import DENOISER_META, TinyModelSpec, load_denoiser, tiny_denoiser
 from tiltmatch.tasks.base import Task
-from tiltmatch.tokenizer import CharTokenizer, PromptCodec
 
 SHIPPED_PREFIX = "shipped:"
 
@@ -44,7 +44,7 @@ def load_model_and_codec(
     """The denoiser to fine-tune and the codec that goes with it.
 
     - no ``base``: a fresh tiny model with the task's character tokenizer;
-    - a folder saved by :func:`tiltmatch.model.save_denoiser` with an alphabet: that
+    - a folder saved by :func:`tiltmatch.models.denoiser.save_denoiser` with an alphabet: that
       model and its character tokenizer;
     - otherwise a LLaDA (or converted Llama-format) checkpoint with its own tokenizer.
     """
@@ -63,8 +63,8 @@ def load_model_and_codec(
         return tiny_denoiser(codec.vocab_size, spec, seed=seed), codec
     path = resolve_model_path(config.base)
     if config.load_in_4bit:
-        from tiltmatch.llada import LLaDACodec
-        from tiltmatch.lora import DTYPES, load_4bit_base
+        from tiltmatch.models.llada import LLaDACodec
+        from tiltmatch.training.lora import DTYPES, load_4bit_base
 
         model = load_4bit_base(path, DTYPES[config.dtype], "cuda")
         return model, LLaDACodec.from_pretrained(path)
@@ -75,7 +75,7 @@ def load_model_folder(
     path: Path, task: Task | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PromptCodec]:
     """Load a model folder: a character-level denoiser or a LLaDA/Llama checkpoint."""
-    from tiltmatch.llada import LLaDACodec, load_llada
+    from tiltmatch.models.llada import LLaDACodec, load_llada
 
     meta_file = path / DENOISER_META
     if meta_file.is_file() and "alphabet" in json.loads(meta_file.read_text()):

@@ -11,25 +11,25 @@ from __future__ import annotations
 import torch
 
 from tiltmatch.config import DTMConfig
-from tiltmatch.loss import dtm_loss
-from tiltmatch.model import MaskedDenoiser
-from tiltmatch.objective import Objective, Phase, forward_response_logits
-from tiltmatch.rollouts import RolloutBatch
-from tiltmatch.schedule import (
+from tiltmatch.dtm.loss import dtm_loss
+from tiltmatch.dtm.schedule import (
     AdaptiveESSSchedule,
     FixedSchedule,
     GeometricSchedule,
     NoAnnealing,
     TiltSchedule,
 )
-from tiltmatch.states import States, random_mask_states, sar_states, trajectory_states
-from tiltmatch.weights import (
+from tiltmatch.dtm.states import States, random_mask_states, sar_states, trajectory_states
+from tiltmatch.dtm.weights import (
     clamp_rewards,
     effective_sample_size,
     group_baseline,
     self_normalised_weights,
     tilt_weights,
 )
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.objective import Objective, Phase, forward_response_logits
+from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 def make_schedule(config: DTMConfig) -> TiltSchedule:

@@ -3,7 +3,7 @@
 Forward masking of the response only, ``t ~ U(0, 1]`` antithetic, ``1/t``
 weighting, loss over masked response tokens: this is the c-DTM loss with
 ``c = 0`` and unit weights (METHOD.md section 4 at ``h = 0``), so it reuses
-:func:`tiltmatch.loss.dtm_loss`. The result is the base model ``p_0`` of a
+:func:`tiltmatch.dtm.loss.dtm_loss`. The result is the base model ``p_0`` of a
 synthetic task.
 """
 
@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tiltmatch.loss import dtm_loss
-from tiltmatch.model import MaskedDenoiser, TinyModelSpec, save_denoiser, tiny_denoiser
-from tiltmatch.sampler import left_pad
-from tiltmatch.states import random_mask_states
+from tiltmatch.dtm.loss import dtm_loss
+from tiltmatch.dtm.states import random_mask_states
+from tiltmatch.models.codecs import CharTokenizer
+from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, save_denoiser, tiny_denoiser
+from tiltmatch.sampling.sampler import left_pad
 from tiltmatch.tasks.base import Task
-from tiltmatch.tokenizer import CharTokenizer
 
 
 @dataclass(frozen=True)

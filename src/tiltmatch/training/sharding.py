@@ -1,7 +1,7 @@
 """Fully sharded data parallelism (FSDP2): the data-parallel trainer with sharded weights.
 
 Launch with ``accelerate launch --config_file configs/accelerate/fsdp.yaml ...``.
-Everything :mod:`tiltmatch.distributed` says about rollouts, buffers, stage
+Everything :mod:`tiltmatch.training.distributed` says about rollouts, buffers, stage
 statistics, logs and evaluation holds; what changes is where the weights live.
 Each model the pair holds (student, teacher, EMA and reference copies, or the
 one PEFT model carrying the student and teacher adapters) is sharded with
@@ -12,7 +12,7 @@ one layer at a time, so the teacher's and the sampler's forwards are collective
 too; the trainer keeps them in lockstep by giving every rank the same number of
 forwards (equal buffers, and evaluation shards padded to equal length).
 
-- Placement: :mod:`tiltmatch.runner` builds the pair on the CPU under FSDP;
+- Placement: :mod:`tiltmatch.training.runner` builds the pair on the CPU under FSDP;
   ``fully_shard`` moves one layer at a time to the launch's GPU and shards it,
   so no GPU holds the whole student, teacher and reference copies at once (the
   host does, once per rank). A 4-bit base cannot be sharded (refused).
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from tiltmatch.distributed import DistributedTrainer, FSDPSettings
+from tiltmatch.training.distributed import DistributedTrainer, FSDPSettings
 
 
 def shard_module(module: nn.Module, settings: FSDPSettings) -> None:

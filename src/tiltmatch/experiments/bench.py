@@ -41,7 +41,6 @@ import argparse
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -51,13 +50,11 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -183,34 +180,15 @@ class TaskSetup:
 # ----- configuration -----------------------------------------------------------------------
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
-def load_base_recipes() -> ModuleType:
-    """``benchmarks/base_models.py`` of this checkout (the documented base-model recipes)."""
-    path = _repo_root() / "benchmarks" / "base_models.py"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: the benchmark's base-model recipes live in the repository"
-        )
-    spec = importlib.util.spec_from_file_location("tiltmatch_bench_base_models", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def task_setups(
     tasks: Sequence[str], size: BenchSize, bases: Path, quiet: bool = True
 ) -> dict[str, TaskSetup]:
     """Task options, base model and sampler of each task (pretraining missing bases)."""
     from tiltmatch.config import build_config
-    from tiltmatch.demo import demo_config_path
-    from tiltmatch.loading import shipped_model_dir
+    from tiltmatch.experiments import base_models as recipes
+    from tiltmatch.experiments.demo import demo_config_path
+    from tiltmatch.models.loading import shipped_model_dir
 
-    recipes = load_base_recipes()
     demo = build_config(demo_config_path())
     out: dict[str, TaskSetup] = {}
     for name in tasks:
@@ -329,7 +307,7 @@ class MazeTargetProbe:
     """
 
     def __init__(self, trainer: Any, size: BenchSize, seed: int) -> None:
-        from tiltmatch.evaluation import sample_texts
+        from tiltmatch.training.evaluation import sample_texts
 
         self.sample_texts = sample_texts
         self.trainer = trainer
@@ -347,7 +325,7 @@ class MazeTargetProbe:
 
     def measure(self, denoiser: Any, beta: float) -> dict[str, float]:
         """TV to ``p_beta`` and to the nearest ``p_b`` of :data:`BETA_GRID`, with floors."""
-        from tiltmatch.exact_target import maze_target_report, mean_report
+        from tiltmatch.dtm.exact_target import maze_target_report, mean_report
 
         task = self.trainer.task
         model = self._sample(denoiser, self.seed + 3)
@@ -380,8 +358,8 @@ class MazeTargetProbe:
 def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> dict[str, Any]:
     """Train one run and return its record (called in a forked process)."""
     from tiltmatch.config import build_config
-    from tiltmatch.evaluation import sample_texts
-    from tiltmatch.runner import build_trainer
+    from tiltmatch.training.evaluation import sample_texts
+    from tiltmatch.training.runner import build_trainer
 
     torch.set_num_threads(1)
     config = build_config(base=run_config_dict(setup, spec, size))

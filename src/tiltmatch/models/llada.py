@@ -20,13 +20,13 @@ by renaming keys alone; no weight is permuted or reshaped. What the official
 Two differences remain, neither in the float32 equations: LLaDA applies the
 rotation itself in float32 (``rope_full_precision``) where Llama rotates in the
 activations' dtype, a rounding difference in bfloat16; and LLaDA numbers
-positions by column, while :class:`tiltmatch.model.MaskedDenoiser` counts real
+positions by column, while :class:`tiltmatch.models.denoiser.MaskedDenoiser` counts real
 tokens only, so a left-padded row gives the outputs LLaDA gives the unpadded row.
 
 Public API: :func:`llada_config_to_llama`, :func:`convert_llada_state_dict`,
 :func:`load_llada`, :func:`convert_llada` (and :func:`add_convert_parser` for the
 ``tiltmatch convert-llada`` command), :func:`read_special_ids` and
-:class:`LLaDACodec`, the :class:`~tiltmatch.tokenizer.PromptCodec` of a LLaDA
+:class:`LLaDACodec`, the :class:`~tiltmatch.models.codecs.PromptCodec` of a LLaDA
 tokenizer.
 """
 
@@ -317,7 +317,7 @@ def read_special_ids(
     """The special ids of a checkpoint folder (LLaDA or converted), never hard-coded.
 
     A ``tiltmatch.json`` holding the mask, EOS and pad ids (as :func:`convert_llada`
-    writes it) is authoritative; one without them (``tiltmatch.model.save_denoiser``
+    writes it) is authoritative; one without them (``tiltmatch.models.denoiser.save_denoiser``
     writes other metadata under the same name) is passed over. Otherwise: the mask
     id from ``config.json`` (``mask_token_id``) or the tokenizer's ``<|mdm_mask|>``,
     which must agree when both exist; EOS from ``config.json``, then
@@ -567,7 +567,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 class LLaDACodec:
-    """The :class:`~tiltmatch.tokenizer.PromptCodec` of a LLaDA (Instruct) tokenizer.
+    """The :class:`~tiltmatch.models.codecs.PromptCodec` of a LLaDA (Instruct) tokenizer.
 
     A prompt becomes one user turn of the chat template followed by the
     assistant header, after which the response starts. ``vocab_size`` is the

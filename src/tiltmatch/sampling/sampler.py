@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from tiltmatch.model import MaskedDenoiser
+from tiltmatch.models.denoiser import MaskedDenoiser
 
 Remasking = Literal["low_confidence", "random"]
 

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from tiltmatch.tasks.maze import Maze, path_length
+from tiltmatch.tasks.maze.task import Maze, path_length
 
 # Paths beyond this many (the least frequent) are left out of a panel to keep it legible.
 MAX_DRAWN_PATHS = 24

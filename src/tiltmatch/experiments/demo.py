@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from tiltmatch.config import RunConfig, build_config
-from tiltmatch.evaluation import sample_texts
-from tiltmatch.exact_target import maze_outcome, maze_target_report, mean_report
-from tiltmatch.loading import shipped_model_dir
-from tiltmatch.model import TinyModelSpec
-from tiltmatch.pretrain import PretrainConfig, pretrain
-from tiltmatch.runner import build_trainer, save_final
+from tiltmatch.dtm.exact_target import maze_outcome, maze_target_report, mean_report
+from tiltmatch.models.denoiser import TinyModelSpec
+from tiltmatch.models.loading import shipped_model_dir
 from tiltmatch.tasks.base import Example
-from tiltmatch.tasks.maze import MazeTask, maze_of
-from tiltmatch.trainer import Trainer
+from tiltmatch.tasks.maze.task import MazeTask, maze_of
+from tiltmatch.training.evaluation import sample_texts
+from tiltmatch.training.pretrain import PretrainConfig, pretrain
+from tiltmatch.training.runner import build_trainer, save_final
+from tiltmatch.training.trainer import Trainer
 
 #: How the shipped base model was made (``make base-maze`` runs the same recipe:
 #: ``tiltmatch pretrain --task maze --steps 6000 --hidden-size 96 --num-layers 4``).
@@ -38,7 +38,7 @@ CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
 
 def demo_config_path() -> Path:
     """The packaged demo configuration."""
-    return Path(str(resources.files("tiltmatch") / "configs" / "demo_maze.yaml"))
+    return Path(str(resources.files("tiltmatch.experiments") / "configs" / "demo_maze.yaml"))
 
 
 def ensure_base_model(task: MazeTask, quiet: bool = False) -> Path:
@@ -266,7 +266,7 @@ def run_demo(
     maze = mazes[0]
     base_counts = Counter(maze_outcome(t, maze) for t in probe.base_a[0])
     final_counts = Counter(maze_outcome(t, maze) for t in final["samples"][0])
-    from tiltmatch.maze_figure import before_after_figure
+    from tiltmatch.experiments.maze_figure import before_after_figure
 
     before_after_figure(
         maze_of(maze),

@@ -17,7 +17,7 @@ from tiltmatch.baselines.diffu_grpo import DiffuGRPOObjective, DiffuGRPOOptions
 from tiltmatch.baselines.rejection import RejectionObjective, RejectionOptions
 from tiltmatch.baselines.wd1 import WD1Objective, WD1Options
 from tiltmatch.config import ConfigError, RunConfig, describe_validation_error
-from tiltmatch.dtm import DTMObjective
+from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.objective import Objective
 
 #: each baseline's options model and objective class

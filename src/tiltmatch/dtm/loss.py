@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tiltmatch.states import States
+from tiltmatch.dtm.states import States
 
 
 @dataclass

@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 
 from tiltmatch.tasks.base import Example
-from tiltmatch.tasks.maze import MazeTask, maze_of, path_length
+from tiltmatch.tasks.maze.task import MazeTask, maze_of, path_length
 
 Distribution = dict[Hashable, float]
 Reward = Callable[[Hashable], float] | Mapping[Hashable, float]

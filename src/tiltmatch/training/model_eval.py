@@ -12,9 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 from tiltmatch.config import parse_task_options
-from tiltmatch.loading import load_model_folder, resolve_model_path
-from tiltmatch.model import MaskedDenoiser
-from tiltmatch.sampler import SamplingConfig, generate
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.loading import load_model_folder, resolve_model_path
+from tiltmatch.sampling.sampler import SamplingConfig, generate
 from tiltmatch.tasks import get_task
 
 

@@ -4,7 +4,7 @@ The sampler and the losses work on token ids; tasks work on strings. A
 :class:`PromptCodec` is the bridge: it encodes a task's prompt text and decodes
 a response. :class:`CharTokenizer` is the project's own character-level codec
 for the CPU-sized synthetic tasks (maze, Sudoku, Countdown); real dLLMs use a
-Hugging Face tokenizer behind the same protocol (see ``tiltmatch.llada``).
+Hugging Face tokenizer behind the same protocol (see ``tiltmatch.models.llada``).
 """
 
 from __future__ import annotations

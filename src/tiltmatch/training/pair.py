@@ -3,7 +3,7 @@
 METHOD.md section 6: at each phase boundary the teacher (the frozen stage
 reference ``mu_ref``, also the rollout policy) becomes the student, or an EMA
 of it. :class:`CopiedPair` holds full copies (tiny models on CPU); the PEFT
-pair in ``tiltmatch.lora`` holds two adapters on one frozen base instead.
+pair in ``tiltmatch.training.lora`` holds two adapters on one frozen base instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from tiltmatch.model import MaskedDenoiser
+from tiltmatch.models.denoiser import MaskedDenoiser
 
 
 class DenoiserPair:

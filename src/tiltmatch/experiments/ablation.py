@@ -12,7 +12,7 @@ the ablated fields change:
 
 Across training (after every stage) it records the held-out reward, the TV
 distance to the exact tilted target ``p_a`` at the ``a`` reached (and its
-noise floor, via :class:`tiltmatch.demo.ExactTargetProbe`), the distinct
+noise floor, via :class:`tiltmatch.experiments.demo.ExactTargetProbe`), the distinct
 optimal paths per maze and the gradient-norm variance of the stage. ``none``
 gets as many updates in its single stage as ``fixed`` has in all of its
 stages, so every variant trains for about the same number of updates.
@@ -129,8 +129,8 @@ def run_variant(
 ) -> dict[str, Any]:
     """Train one variant and return its record with the per-stage history."""
     from tiltmatch.config import build_config
-    from tiltmatch.demo import ExactTargetProbe, demo_config_path
-    from tiltmatch.runner import build_trainer
+    from tiltmatch.experiments.demo import ExactTargetProbe, demo_config_path
+    from tiltmatch.training.runner import build_trainer
 
     torch.set_num_threads(1)
     config = build_config(demo_config_path(), overrides_of(size, schedule, c, states, seed, base))
@@ -316,7 +316,7 @@ def main(argv: list[str]) -> int:
 
 
 def _maze_base() -> str:
-    from tiltmatch.loading import shipped_model_dir
+    from tiltmatch.models.loading import shipped_model_dir
 
     shipped = shipped_model_dir("maze")
     if (shipped / "config.json").is_file():

@@ -10,27 +10,27 @@ import torch
 from transformers import PreTrainedModel
 
 from tiltmatch.config import RunConfig
-from tiltmatch.distributed import close_process_group, make_trainer, process_context
-from tiltmatch.loading import load_model_and_codec
-from tiltmatch.model import MaskedDenoiser, save_denoiser
+from tiltmatch.models.codecs import CharTokenizer, PromptCodec
+from tiltmatch.models.denoiser import MaskedDenoiser, save_denoiser
+from tiltmatch.models.loading import load_model_and_codec
 from tiltmatch.objective import Objective
-from tiltmatch.pair import CopiedPair, DenoiserPair
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
-from tiltmatch.tokenizer import CharTokenizer, PromptCodec
-from tiltmatch.trainer import CHECKPOINT, Trainer
+from tiltmatch.training.distributed import close_process_group, make_trainer, process_context
+from tiltmatch.training.pair import CopiedPair, DenoiserPair
+from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
 
 def make_objective(config: RunConfig, mask_token_id: int) -> Objective:
     """The objective of ``config.method`` (DTM or a baseline)."""
-    from tiltmatch.methods import make_objective as dispatch
+    from tiltmatch.training.methods import make_objective as dispatch
 
     return dispatch(config, mask_token_id)
 
 
 def needs_reference(config: RunConfig) -> bool:
     """Whether the method keeps a frozen copy of the base model."""
-    from tiltmatch.methods import needs_reference as ask
+    from tiltmatch.training.methods import needs_reference as ask
 
     return ask(config)
 
@@ -39,7 +39,7 @@ def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> 
     """Student/teacher pair: two LoRA adapters on one frozen base when ``config.lora`` is
     set (METHOD.md section 6's recipes), else full copies (small models)."""
     if config.lora is not None:
-        from tiltmatch.lora import LoRAPair
+        from tiltmatch.training.lora import LoRAPair
 
         return LoRAPair.from_config(config, model, codec.mask_token_id, codec.pad_token_id)
     student = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
@@ -61,7 +61,7 @@ def build_trainer(
     task = get_task(config.task, **config.task_options)
     model, codec = load_model_and_codec(config.model, task, seed=config.seed)
     if config.model.base is not None and config.model.dtype != "float32":
-        from tiltmatch.lora import prepare_base_model
+        from tiltmatch.training.lora import prepare_base_model
 
         model = prepare_base_model(model, config.model)
     if context.fsdp is None:

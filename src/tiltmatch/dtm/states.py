@@ -101,7 +101,7 @@ def trajectory_states(
     """States the sampler actually visited: one recorded canvas per row, drawn uniformly.
 
     ``visited`` is ``[S, B, L]``: the response canvas before each of the ``S``
-    sampler steps (as recorded by :func:`tiltmatch.sampler.generate`). The loss
+    sampler steps (as recorded by :func:`tiltmatch.sampling.sampler.generate`). The loss
     covers the canvas's masked positions, normalised by their count.
     """
     steps, batch, _ = visited.shape

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltmatch.model import MaskedDenoiser
-from tiltmatch.sampler import SamplingConfig, generate, left_pad
+from tiltmatch.models.codecs import PromptCodec
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.tasks.base import Example, Task
-from tiltmatch.tokenizer import PromptCodec
 
 
 @dataclass

@@ -6,7 +6,7 @@ rollouts) and, for the baselines' KL terms, the base ``p_0``. For LLaDA-8B three
 full copies do not fit, so :class:`LoRAPair` holds the base **once**, frozen,
 with two PEFT LoRA adapters on it, ``student`` and ``teacher``; the base with
 the adapters disabled is the reference. Each of ``student``, ``teacher`` and
-``reference()`` is a :class:`~tiltmatch.model.MaskedDenoiser` that routes its
+``reference()`` is a :class:`~tiltmatch.models.denoiser.MaskedDenoiser` that routes its
 forward through its own adapter.
 
 Two PEFT behaviours this module guards against:
@@ -36,8 +36,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from tiltmatch.config import LoRAConfig, ModelConfig, RunConfig
-from tiltmatch.model import MaskedDenoiser
-from tiltmatch.pair import DenoiserPair
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.training.pair import DenoiserPair
 
 STUDENT, TEACHER = "student", "teacher"
 ADAPTERS = (STUDENT, TEACHER)
@@ -101,7 +101,7 @@ def load_4bit_base(
     bitsandbytes at load time and compute in ``compute_dtype``; transformers
     leaves the output projection unquantised. Attention is made bidirectional
     (``is_causal=False``) whatever the folder's config says, as
-    :func:`tiltmatch.llada.load_llada` does. LLaDA's own checkpoint format is not
+    :func:`tiltmatch.models.llada.load_llada` does. LLaDA's own checkpoint format is not
     read here: convert it once first.
     """
     if not bitsandbytes_available():

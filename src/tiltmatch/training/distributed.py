@@ -1,4 +1,5 @@
-"""Data-parallel training: the same :class:`~tiltmatch.trainer.Trainer` on several processes.
+"""Data-parallel training: the same :class:`~tiltmatch.training.trainer.Trainer` on several
+processes.
 
 Launch with ``accelerate launch --config_file configs/accelerate/ddp.yaml ...`` (or
 ``torchrun``); :func:`make_trainer` returns the plain single-process trainer when
@@ -28,7 +29,7 @@ processes (DDP semantics):
 - Evaluation: the held-out examples are split over ranks and the sampled texts
   gathered, so each metric is the task's own over the whole set.
 
-An FSDP launch gets :class:`tiltmatch.sharding.ShardedTrainer`, the same trainer
+An FSDP launch gets :class:`tiltmatch.training.sharding.ShardedTrainer`, the same trainer
 with sharded weights; a DeepSpeed launch is refused with an explanation (see
 :func:`process_context`).
 """
@@ -44,15 +45,15 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from tiltmatch.checkpoint import save_checkpoint
 from tiltmatch.config import RunConfig
-from tiltmatch.evaluation import sample_texts
+from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.objective import Objective
-from tiltmatch.pair import DenoiserPair
-from tiltmatch.rollouts import PromptPool, ReplayBuffer
+from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer
 from tiltmatch.tasks.base import Example, Task
-from tiltmatch.tokenizer import PromptCodec
-from tiltmatch.trainer import CHECKPOINT, Trainer, restore_rng_state, rng_state
+from tiltmatch.training.checkpoint import save_checkpoint
+from tiltmatch.training.evaluation import sample_texts
+from tiltmatch.training.pair import DenoiserPair
+from tiltmatch.training.trainer import CHECKPOINT, Trainer, restore_rng_state, rng_state
 
 T = TypeVar("T")
 
@@ -489,7 +490,7 @@ def make_trainer(
     if context.world_size == 1:
         return Trainer(config, task, codec, pair, objective, out_dir, quiet=quiet)
     if context.fsdp is not None:
-        from tiltmatch.sharding import ShardedTrainer
+        from tiltmatch.training.sharding import ShardedTrainer
 
         return ShardedTrainer(config, task, codec, pair, objective, out_dir, context, quiet)
     return DistributedTrainer(config, task, codec, pair, objective, out_dir, context, quiet)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from tiltmatch.model import MaskedDenoiser
-from tiltmatch.rollouts import RolloutWorker
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.sampling.rollouts import RolloutWorker
 from tiltmatch.tasks.base import Example
 
 

@@ -19,15 +19,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tiltmatch.checkpoint import load_checkpoint, save_checkpoint
 from tiltmatch.config import RunConfig
-from tiltmatch.evaluation import evaluate
+from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.objective import Objective, Phase
-from tiltmatch.pair import DenoiserPair
-from tiltmatch.rollouts import PromptPool, ReplayBuffer, RolloutBatch, RolloutWorker
-from tiltmatch.sampler import SamplingConfig
+from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer, RolloutBatch, RolloutWorker
+from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks.base import Example, Task
-from tiltmatch.tokenizer import PromptCodec
+from tiltmatch.training.checkpoint import load_checkpoint, save_checkpoint
+from tiltmatch.training.evaluation import evaluate
+from tiltmatch.training.pair import DenoiserPair
 
 CHECKPOINT = "checkpoint"
 
@@ -347,7 +347,8 @@ class Trainer:
         return self.history
 
     # -- data-parallel hooks ------------------------------------------------------------------
-    # tiltmatch.distributed.DistributedTrainer overrides these; a single process has nothing
+    # tiltmatch.training.distributed.DistributedTrainer overrides these; a single process has
+    # nothing
     # to share, so here each is the identity (or the plain single-process action).
 
     def _all_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
@@ -386,7 +387,7 @@ class Trainer:
 
     def _open_log(self) -> Any:
         """The run log, with the resolved config beside it (data parallelism: rank 0 alone)."""
-        from tiltmatch.runlog import RunLog
+        from tiltmatch.training.runlog import RunLog
 
         (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
         return RunLog(self.out_dir, quiet=self.quiet)

@@ -1,0 +1,3 @@
+"""Experiments shipped with the package (demo, benchmarks, ablations, figures); never imported
+by the library.
+"""

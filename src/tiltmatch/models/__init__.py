@@ -1,0 +1,1 @@
+"""Denoisers and model families: the adapter, codecs, loaders (METHOD.md section 1)."""

@@ -1,0 +1,3 @@
+"""Orchestration: the method registry, the denoiser pair, the trainer loop, parallelism,
+checkpoints, evaluation.
+"""
