@@ -32,7 +32,7 @@ from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import random_mask_states
 from tiltmatch.dtm.weights import self_normalised_weights
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.objective import Phase, forward_response_logits
+from tiltmatch.objective import Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.training.methods import make_objective, needs_reference
 
@@ -63,6 +63,9 @@ class TableDenoiser(nn.Module):
     ) -> torch.Tensor:
         self.calls.append((input_ids.clone(), attention_mask.clone()))
         return self.table[None].expand(input_ids.shape[0], -1, -1)
+
+    # The package's one join of prompt and canvas, so the recorded calls show the real input.
+    response_logits = MaskedDenoiser.response_logits
 
 
 def make_batch(rewards: list[list[float]], length: int = 4, seed: int = 0) -> RolloutBatch:
@@ -341,7 +344,7 @@ def test_rejection_loss_is_dtm_loss_with_zero_one_weights() -> None:
     loss, stats = objective.loss(student, student, batch, Phase(), torch.Generator().manual_seed(4))
     # the same states, drawn on the whole batch, and the weights 1 (kept) / 0 (the rest)
     states = random_mask_states(batch.responses, MASK, torch.Generator().manual_seed(4))
-    logits = forward_response_logits(student, batch, states.z)
+    logits = student.response_logits(batch.prompt_ids, batch.prompt_mask, states.z)
     kept = best_of_group(batch.grouped_rewards).reshape(-1).float()
     expected, _ = dtm_loss(logits, batch.responses, states, kept, c=0.0)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)

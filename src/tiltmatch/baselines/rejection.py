@@ -21,7 +21,7 @@ from tiltmatch.baselines import BaselineObjective, BaselineOptions
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.states import States, random_mask_states
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.objective import Phase, forward_response_logits
+from tiltmatch.objective import Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 
 
@@ -97,7 +97,9 @@ class RejectionObjective(BaselineObjective):
             group_size=1,
         )
         kept_states = select_rows(states, rows)
-        logits = forward_response_logits(student, kept_batch, kept_states.z)
+        logits = student.response_logits(
+            kept_batch.prompt_ids, kept_batch.prompt_mask, kept_states.z
+        )
         ones = torch.ones(rows.numel(), dtype=logits.dtype, device=logits.device)
         loss, _ = dtm_loss(logits, kept_batch.responses, kept_states, ones, c=0.0)
         return loss * (rows.numel() / kept.numel()), stats

@@ -28,7 +28,7 @@ from tiltmatch.dtm.weights import (
     tilt_weights,
 )
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.objective import Objective, Phase, forward_response_logits
+from tiltmatch.objective import Objective, Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 
 
@@ -117,11 +117,13 @@ class DTMObjective(Objective):
         rewards = clamp_rewards(batch.grouped_rewards)
         w = self.sample_weights(rewards, phase.h).reshape(-1)
         states = self.states(batch, generator)
-        student_logits = forward_response_logits(student, batch, states.z)
+        student_logits = student.response_logits(batch.prompt_ids, batch.prompt_mask, states.z)
         teacher_logits = None
         if self.config.c != 0.0:
             with torch.no_grad():
-                teacher_logits = forward_response_logits(teacher, batch, states.z)
+                teacher_logits = teacher.response_logits(
+                    batch.prompt_ids, batch.prompt_mask, states.z
+                )
         loss, stats = dtm_loss(
             student_logits, batch.responses, states, w, self.config.c, teacher_logits
         )
