@@ -63,6 +63,7 @@ from transformers import LlamaForCausalLM
 
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.dtypes import dtype_name
 from tiltmatch.models.llada import llada_config_to_llama
 from tiltmatch.objective import Objective, Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
@@ -205,7 +206,7 @@ def run_config(method: str, args: argparse.Namespace, dtype: torch.dtype) -> Run
         {
             "method": method,
             "seed": args.seed,
-            "model": {"dtype": str(dtype).removeprefix("torch."), "gradient_checkpointing": True},
+            "model": {"dtype": dtype_name(dtype), "gradient_checkpointing": True},
             # alpha, dropout and target modules: LoRAConfig's defaults, the LLaDA recipes' values
             "lora": {"r": args.lora_r},
             "sampler": {
@@ -573,7 +574,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     settings = {
         "model": args.model,
         "description": spec.description,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "attn_implementation": model.config._attn_implementation,
         "base_parameters": sum(
             p.numel() for name, p in pair.peft_model.named_parameters() if "lora_" not in name

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tiltmatch.models.dtypes import DTypeName
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending field."""
@@ -34,8 +36,9 @@ class ModelConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
-    # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by tiltmatch.training.lora.
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by
+    # tiltmatch.models.quantisation and tiltmatch.training.lora.
+    dtype: DTypeName = Field(
         "float32", description="dtype of the base weights (bfloat16 for LLaDA-8B)"
     )
     load_in_4bit: bool = Field(

@@ -61,7 +61,7 @@ def build_trainer(
     task = get_task(config.task, **config.task_options)
     model, codec = load_model_and_codec(config.model, task, seed=config.seed)
     if config.model.base is not None and config.model.dtype != "float32":
-        from tiltmatch.training.lora import prepare_base_model
+        from tiltmatch.models.quantisation import prepare_base_model
 
         model = prepare_base_model(model, config.model)
     if context.fsdp is None:
