@@ -18,7 +18,7 @@ measures, in one process:
     ``clip_grad_norm_`` and the AdamW step: seconds and peak GPU memory;
 (c) one diffu-GRPO update (METHOD.md section 8) with the same pair: current
     policy = student, old policy = teacher, reference = the base with its
-    adapters disabled; the objective comes from ``tiltmatch.training.methods.make_objective``.
+    adapters disabled; the objective comes from ``tiltmatch.training.runner.make_objective``.
 
 Each update is timed twice on the same micro-batch: the first includes AdamW
 allocating its moments, the repeat does not. The checksums of the student
@@ -69,7 +69,7 @@ from tiltmatch.objective import Objective, Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.training.lora import LoRAPair
-from tiltmatch.training.methods import make_objective
+from tiltmatch.training.runner import make_objective
 
 T = TypeVar("T")
 

@@ -34,7 +34,8 @@ from tiltmatch.dtm.weights import self_normalised_weights
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.objective import Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
-from tiltmatch.training.methods import make_objective, needs_reference
+from tiltmatch.training.methods import METHODS
+from tiltmatch.training.runner import make_objective, needs_reference
 
 PAD, MASK, VOCAB = 0, 1, 7
 SPEC = TinyModelSpec(
@@ -395,6 +396,24 @@ def test_make_objective_dispatches_and_validates_options() -> None:
         )
     with pytest.raises(ConfigError, match="'dtm' takes no method_options"):
         make_objective(build_config(overrides=["method_options.beta_kl=0.1"]), 1)
+
+
+def test_the_method_registry_is_the_one_list_of_methods() -> None:
+    # every registered name is a valid config.method and builds its registered classes
+    for name, method in METHODS.items():
+        objective = make_objective(build_config(overrides=[f"method={name}"]), MASK)
+        assert type(objective) is method.objective_class()
+        options = method.options_class()
+        assert options is None or type(objective.options) is options
+    # the benchmark offers (and by default runs) exactly the registered methods, with labels
+    from tiltmatch.experiments import bench
+
+    assert bench.parse_args([]).methods == list(METHODS)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "grpo"])
+    assert {name: bench._LABELS[name] for name in METHODS} == {
+        name: method.label for name, method in METHODS.items()
+    }
 
 
 # ----- smoke: the real trainer, two tiny stages per method ---------------------------------------

@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tiltmatch.models.dtypes import DTypeName
+from tiltmatch.training.methods import check_method_name
 
 
 class ConfigError(ValueError):
@@ -166,7 +174,7 @@ class RunConfig(_Strict):
 
     task: str = "maze"
     task_options: dict[str, Any] = Field(default_factory=dict)
-    method: Literal["dtm", "diffu-grpo", "wd1", "rejection"] = "dtm"
+    method: str = Field("dtm", description="a name in tiltmatch.training.methods.METHODS")
     method_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -175,6 +183,11 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     lora: LoRAConfig | None = Field(None, description="LoRA adapters; none = full fine-tuning")
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, name: str) -> str:
+        return check_method_name(name)
 
     @model_validator(mode="after")
     def _quantised_base_needs_adapters(self) -> RunConfig:
