@@ -160,20 +160,20 @@ class Parallelism(ABC):
     def own_state(self, objects: dict[str, Any]) -> dict[str, Any]:
         """This process's ``own`` state, out of a checkpoint's objects."""
 
-    @abstractmethod
     def localise_weights(self, groups: WeightGroups, pair: DenoiserPair) -> WeightGroups:
-        """Checkpointed weights as this process holds them (its shards, when sharded)."""
+        """Checkpointed weights as this process holds them: whole, unless sharded."""
+        return groups
 
-    @abstractmethod
     def localise_optimizer_state(
         self, state: dict[str, Any], optimizer: torch.optim.Optimizer
     ) -> dict[str, Any]:
-        """A checkpointed optimiser state as this process holds it (its shards, when sharded)."""
+        """A checkpointed optimiser state as this process holds it: whole, unless sharded."""
+        return state
 
-    @abstractmethod
     def student_weights_to_save(self, pair: DenoiserPair) -> dict[str, torch.Tensor] | None:
         """The student's whole weights for the final save when they are not whole here, else
         None (collective)."""
+        return None
 
     @abstractmethod
     def evaluate(
@@ -223,20 +223,6 @@ class SingleProcess(Parallelism):
         """The checkpoint's top-level buffer and RNG states (a data-parallel checkpoint's
         are rank 0's)."""
         return objects
-
-    def localise_weights(self, groups: WeightGroups, pair: DenoiserPair) -> WeightGroups:
-        """Whole weights, as checkpointed."""
-        return groups
-
-    def localise_optimizer_state(
-        self, state: dict[str, Any], optimizer: torch.optim.Optimizer
-    ) -> dict[str, Any]:
-        """Whole tensors, as checkpointed."""
-        return state
-
-    def student_weights_to_save(self, pair: DenoiserPair) -> dict[str, torch.Tensor] | None:
-        """None: the student's weights are whole here."""
-        return None
 
     def evaluate(
         self,
@@ -336,20 +322,6 @@ class DataParallel(Parallelism):
                 f"{len(ranks)}, not {self.world_size}"
             )
         return ranks[self.rank]
-
-    def localise_weights(self, groups: WeightGroups, pair: DenoiserPair) -> WeightGroups:
-        """Whole weights: every rank holds them all."""
-        return groups
-
-    def localise_optimizer_state(
-        self, state: dict[str, Any], optimizer: torch.optim.Optimizer
-    ) -> dict[str, Any]:
-        """Whole tensors: every rank holds them all."""
-        return state
-
-    def student_weights_to_save(self, pair: DenoiserPair) -> dict[str, torch.Tensor] | None:
-        """None: the student's weights are whole on every rank."""
-        return None
 
     def evaluate(
         self,
