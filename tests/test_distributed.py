@@ -47,10 +47,10 @@ from tiltmatch.training.parallel import (
     Sharded,
     SingleProcess,
     full_tensors,
+    make_parallel,
     shard_module,
 )
 from tiltmatch.training.pretrain import char_codec_for
-from tiltmatch.training.runner import make_trainer
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,8 @@ def equivalence_run(context: DistributedContext, out: Path) -> dict[str, torch.T
     model = tiny_denoiser(codec.vocab_size, SPEC, seed=0).double()
     pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
     objective = RowSeededDTM(config.dtm, codec.mask_token_id)
-    trainer = make_trainer(config, task, codec, pair, objective, out, quiet=True, context=context)
+    parallel = make_parallel(context)
+    trainer = Trainer(config, task, codec, pair, objective, out, quiet=True, parallel=parallel)
     assert isinstance(trainer.parallel, DataParallel) == (context.world_size > 1)
     assert isinstance(trainer.parallel, Sharded) == (context.fsdp is not None)
     batch = fixed_rollouts(context.rank, context.world_size, task.response_length)
@@ -143,7 +144,7 @@ def resume_run(context: DistributedContext, out: Path, lora: bool = False) -> di
         else:
             pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
         objective = DTMObjective(config.dtm, codec.mask_token_id)
-        return make_trainer(config, task, codec, pair, objective, folder, True, context)
+        return Trainer(config, task, codec, pair, objective, folder, True, make_parallel(context))
 
     a = build(out / "a")
     a.train(max_updates=2)
@@ -312,7 +313,8 @@ def test_single_process_needs_no_accelerate(monkeypatch, tmp_path) -> None:
     model = tiny_denoiser(codec.vocab_size, SPEC, seed=0)
     pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
     objective = DTMObjective(config.dtm, codec.mask_token_id)
-    trainer = make_trainer(config, task, codec, pair, objective, tmp_path, context=context)
+    parallel = make_parallel(context)
+    trainer = Trainer(config, task, codec, pair, objective, tmp_path, parallel=parallel)
     assert type(trainer.parallel) is SingleProcess
     assert trainer.parallel.is_main
     close_process_group()  # no group: nothing to close, nothing raised
