@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import torch
@@ -224,26 +224,25 @@ FSDP_ENV = {
 }
 
 
+#: the most one two-process launch may take before it counts as hung
+LAUNCH_SECONDS = 300
+
+
 def launch(out: Path, extra_env: dict[str, str]) -> Path:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", **extra_env)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    # A session of its own, so that a hung launch is ended with its worker processes (killing
-    # torchrun alone would leave the ranks waiting on each other).
     proc = subprocess.Popen(
-        [*cmd, __file__, str(out)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        [*cmd, __file__, str(out)], env=env, stdout=PIPE, stderr=PIPE, text=True
     )
     try:
-        stdout, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=LAUNCH_SECONDS)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun hung (killed after 300 s):\n{stderr[-6000:]}")
+        # SIGTERM, not SIGKILL: torchrun then stops its workers (killed alone, it would leave
+        # the ranks waiting on each other, holding the pipes open).
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=120)
+        pytest.fail(f"torchrun hung (stopped after {LAUNCH_SECONDS} s):\n{stderr[-6000:]}")
     if proc.returncode:
         tail = f"{stdout[-3000:]}\n{stderr[-6000:]}"
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{tail}")
