@@ -26,7 +26,7 @@ from tiltmatch.tasks.base import Example
 from tiltmatch.tasks.maze.task import MazeTask, maze_of
 from tiltmatch.training.evaluation import sample_texts
 from tiltmatch.training.pretrain import PretrainConfig, pretrain
-from tiltmatch.training.runner import build_trainer, save_final
+from tiltmatch.training.runner import RUN_FILES, build_trainer, save_final
 from tiltmatch.training.trainer import Trainer
 
 #: How the shipped base model was made (``make base-maze`` runs the same recipe:
@@ -34,6 +34,11 @@ from tiltmatch.training.trainer import Trainer
 MAZE_BASE_SPEC = TinyModelSpec(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=288)
 MAZE_BASE_RECIPE = PretrainConfig(steps=6000, batch_size=128, learning_rate=1e-3)
 CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
+
+
+#: What the demo writes into ``--out``: a run's files and the report (``--overwrite`` replaces
+#: exactly these; ``tiltmatch demo`` refuses a folder holding any of them without it).
+DEMO_FILES = (*RUN_FILES, "report.json", "report.md", "stages.png", "maze.png")
 
 
 def demo_config_path() -> Path:

@@ -25,7 +25,7 @@ from tiltmatch.objective import Objective, Phase
 from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer, RolloutBatch, RolloutWorker
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks.base import Example, Task
-from tiltmatch.training.checkpoint import load_checkpoint, save_checkpoint
+from tiltmatch.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tiltmatch.training.evaluation import evaluate
 from tiltmatch.training.pair import DenoiserPair
 
@@ -186,7 +186,14 @@ class Trainer:
         total, extras = self._synchronise(total, extras)  # data parallelism: average over ranks
         params = [p for p in self.pair.trainable_parameters() if p.grad is not None]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
+        if not math.isfinite(grad_norm):  # the step would write NaN into every weight
+            raise FloatingPointError(
+                f"non-finite gradient norm {grad_norm} at stage {self.phase.stage}, update "
+                f"{self.phase.step}: stopped before the step (nothing was written); lower "
+                "train.learning_rate or the tilt increment h"
+            )
         self.optimizer.step()
+        self._check_finite_weights(params)
         self.scheduler.step()
         self.pair.after_update()
         self.phase.step += 1
@@ -204,6 +211,16 @@ class Trainer:
         tc_refresh = tc.refresh_every
         if self.phase.step % tc_refresh == 0 and self.phase.step < self.objective.steps_in_stage():
             self.phase.rollouts += self.buffer.refresh(tc.refresh_prompts, self._fill)
+
+    def _check_finite_weights(self, params: list[torch.nn.Parameter]) -> None:
+        """Stop the run before a non-finite weight reaches a log line or a checkpoint."""
+        # Under FSDP a parameter is a DTensor: each process checks the shard it holds.
+        local = [getattr(p, "to_local", p.detach)().detach() for p in params]
+        if local and not bool(torch.stack([torch.isfinite(t).all() for t in local]).all()):
+            raise FloatingPointError(
+                f"non-finite weights after update {self.phase.step} of stage {self.phase.stage}: "
+                "stopped before anything was written; lower train.learning_rate"
+            )
 
     def _end_stage(self) -> None:
         self.objective.end_stage(self.phase)
@@ -287,7 +304,22 @@ class Trainer:
 
     def load(self, path: str | Path | None = None) -> None:
         """Restore the training state from a checkpoint folder (default ``out_dir/checkpoint``)."""
-        tensors, objects, meta = load_checkpoint(path or self.out_dir / CHECKPOINT)
+        path = Path(path or self.out_dir / CHECKPOINT)
+        tensors, objects, meta = load_checkpoint(path)
+        _check_pieces(path, tensors, set(self.pair.state_dict()), objects, meta)
+        try:
+            self._restore(tensors, objects, meta)
+        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as err:
+            # A piece of the right name but the wrong content (another run's optimizer, a
+            # truncated buffer, a phase from another version): say which checkpoint.
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:300]})"
+            ) from None
+
+    def _restore(
+        self, tensors: dict[str, Any], objects: dict[str, Any], meta: dict[str, Any]
+    ) -> None:
         self.pair.load_state_dict(self._localise_weights(tensors))
         self.buffer.load_state_dict(objects["buffer"])
         restore_rng_state(objects["rng"], self.generator)
@@ -391,6 +423,30 @@ class Trainer:
 
         (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
         return RunLog(self.out_dir, quiet=self.quiet)
+
+
+def _check_pieces(
+    path: Path,
+    tensors: dict[str, Any],
+    groups: set[str],
+    objects: dict[str, Any],
+    meta: dict[str, Any],
+) -> None:
+    """Every piece :meth:`Trainer.save` writes is there, and no weight group it does not."""
+    if missing := sorted(groups - tensors.keys()):
+        raise CheckpointError(f"checkpoint {path} lacks {missing[0]}.safetensors")
+    if extra := sorted(tensors.keys() - groups):
+        raise CheckpointError(
+            f"checkpoint {path} holds {extra[0]}.safetensors, which this run has no model for"
+        )
+    for name in ("buffer", "rng"):
+        if name not in objects:
+            raise CheckpointError(f"checkpoint {path} lacks {name}.pt")
+    if ("optimizer" in objects) != ("scheduler" in objects):
+        raise CheckpointError(f"checkpoint {path} has one of optimizer.pt/scheduler.pt only")
+    for key in ("phase", "stage_stats", "history", "wall_seconds"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path}: meta.json lacks {key!r}")
 
 
 def _constant(step: int) -> float:
