@@ -134,8 +134,10 @@ class DTMConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation, rollouts and the replay buffer."""
 
-    learning_rate: float = Field(3e-4, gt=0)
-    final_learning_rate: float = Field(1e-4, ge=0)
+    # AdamW moves each weight by about the learning rate per step: above 1 no recipe makes
+    # sense, and 1e30 turns every weight into 1e30 on the first update.
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    final_learning_rate: float = Field(1e-4, ge=0, le=1)
     warmup_fraction: float = Field(0.05, ge=0, le=1)
     decay_fraction: float = Field(0.1, ge=0, le=1)
     adam_betas: tuple[float, float] = (0.9, 0.99)

@@ -178,7 +178,7 @@ class Trainer:
             )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"non-finite loss {float(loss)} at stage {self.phase.stage}, "
+                    f"non-finite loss {float(loss.detach())} at stage {self.phase.stage}, "
                     f"update {self.phase.step}: lower the learning rate or the tilt increment h"
                 )
             (loss / tc.gradient_accumulation_steps).backward()
@@ -189,8 +189,8 @@ class Trainer:
         if not math.isfinite(grad_norm):  # the step would write NaN into every weight
             raise FloatingPointError(
                 f"non-finite gradient norm {grad_norm} at stage {self.phase.stage}, update "
-                f"{self.phase.step}: stopped before the step (nothing was written); lower "
-                "train.learning_rate or the tilt increment h"
+                f"{self.phase.step}: stopped before the step, so no checkpoint or log holds its "
+                "weights; lower train.learning_rate or the tilt increment h"
             )
         self.optimizer.step()
         self._check_finite_weights(params)
@@ -219,7 +219,8 @@ class Trainer:
         if local and not bool(torch.stack([torch.isfinite(t).all() for t in local]).all()):
             raise FloatingPointError(
                 f"non-finite weights after update {self.phase.step} of stage {self.phase.stage}: "
-                "stopped before anything was written; lower train.learning_rate"
+                "stopped before they reached a checkpoint or a log line; lower "
+                "train.learning_rate"
             )
 
     def _end_stage(self) -> None:
