@@ -41,6 +41,42 @@ CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
 DEMO_FILES = (*RUN_FILES, "report.json", "report.md", "stages.png", "maze.png")
 
 
+#: Intra-op threads of the demo. A float sum split over N threads adds in another order than
+#: over M, so the trained weights differ bit for bit between thread counts (measured: 1, 2
+#: and 3 threads give three different results, README "Guarantees"); fixing the count makes
+#: the demo independent of how many cores a machine reports. 2 is what the 2-core
+#: development machine used by default for the published figures.
+DEMO_THREADS = 2
+
+
+def numerics_environment() -> dict[str, Any]:
+    """What decides the demo's floating-point results besides the code and the seed.
+
+    Recorded in report.json: runs agree bit for bit only where all of these agree.
+    """
+    import os
+
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl": torch.backends.mkl.is_available(),
+        "env": {
+            k: os.environ[k]
+            for k in (
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "ATEN_CPU_CAPABILITY",
+                "MKL_ENABLE_INSTRUCTIONS",
+                "MKL_CBWR",
+            )
+            if k in os.environ
+        },
+    }
+
+
 def demo_config_path() -> Path:
     """The packaged demo configuration."""
     return Path(str(resources.files("tiltmatch.experiments") / "configs" / "demo_maze.yaml"))
@@ -245,9 +281,12 @@ def run_demo(
     target_samples: int = 400,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return the report dict (also written as JSON)."""
+    import torch
+
     started = time.time()
-    out.mkdir(parents=True, exist_ok=True)
     config: RunConfig = build_config(config_path or demo_config_path(), overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(DEMO_THREADS)
     if config.task != "maze" or config.method != "dtm":
         raise ValueError("the demo runs DTM on the maze; use 'tiltmatch train' for other runs")
     task = MazeTask(**config.task_options)
@@ -311,6 +350,7 @@ def run_demo(
         "plots": [*plots, "maze.png"],
         "wall_seconds": time.time() - started,
         "config": config.model_dump(mode="json"),
+        "numerics": numerics_environment(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report))
