@@ -230,9 +230,9 @@ def test_non_finite_loss_stops_the_run(tmp_path, tiny_overrides, monkeypatch, ca
 
     loss = DTMObjective.loss
 
-    def nan_at_stage_1(self, student, teacher, batch, phase, generator, reference=None):
-        value, extras = loss(self, student, teacher, batch, phase, generator, reference)
-        return (value * float("nan"), extras) if phase.stage == 1 else (value, extras)
+    def nan_at_stage_1(self, inputs):
+        value, extras = loss(self, inputs)
+        return (value * float("nan"), extras) if inputs.phase.stage == 1 else (value, extras)
 
     monkeypatch.setattr(DTMObjective, "loss", nan_at_stage_1)
     out = tmp_path / "run"
