@@ -403,3 +403,40 @@ def test_utf8_bom_is_harmless(tmp_path) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + b'{"input": "1,2,3", "output": "6"}\n')
     assert read_jsonl(path) == [{"input": "1,2,3", "output": "6"}]
+
+
+# --- the real entry point: the same one line, first on stderr, nothing else ---------------
+
+
+@pytest.mark.slow
+def test_the_command_prints_one_line_and_no_traceback(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "model"
+    shutil.copytree(shipped_model_dir("maze"), folder)
+    _more_layers(folder)
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for argv, start in (
+        (
+            ["eval", "--model", str(folder), "--task", "maze", "--limit", "1"],
+            f"the model in {folder} lacks",
+        ),
+        (["train", "--out", str(tmp_path / "r"), "--config", str(bomb)], f"config file {bomb}"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "tiltmatch.cli", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 2
+        assert done.stderr.splitlines() == [
+            f"tiltmatch {argv[0]}: error: " + done.stderr.split(": error: ", 1)[1].rstrip("\n")
+        ]
+        assert done.stderr.split(": error: ", 1)[1].startswith(start)
+        assert "Traceback" not in done.stderr + done.stdout
