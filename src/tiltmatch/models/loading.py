@@ -11,7 +11,13 @@ from transformers import PreTrainedModel
 
 from tiltmatch.config import ModelConfig
 from tiltmatch.models.codecs import CharTokenizer, PromptCodec
-from tiltmatch.models.denoiser import DENOISER_META, TinyModelSpec, load_denoiser, tiny_denoiser
+from tiltmatch.models.denoiser import (
+    DENOISER_META,
+    ModelLoadError,
+    TinyModelSpec,
+    load_denoiser,
+    tiny_denoiser,
+)
 from tiltmatch.models.dtypes import torch_dtype
 from tiltmatch.tasks.base import Task
 
@@ -79,7 +85,11 @@ def load_model_folder(
     from tiltmatch.models.llada import LLaDACodec, load_llada
 
     meta_file = path / DENOISER_META
-    if meta_file.is_file() and "alphabet" in json.loads(meta_file.read_text()):
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{meta_file} is not valid JSON ({err})") from None
+    if isinstance(meta, dict) and "alphabet" in meta:
         model, meta = load_denoiser(path)
         codec = CharTokenizer(meta["alphabet"])
         if (

@@ -95,6 +95,8 @@ def generate(
     num_blocks = response_length // config.block_length
     if config.steps % num_blocks:
         raise ValueError(f"steps {config.steps} is not a multiple of the {num_blocks} blocks")
+    if prompts and hasattr(denoiser, "check_positions"):
+        denoiser.check_positions(max(len(p) for p in prompts), response_length)
     device = next(denoiser.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, denoiser.pad_token_id, device)
     batch = prompt_ids.shape[0]
