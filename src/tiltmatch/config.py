@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tiltmatch.sampling.config import SamplingConfig
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending field."""
@@ -78,13 +80,8 @@ class LoRAConfig(_Strict):
     )
 
 
-class SamplerConfig(_Strict):
-    """Generation (rollouts and evaluation)."""
-
-    steps: int = Field(8, ge=1)
-    block_length: int = Field(8, ge=1)
-    remasking: Literal["low_confidence", "random"] = "low_confidence"
-    temperature: float = Field(1.0, ge=0.0)
+# The sampler's own configuration is the run config's ``sampler:`` section: one definition.
+SamplerConfig = SamplingConfig
 
 
 class DTMConfig(_Strict):
@@ -167,7 +164,7 @@ class RunConfig(_Strict):
     method_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    sampler: SamplingConfig = Field(default_factory=SamplingConfig)
     dtm: DTMConfig = Field(default_factory=DTMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from tiltmatch.config import parse_task_options
@@ -28,9 +29,16 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     gen_length = args.gen_length or task.response_length
     block = args.block_length or gen_length
     steps = args.steps or gen_length
-    sampling = SamplingConfig(
-        steps=steps, block_length=block, remasking=args.remasking, temperature=args.temperature
-    )
+    try:
+        sampling = SamplingConfig(
+            steps=steps,
+            block_length=block,
+            remasking=args.remasking,
+            temperature=args.temperature,
+            mode=getattr(args, "sampler", "exact"),
+        )
+    except ValidationError as err:  # one line for the CLI, not pydantic's report
+        raise ValueError("; ".join(e["msg"] for e in err.errors())) from None
     examples = task.examples(args.split, args.limit, args.seed)
     rows = [(e, k) for e in examples for k in range(args.samples)]
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -41,7 +49,13 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         chunk = rows[lo : lo + args.batch_size]
         prompts = [codec.encode_prompt(e.prompt) for e, _ in chunk]
         out = generate(
-            denoiser, prompts, gen_length, sampling, generator, forbidden_token_ids=forbidden
+            denoiser,
+            prompts,
+            gen_length,
+            sampling,
+            generator,
+            forbidden_token_ids=forbidden,
+            eos_token_id=codec.eos_token_id,
         )
         responses += [codec.decode_response(r.tolist()) for r in out.responses.cpu()]
     seconds = time.time() - started
@@ -58,6 +72,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             "block_length": block,
             "steps": steps,
             "temperature": args.temperature,
+            "sampler": sampling.mode,
             "seconds": seconds,
         }
     )
