@@ -199,8 +199,14 @@ def _denoise(
         while True:
             open_ = canvas[:, lo:hi] == denoiser.mask_token_id
             if config.parallel:
-                if not open_.any():
+                running = open_.any(dim=1)
+                if not running.any():
                     break
+                if not running.all():  # rows done with the block leave the forwards
+                    keep = running.nonzero().squeeze(1)
+                    rows = keep if rows is None else rows[keep]
+                    canvas, open_ = canvas[keep], open_[keep]
+                    forward.keep_rows(keep, canvas)
                 count = 0
             else:
                 if step == len(schedule):
@@ -256,6 +262,17 @@ class _BlockForward:
         self.lo, self.hi, self.config = lo, hi, config
         self.cache: DynamicCache | None = None
         self.kept = 0
+
+    def keep_rows(self, keep: torch.Tensor, canvas: torch.Tensor) -> None:
+        """Go on with the rows ``keep`` only; ``canvas`` is their canvas from now on."""
+        self.prompt_ids, self.canvas = self.prompt_ids[keep], canvas
+        self.attention, self.positions = self.attention[keep], self.positions[keep]
+        if self.cache is not None:
+            for layer in self.cache.layers:
+                assert isinstance(layer, DynamicLayer)  # checked by _keep_columns
+                keys, values = layer.keys, layer.values
+                assert keys is not None and values is not None
+                layer.keys, layer.values = keys[keep], values[keep]
 
     def __call__(self, step: int, open_: torch.Tensor) -> torch.Tensor:
         """Logits at ``open_`` ``[B, block]`` (row-major), after ``step`` steps of the block."""

@@ -23,9 +23,6 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate ``args.model`` on ``args.task``; write ``outputs.jsonl`` and ``metrics.json``."""
     task = get_task(args.task, **parse_task_options(args.task_option))
     path = resolve_model_path(args.model)
-    model, codec = load_model_folder(path, task)
-    model.to(args.device)
-    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
     gen_length = args.gen_length or task.response_length
     block = args.block_length or gen_length
     steps = args.steps or gen_length
@@ -38,7 +35,11 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             mode=getattr(args, "sampler", "exact"),
         )
     except ValidationError as err:  # one line for the CLI, not pydantic's report
-        raise ValueError("; ".join(e["msg"] for e in err.errors())) from None
+        messages = (str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+        raise ValueError("; ".join(messages)) from None
+    model, codec = load_model_folder(path, task)  # after the settings are known to be usable
+    model.to(args.device)
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
     examples = task.examples(args.split, args.limit, args.seed)
     rows = [(e, k) for e in examples for k in range(args.samples)]
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
