@@ -141,14 +141,13 @@ def generate(
     prompt_ids, prompt_mask = left_pad(prompts, denoiser.pad_token_id, device)
     batch = prompt_ids.shape[0]
     response = torch.full((batch, response_length), denoiser.mask_token_id, device=device)
-    attention = torch.cat([prompt_mask, torch.ones_like(response)], dim=1)
     banned = sorted({denoiser.mask_token_id, *forbidden_token_ids})
     visited: list[torch.Tensor] | None = [] if record_states else None
     was_training = denoiser.training
     denoiser.eval()
     with denoiser.session():  # e.g. a LoRA teacher's adapter stays selected throughout
         _denoise(
-            denoiser, prompt_ids, response, attention, banned, visited, config, generator,
+            denoiser, prompt_ids, prompt_mask, response, banned, visited, config, generator,
             eos_token_id,
         )  # fmt: skip
     denoiser.train(was_training)
@@ -159,8 +158,8 @@ def generate(
 def _denoise(
     denoiser: MaskedDenoiser,
     prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
     response: torch.Tensor,
-    attention: torch.Tensor,
     banned: list[int],
     visited: list[torch.Tensor] | None,
     config: SamplingConfig,
@@ -171,7 +170,7 @@ def _denoise(
     batch, response_length = response.shape
     num_blocks = response_length // config.block_length
     schedule = tokens_per_step(config.block_length, max(config.steps // num_blocks, 1))
-    positions = denoiser.position_ids(attention)
+    positions = denoiser.position_ids(torch.cat([prompt_mask, torch.ones_like(response)], 1))
     alive = torch.ones(batch, dtype=torch.bool, device=response.device)
     for block in range(num_blocks):
         lo, hi = block * config.block_length, (block + 1) * config.block_length
@@ -189,7 +188,7 @@ def _denoise(
             denoiser,
             prompt_ids if rows is None else prompt_ids[rows],
             canvas,
-            attention if rows is None else attention[rows],
+            prompt_mask if rows is None else prompt_mask[rows],
             positions if rows is None else positions[rows],
             lo,
             hi,
@@ -251,14 +250,14 @@ class _BlockForward:
         denoiser: MaskedDenoiser,
         prompt_ids: torch.Tensor,
         canvas: torch.Tensor,
-        attention: torch.Tensor,
+        prompt_mask: torch.Tensor,
         positions: torch.Tensor,
         lo: int,
         hi: int,
         config: SamplingConfig,
     ) -> None:
         self.denoiser, self.prompt_ids, self.canvas = denoiser, prompt_ids, canvas
-        self.attention, self.positions = attention, positions
+        self.prompt_mask, self.positions = prompt_mask, positions
         self.lo, self.hi, self.config = lo, hi, config
         self.cache: DynamicCache | None = None
         self.kept = 0
@@ -266,7 +265,7 @@ class _BlockForward:
     def keep_rows(self, keep: torch.Tensor, canvas: torch.Tensor) -> None:
         """Go on with the rows ``keep`` only; ``canvas`` is their canvas from now on."""
         self.prompt_ids, self.canvas = self.prompt_ids[keep], canvas
-        self.attention, self.positions = self.attention[keep], self.positions[keep]
+        self.prompt_mask, self.positions = self.prompt_mask[keep], self.positions[keep]
         if self.cache is not None:
             for layer in self.cache.layers:
                 assert isinstance(layer, DynamicLayer)  # checked by _keep_columns
@@ -277,24 +276,30 @@ class _BlockForward:
     def __call__(self, step: int, open_: torch.Tensor) -> torch.Tensor:
         """Logits at ``open_`` ``[B, block]`` (row-major), after ``step`` steps of the block."""
         config, canvas, width = self.config, self.canvas, self.prompt_ids.shape[1]
-        length = canvas.shape[1]
         wanted = torch.zeros_like(canvas, dtype=torch.bool)
         wanted[:, self.lo : self.hi] = open_
-        full = torch.cat([self.prompt_ids, canvas], 1)
         if not config.cached:
-            return self.denoiser(full, self.attention, length, logits_at=wanted)
+            return self.denoiser.response_logits(
+                self.prompt_ids, self.prompt_mask, canvas, logits_at=wanted
+            )
         every = config.refresh_every
         if self.cache is None or (every is not None and step % every == 0):
             cache = DynamicCache()
-            logits = self.denoiser(full, self.attention, length, cache=cache, logits_at=wanted)
+            logits = self.denoiser.response_logits(
+                self.prompt_ids, self.prompt_mask, canvas, cache=cache, logits_at=wanted
+            )
             start, stop = width + self.lo, width + self.hi
             _keep_columns(cache, start, stop if config.cache == "dual" else None)
             self.cache, self.kept = cache, cache.get_seq_length()
             return logits
-        stop = self.hi if config.cache == "dual" else length
+        # The block (dual) or block + suffix (prefix) against the cached columns; the
+        # attention mask lists the cached columns first, then these (every response
+        # column is attended to, so only the prompt's padding is masked).
+        stop = self.hi if config.cache == "dual" else canvas.shape[1]
+        attention = torch.cat([self.prompt_mask, torch.ones_like(canvas)], 1)
         logits = self.denoiser(
             canvas[:, self.lo : stop],
-            self.attention,
+            attention,
             stop - self.lo,
             cache=self.cache,
             position_ids=self.positions[:, width + self.lo : width + stop],
