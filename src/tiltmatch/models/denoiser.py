@@ -154,6 +154,8 @@ class MaskedDenoiser(nn.Module):
         """
         ids = torch.cat([prompt_ids, canvas], dim=1)
         mask = torch.cat([prompt_mask, torch.ones_like(canvas)], dim=1)
+        if cache is None and logits_at is None:  # a subclass may take the three arguments only
+            return self(ids, mask, canvas.shape[1])
         return self(ids, mask, canvas.shape[1], cache=cache, logits_at=logits_at)
 
     def session(self) -> AbstractContextManager[None]:
