@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tiltmatch.config import ConfigError, parse_task_options
+from tiltmatch.sampling.config import SAMPLER_MODES
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampler steps")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLER_MODES,
+        default="exact",
+        help="exact (the model's own distribution) or a faster approximation (docs/sampling.md)",
+    )
     p.add_argument("--samples", type=int, default=1, help="samples per example")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from tiltmatch.models.dtypes import DTypeName
+from tiltmatch.sampling.config import SamplingConfig
 from tiltmatch.training.methods import check_method_name
 
 
@@ -105,13 +106,8 @@ class LoRAConfig(_Strict):
     )
 
 
-class SamplerConfig(_Strict):
-    """Generation (rollouts and evaluation)."""
-
-    steps: int = Field(8, ge=1)
-    block_length: int = Field(8, ge=1)
-    remasking: Literal["low_confidence", "random"] = "low_confidence"
-    temperature: float = Field(1.0, ge=0.0)
+# The sampler's own configuration is the run config's ``sampler:`` section: one definition.
+SamplerConfig = SamplingConfig
 
 
 class DTMConfig(_Strict):
@@ -206,7 +202,7 @@ class RunConfig(_Strict):
     method_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    sampler: SamplingConfig = Field(default_factory=SamplingConfig)
     dtm: DTMConfig = Field(default_factory=DTMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -17,6 +17,7 @@ not depend on how much padding its batch needed.
 
 from __future__ import annotations
 
+import inspect
 import json
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import Cache, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+# transformers renamed the forward's ``past_key_values`` to ``cache`` during 5.x.
+CACHE_ARGUMENT = (
+    "cache"
+    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
+    else "past_key_values"
+)
 
 
 @dataclass(frozen=True)
@@ -92,17 +100,39 @@ class MaskedDenoiser(nn.Module):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_length: int,
+        cache: Cache | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, L, V]`` at the last ``response_length`` columns of ``input_ids``."""
+        """Logits ``[B, L, V]`` at the last ``response_length`` columns of ``input_ids``.
+
+        The sampler's hooks (:mod:`tiltmatch.sampling.sampler`): ``cache``, a transformers
+        ``Cache`` this forward reads (keys/values of columns not in ``input_ids``, whose
+        ``attention_mask`` columns come first) and extends in place; ``position_ids`` of the
+        columns of ``input_ids`` (needed when they are not the sequence's last ones);
+        ``logits_at``: a boolean ``[B, response_length]`` choosing the only response
+        columns projected onto the vocabulary (logits ``[n_chosen, V]``, row-major).
+        """
+        width = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = self.position_ids(attention_mask)[:, -width:]
+        keep: int | torch.Tensor = response_length
+        if logits_at is not None:
+            before = logits_at.new_zeros((logits_at.shape[0], width - response_length))
+            keep = torch.cat([before, logits_at], dim=1)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=self.position_ids(attention_mask),
-            logits_to_keep=response_length,
-            use_cache=False,
+            position_ids=position_ids,
+            logits_to_keep=keep,
+            use_cache=cache is not None,
+            **({CACHE_ARGUMENT: cache} if cache is not None else {}),
         )
-        return out.logits[:, -response_length:]
+        return out.logits if logits_at is not None else out.logits[:, -response_length:]
 
     def check_positions(self, prompt_tokens: int, response_length: int) -> None:
         """Refuse a prompt plus response longer than the model's positions.
@@ -120,7 +150,12 @@ class MaskedDenoiser(nn.Module):
             )
 
     def response_logits(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, canvas: torch.Tensor
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        canvas: torch.Tensor,
+        cache: Cache | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, L, V]`` on the canvas ``z`` ``[B, L]`` that follows each prompt.
 
@@ -130,10 +165,13 @@ class MaskedDenoiser(nn.Module):
         column is attended to (mask tokens included: they are what the denoiser
         reads, METHOD.md section 1). The model call goes through ``self(...)``, so a
         subclass that routes its forward differently (a LoRA adapter view) is honoured.
+        ``cache``, ``logits_at``: the sampler's hooks of :meth:`forward`.
         """
         ids = torch.cat([prompt_ids, canvas], dim=1)
         mask = torch.cat([prompt_mask, torch.ones_like(canvas)], dim=1)
-        return self(ids, mask, canvas.shape[1])
+        if cache is None and logits_at is None:  # a subclass may take the three arguments only
+            return self(ids, mask, canvas.shape[1])
+        return self(ids, mask, canvas.shape[1], cache=cache, logits_at=logits_at)
 
     def session(self) -> AbstractContextManager[None]:
         """A context around many consecutive forwards of this denoiser alone (sampling).

@@ -70,13 +70,8 @@ class RolloutWorker:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Responses ``[N, L]`` (and visited canvases) for ``prompts``, in chunks."""
         config = self.sampling
-        if temperature is not None:
-            config = SamplingConfig(
-                steps=config.steps,
-                block_length=config.block_length,
-                remasking=config.remasking,
-                temperature=temperature,
-            )
+        if temperature is not None:  # every other field kept (mode, cache, threshold, ...)
+            config = config.model_copy(update={"temperature": temperature})
         outs, visits = [], []
         for lo in range(0, len(prompts), self.chunk_size):
             out = generate(
@@ -87,6 +82,7 @@ class RolloutWorker:
                 generator,
                 record_states=self.record_states,
                 forbidden_token_ids=self.forbidden,
+                eos_token_id=self.codec.eos_token_id,
             )
             outs.append(out.responses)
             if out.visited is not None:
