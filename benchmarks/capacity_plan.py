@@ -70,8 +70,8 @@ from tiltmatch.objective import Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import SamplingConfig, generate
 from tiltmatch.training.lora import LoRAPair
-from tiltmatch.training.methods import make_objective
 from tiltmatch.training.pair import CopiedPair
+from tiltmatch.training.runner import make_objective
 from tiltmatch.training.update import optimizer_update
 
 GIB = 2**30
@@ -368,6 +368,8 @@ def run_config(case: Case, lora_r: int) -> RunConfig:
                 "weight_decay": 0.1,
                 "num_generations": case.group,
                 "prompts_per_batch": case.rows // case.group,
+                "buffer_prompts": case.rows // case.group,
+                "refresh_prompts": 0,
                 "gradient_accumulation_steps": case.accumulation,
             },
         }
@@ -709,17 +711,22 @@ def largest_fitting(
         one, two = (simulate_update(case, arch, n, lora_r).peak_bytes for n in (1, 2))
         return extrapolate(one, two, layers)["total"]
 
-    lo, hi, seen = 0, 1, {}
-    while hi <= limit:
-        seen[hi] = peak(hi)
-        if not fits(seen[hi]):
-            break
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        seen[mid] = peak(mid)
-        lo, hi = (mid, hi) if fits(seen[mid]) else (lo, mid)
+    # The peak is linear in the rows (every tensor that grows has a row dimension): predict
+    # the largest fitting micro-batch from two probes, then walk to it one row at a time.
+    seen = {rows: peak(rows) for rows in (4, 16)}
+    slope = (seen[16] - seen[4]) / 12
+    budget = FIT_FRACTION * H100_MEMORY_GIB * GIB
+    guess = max(1, min(limit, int((budget - seen[4]) / slope) + 4))
+    seen.setdefault(guess, peak(guess))
+    while fits(seen[guess]) and guess < limit:
+        guess += 1
+        seen.setdefault(guess, peak(guess))
+    while not fits(seen[guess]) and guess > 1:
+        guess -= 1
+        seen.setdefault(guess, peak(guess))
+    lo = guess if fits(seen[guess]) else 0
+    if lo + 1 not in seen and lo < limit:
+        seen[lo + 1] = peak(lo + 1)
     return {
         "method": method,
         "checkpointing": checkpointing,
@@ -765,16 +772,21 @@ def markdown(record: dict[str, Any]) -> str:
         f"{H100_BF16_DENSE_FLOPS / 1e12:.0f} TFLOP/s.",
         "",
         "| method | micro-batch (rows x accumulation) | setup | checkpointing | peak GiB/GPU "
-        "| fits one 80 GB | GPUs | TFLOP / micro-batch | TFLOP / update | s / update |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| reserved GiB (est.) | fits one 80 GB | GPUs | TFLOP / micro-batch | TFLOP / update "
+        "| s / update |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry in record["cases"]:
         for r in entry["rows"]:
             c = r["case"]
+            reserved = "-"
+            if c["setup"] == "lora-bf16":  # the 4-bit and FSDP rows are partly arithmetic
+                reserved = f"{r['peak_reserved_bytes']['total'] / GIB:.1f}"
             lines.append(
                 f"| {_METHODS[c['method']]} | {c['name']}: {c['rows']} x {c['accumulation']} "
                 f"| {_SETUPS[c['setup']]} | {'on' if c['checkpointing'] else 'off'} "
-                f"| {r['gpu_peak_bytes'] / GIB:.1f} | {'yes' if r['fits_one_80gb'] else 'no'} "
+                f"| {r['gpu_peak_bytes'] / GIB:.1f} | {reserved} "
+                f"| {'yes' if r['fits_one_80gb'] else 'no'} "
                 f"| {r['gpus']} | {r['flops_per_micro_batch'] / 1e12:.0f} "
                 f"| {r['flops_per_update'] / 1e12:.0f} | {r['seconds_per_update']:.1f} |"
             )
@@ -815,6 +827,36 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sampler_record(
+    arch: dict[str, Any], args: argparse.Namespace, prompt: int, response: int, block: int
+) -> dict[str, Any]:
+    """The sampler step's peaks and the FLOPs of a rollout, at full depth."""
+    rows = args.sampler_rows
+    smp = [simulate_sampler(arch, n, rows, prompt, response, block) for n in (1, 2)]
+    smp_flops = [
+        simulate_sampler(arch, n, rows, prompt, response, block, count_flops=True) for n in (1, 2)
+    ]
+    layers = arch["n_layers"]
+    fwd = extrapolate(smp_flops[0]["flops_forward"], smp_flops[1]["flops_forward"], layers)
+    rollout = fwd["total"] * args.sampler_steps
+    return {
+        "rows": rows,
+        "steps": args.sampler_steps,
+        "peak_forward_gib": extrapolate(
+            smp[0]["peak_forward_bytes"], smp[1]["peak_forward_bytes"], layers
+        )["total"]
+        / GIB,
+        "peak_step_gib": extrapolate(smp[0]["peak_step_bytes"], smp[1]["peak_step_bytes"], layers)[
+            "total"
+        ]
+        / GIB,
+        "tflops_forward": fwd["total"] / 1e12,
+        "tflops_rollout": rollout / 1e12,
+        "gflops_per_rollout_token": rollout / (rows * response) / 1e9,
+        "seconds_per_rollout": rollout / (H100_BF16_DENSE_FLOPS * args.utilisation),
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="JSON record to write")
@@ -823,12 +865,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sampler-rows", type=int, default=32)
     parser.add_argument("--sampler-steps", type=int, default=128)
     parser.add_argument("--no-sweep", action="store_true", help="skip the largest-batch sweep")
+    parser.add_argument("--no-sampler", action="store_true", help="skip the sampler step")
     parser.add_argument("--sweep-limit", type=int, default=512)
     parser.add_argument(
         "--check-layers", action="store_true", help="check the extrapolation at full depth once"
     )
     parser.add_argument("--only", nargs="*", default=None, help="case names to run (e.g. Sudoku)")
     parser.add_argument("--methods", nargs="*", choices=sorted(_METHODS), default=sorted(_METHODS))
+    parser.add_argument(
+        "--table-from",
+        type=Path,
+        nargs="+",
+        help="print the tables of JSON records written by --out (sweeps of later ones added)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.utilisation <= 1:
         parser.error(f"--utilisation must be in (0, 1], got {args.utilisation}")
@@ -837,6 +886,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table_from:
+        first, *more = (json.loads(path.read_text()) for path in args.table_from)
+        for other in more:
+            first.setdefault("sweep", []).extend(other.get("sweep", []))
+        print(markdown(first))
+        return 0
     arch = TINY if args.tiny else LLADA_8B
     lora_r = 4 if args.tiny else 128
     prompt, response, block = (20, 64, 16) if args.tiny else (200, 256, 32)
@@ -866,31 +921,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cases": [plan_case(c, arch, lora_r, args.utilisation, progress) for c in cases],
     }
-    rows = args.sampler_rows
-    smp = [simulate_sampler(arch, n, rows, prompt, response, block) for n in (1, 2)]
-    smp_flops = [
-        simulate_sampler(arch, n, rows, prompt, response, block, count_flops=True) for n in (1, 2)
-    ]
-    layers = arch["n_layers"]
-    fwd = extrapolate(smp_flops[0]["flops_forward"], smp_flops[1]["flops_forward"], layers)
-    rollout = fwd["total"] * args.sampler_steps
-    record["sampler"] = {
-        "rows": rows,
-        "steps": args.sampler_steps,
-        "peak_forward_gib": extrapolate(
-            smp[0]["peak_forward_bytes"], smp[1]["peak_forward_bytes"], layers
-        )["total"]
-        / GIB,
-        "peak_step_gib": extrapolate(smp[0]["peak_step_bytes"], smp[1]["peak_step_bytes"], layers)[
-            "total"
-        ]
-        / GIB,
-        "tflops_forward": fwd["total"] / 1e12,
-        "tflops_rollout": rollout / 1e12,
-        "gflops_per_rollout_token": rollout / (rows * response) / 1e9,
-        "seconds_per_rollout": rollout / (H100_BF16_DENSE_FLOPS * args.utilisation),
-    }
-    progress(f"sampler: {record['sampler']}")
+    if not args.no_sampler:
+        record["sampler"] = sampler_record(arch, args, prompt, response, block)
+        progress(f"sampler: {record['sampler']}")
+    if args.out:  # what is done so far, in case a later part fails
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
     if not args.no_sweep:
         record["sweep"] = [
             largest_fitting(m, arch, lora_r, ck, args.sweep_limit)
