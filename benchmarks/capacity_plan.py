@@ -890,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         first, *more = (json.loads(path.read_text()) for path in args.table_from)
         for other in more:
             first.setdefault("sweep", []).extend(other.get("sweep", []))
+            first.setdefault("depth_checks", []).extend(other.get("depth_checks", []))
         print(markdown(first))
         return 0
     arch = TINY if args.tiny else LLADA_8B
