@@ -1,15 +1,47 @@
 """tiltmatch: Discrete Tilt Matching (DTM) for masked diffusion language models.
 
+The Python API (TRL's idiom; imported lazily, so ``import tiltmatch`` stays light)::
+
+    from tiltmatch import DTMConfig, DTMTrainer
+    trainer = DTMTrainer(model=..., reward_funcs=..., train_dataset=..., args=DTMConfig(...))
+    trainer.train(); trainer.save_model()
+
 The package reads in the order data flows (see METHOD.md):
 
-- ``tasks``      make prompts and score responses (rewards in [0, 1]);
-- ``model``      the denoiser adapter around a Hugging Face ``PreTrainedModel``;
-- ``sampler``    turns prompts into responses (and the states it visited);
-- ``weights``    turns rewards into tilt weights (control variates, baselines, ESS);
-- ``schedule``   chooses the tilt increments ``h`` of the annealing path;
-- ``states``     draws the partly masked states the loss is evaluated on;
-- ``loss``       turns states, targets and weights into a number;
-- ``trainer``    only orchestrates.
+- ``tasks``      make prompts and score responses (``tasks.dataset``: any prompt dataset);
+- ``rewards``    the batched reward interface (functions, reward models, weighted sums);
+- ``models``     the denoiser adapter around a Hugging Face ``PreTrainedModel``;
+- ``sampling``   turns prompts into responses (and the states it visited);
+- ``dtm``        tilt weights, schedule, states and the loss;
+- ``training``   the trainer (orchestration only), checkpoints, logs;
+- ``api``        ``DTMConfig`` / ``DTMTrainer`` and the baselines' trainers.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "DTMConfig": "tiltmatch.api",
+    "DTMTrainer": "tiltmatch.api",
+    "DiffuGRPOTrainer": "tiltmatch.api",
+    "WD1Trainer": "tiltmatch.api",
+    "RejectionTrainer": "tiltmatch.api",
+    "TrainOutput": "tiltmatch.api",
+    "RewardFunction": "tiltmatch.rewards",
+    "RewardModel": "tiltmatch.rewards",
+    "CallableReward": "tiltmatch.rewards",
+    "WeightedRewards": "tiltmatch.rewards",
+    "make_reward": "tiltmatch.rewards",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tiltmatch' has no attribute {name!r}")

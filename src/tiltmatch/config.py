@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+Tracker = Literal["tensorboard", "wandb", "trackio", "none", "all"]
 
 
 class ConfigError(ValueError):
@@ -135,6 +145,18 @@ class TrainConfig(_Strict):
     )
     max_stages: int = Field(100, ge=1)
     checkpoint_every: int = Field(50, ge=1, description="updates between checkpoints")
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: list[Tracker](["tensorboard"]),
+        description="experiment trackers (TRL's name): tensorboard, wandb, trackio, all or none",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        # "wandb" or "tensorboard,wandb" (a YAML or --set string) reads as a list.
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @model_validator(mode="after")
     def _fits(self) -> TrainConfig:

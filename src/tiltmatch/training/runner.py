@@ -16,6 +16,7 @@ from tiltmatch.models.loading import load_model_and_codec
 from tiltmatch.objective import Objective
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
+from tiltmatch.tasks.dataset import check_prompts
 from tiltmatch.training.distributed import close_process_group, make_trainer, process_context
 from tiltmatch.training.pair import CopiedPair, DenoiserPair
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
@@ -48,9 +49,17 @@ def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> 
 
 
 def build_trainer(
-    config: RunConfig, out_dir: Path, quiet: bool = False
+    config: RunConfig,
+    out_dir: Path,
+    quiet: bool = False,
+    task: Task | None = None,
+    loaded: tuple[PreTrainedModel, PromptCodec] | None = None,
 ) -> tuple[Trainer, Task, PromptCodec]:
-    """Task, model, codec, pair, objective and trainer of a configuration."""
+    """Task, model, codec, pair, objective and trainer of a configuration.
+
+    ``task`` and ``loaded`` (a model and its codec) are given by the Python API
+    (:mod:`tiltmatch.api`) when the user passes objects instead of names.
+    """
     torch.manual_seed(config.seed)
     context = process_context()
     if context.fsdp is not None and config.model.load_in_4bit:
@@ -58,8 +67,13 @@ def build_trainer(
             "model.load_in_4bit cannot be sharded with FSDP (bitsandbytes' 4-bit weights are "
             "not DTensors): launch with configs/accelerate/ddp.yaml"
         )
-    task = get_task(config.task, **config.task_options)
-    model, codec = load_model_and_codec(config.model, task, seed=config.seed)
+    if task is None:
+        task = get_task(config.task, **config.task_options)
+    if loaded is None:
+        model, codec = load_model_and_codec(config.model, task, seed=config.seed)
+    else:
+        model, codec = loaded
+    check_prompts(task, codec)
     if config.model.base is not None and config.model.dtype != "float32":
         from tiltmatch.training.lora import prepare_base_model
 
