@@ -22,7 +22,6 @@ from pydantic import (
     model_validator,
 )
 
-
 Tracker = Literal["tensorboard", "wandb", "trackio", "none", "all"]
 
 

@@ -38,12 +38,12 @@ def _load_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
             if not isinstance(row, dict):
                 raise DatasetError(f"rows given as a list: row {i} is a {type(row).__name__}")
         return rows, "rows"
+    if isinstance(getattr(source, "column_names", None), dict):  # a DatasetDict
+        raise DatasetError(
+            f"a DatasetDict with splits {sorted(source.column_names)}: pass one split, "
+            "e.g. dataset['train']"
+        )
     if hasattr(source, "column_names") and hasattr(source, "to_list"):
-        if isinstance(source.column_names, dict):  # a DatasetDict
-            raise DatasetError(
-                f"a DatasetDict with splits {sorted(source.column_names)}: pass one split, "
-                "e.g. dataset['train']"
-            )
         if PROMPT_KEY not in source.column_names:
             raise DatasetError(
                 f"the dataset has no {PROMPT_KEY!r} column (columns: {source.column_names})"
