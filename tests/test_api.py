@@ -63,7 +63,10 @@ def word_rows() -> list[dict]:
 
 
 def letters_of_word(prompts, completions, word, **columns):
-    return [sum(ch in w for ch in c) / len(c) if c else 0.0 for c, w in zip(completions, word)]
+    return [
+        sum(ch in w for ch in c) / len(c) if c else 0.0
+        for c, w in zip(completions, word, strict=True)
+    ]
 
 
 def test_newcomer_script_trains_on_jsonl_with_a_reward_function(tmp_path):
@@ -146,11 +149,11 @@ def test_config_names_map_to_the_run_config(tmp_path):
         tiny_args(tmp_path, per_device_train_batch_size=3).to_run_config()
     with pytest.raises(ConfigError, match="max_completion_length 6 is not a multiple"):
         tiny_args(tmp_path, max_completion_length=6).to_run_config()
-    with pytest.raises(ConfigError, match="dtm.hh: unknown field"):
+    with pytest.raises(ConfigError, match=r"dtm\.hh: unknown field"):
         tiny_args(tmp_path, run_overrides={"dtm.hh": 1}).to_run_config()
 
 
-# -- datasets ------------------------------------------------------------------------------------
+# -- datasets -------------------------------------------------------------------------------------
 
 
 def test_dataset_sources_and_formats(tmp_path):
@@ -223,7 +226,7 @@ def test_a_prompt_the_models_tokenizer_cannot_encode_names_the_row(tmp_path):
         )
 
 
-# -- nothing lost on a bad reward ------------------------------------------------------------------
+# -- nothing lost on a bad reward -----------------------------------------------------------------
 
 
 def test_a_reward_that_fails_mid_run_loses_nothing(tmp_path):
@@ -249,12 +252,12 @@ def test_a_reward_that_fails_mid_run_loses_nothing(tmp_path):
     assert resumed.global_step == 4 and resumed.history[-1]["a_after"] == pytest.approx(4.0)
 
 
-# -- the CLI ----------------------------------------------------------------------------------------
+# -- the CLI --------------------------------------------------------------------------------------
 
 
 REWARD_FILE = """
 def letters(prompts, completions, word, **columns):
-    return [sum(ch in w for ch in c) / len(c) if c else 0.0 for c, w in zip(completions, word)]
+    return [sum(ch in w for ch in c) / len(c) if c else 0.0 for c, w in zip(completions, word, strict=True)]
 
 def broken(prompts, completions, **columns):
     raise RuntimeError("no score")
@@ -323,7 +326,7 @@ def test_cli_dataset_flags_are_checked(tmp_path, capsys):
     assert "need --dataset" in capsys.readouterr().err
 
 
-# -- tasks from outside the package -------------------------------------------------------------------
+# -- tasks from outside the package ---------------------------------------------------------------
 
 
 TASK_FILE = """
@@ -358,7 +361,7 @@ def test_a_task_from_a_file_or_module_path(tmp_path, monkeypatch):
     assert trainer.train().global_step == 4
 
 
-# -- trackers -----------------------------------------------------------------------------------------
+# -- trackers -------------------------------------------------------------------------------------
 
 
 TRACKER_SCRIPT = """
