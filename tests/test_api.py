@@ -257,7 +257,8 @@ def test_a_reward_that_fails_mid_run_loses_nothing(tmp_path):
 
 REWARD_FILE = """
 def letters(prompts, completions, word, **columns):
-    return [sum(ch in w for ch in c) / len(c) if c else 0.0 for c, w in zip(completions, word, strict=True)]
+    pairs = zip(completions, word, strict=True)
+    return [sum(ch in w for ch in c) / len(c) if c else 0.0 for c, w in pairs]
 
 def broken(prompts, completions, **columns):
     raise RuntimeError("no score")
