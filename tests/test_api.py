@@ -404,3 +404,19 @@ def test_report_to_none_writes_no_tracker_files(tmp_path):
     assert not (out / "tensorboard").exists() and (out / "stages.jsonl").is_file()
     with pytest.raises(ValueError, match="report_to"):
         tiny_args(out, report_to="mlflow").to_run_config()
+
+
+def test_a_task_from_an_installed_packages_entry_point(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import tiltmatch.tasks as tasks
+
+    (tmp_path / "plugin_tasks.py").write_text(TASK_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = [EntryPoint(name="echo", value="plugin_tasks:Echo", group=tasks.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(
+        tasks, "entry_points", lambda group: found if group == tasks.ENTRY_POINT_GROUP else []
+    )
+    assert type(get_task("echo")).__name__ == "Echo"
+    with pytest.raises(UnknownTaskError, match="known tasks: countdown, dataset, echo"):
+        get_task("ech")
