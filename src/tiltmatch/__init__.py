@@ -6,15 +6,17 @@ The Python API (TRL's idiom; imported lazily, so ``import tiltmatch`` stays ligh
     trainer = DTMTrainer(model=..., reward_funcs=..., train_dataset=..., args=DTMConfig(...))
     trainer.train(); trainer.save_model()
 
-The package reads in the order data flows (see METHOD.md):
+The subpackages read in the order data flows (METHOD.md; ARCHITECTURE.md draws it):
 
 - ``tasks``      make prompts and score responses (``tasks.dataset``: any prompt dataset);
-- ``rewards``    the batched reward interface (functions, reward models, weighted sums);
-- ``models``     the denoiser adapter around a Hugging Face ``PreTrainedModel``;
-- ``sampling``   turns prompts into responses (and the states it visited);
-- ``dtm``        tilt weights, schedule, states and the loss;
-- ``training``   the trainer (orchestration only), checkpoints, logs;
-- ``api``        ``DTMConfig`` / ``DTMTrainer`` and the baselines' trainers.
+- ``rewards``    the batched reward interface (task rewards, functions, reward models);
+- ``models``     the denoiser adapter around a Hugging Face ``PreTrainedModel``, codecs, loading;
+- ``sampling``   turns prompts into responses (and the states it visited); rollouts, buffer;
+- ``dtm``        tilt weights, annealing schedules, masked states, the c-DTM loss, its objective;
+- ``baselines``  diffu-GRPO, wd1 and rejection sampling behind the same ``Objective``;
+- ``training``   the method registry, the student/teacher pair, the trainer (orchestration only);
+- ``api``        ``DTMConfig`` / ``DTMTrainer`` and the baselines' trainers (TRL's idiom);
+- ``experiments`` the demo, benchmark and ablation, on top of the library (never imported by it).
 """
 
 from __future__ import annotations

@@ -370,7 +370,8 @@ class DTMTrainer:
             )
         history = self.trainer.train()
         final = dict(history[-1]) if history else {}
-        (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+        if self.trainer.parallel.is_main:
+            (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
         self.train_output = TrainOutput(
             global_step=self.trainer.phase.updates,
             training_loss=float(final.get("loss", float("nan"))),
@@ -397,7 +398,11 @@ class DTMTrainer:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            save_final(self.trainer, self.codec, tmp, self.trainer.student_weights_to_save())
+            parallel = self.trainer.parallel
+            whole = parallel.student_weights_to_save(self.trainer.pair)  # collective (FSDP)
+            if not parallel.is_main:  # one writer under a multi-process launch
+                return folder
+            save_final(self.trainer, self.codec, tmp, whole)
             (tmp / "README.md").write_text(self.model_card())
             old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
             if folder.exists():
