@@ -17,6 +17,8 @@ The reward model's scores are unbounded; they are rescaled by ``train.reward_sca
 that spread (METHOD.md section 2: ``1/a_end`` is the KL price).
 
     python benchmarks/rlhf.py --out runs/rlhf            # or: make rlhf
+    python benchmarks/rlhf.py --size small --reward-model runs/rlhf/reward-model \
+        --out runs/rlhf-small                            # reuse that reward model
 """
 
 from __future__ import annotations
@@ -53,6 +55,19 @@ SIZES: dict[str, dict[str, Any]] = {
         buffer_prompts=64,
         refresh_prompts=16,
         eval_mazes=60,
+        eval_samples=8,
+    ),
+    # The default's preference data and reward model, a shorter DTM run (a_end 2, not 4).
+    "small": dict(
+        pref_mazes=400,
+        samples=4,
+        rm_epochs=3,
+        a_end=2.0,
+        h=1.0,
+        steps_per_h=40,
+        buffer_prompts=32,
+        refresh_prompts=8,
+        eval_mazes=40,
         eval_samples=8,
     ),
     "quick": dict(
@@ -171,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/rlhf")
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reward-model",
+        help="reuse this reward model folder (one trained by this script with the same "
+        "--seed and pair settings) instead of training one",
+    )
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     out = Path(args.out)
@@ -196,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. the reward model, with TRL's RewardTrainer
     rm_folder = out / "reward-model"
-    rm_loss = train_reward_model(rm_train, codec.alphabet, rm_folder, size["rm_epochs"], args.seed)
+    rm_loss = float("nan")
+    if args.reward_model:
+        rm_folder = Path(args.reward_model)
+    else:
+        rm_loss = train_reward_model(
+            rm_train, codec.alphabet, rm_folder, size["rm_epochs"], args.seed
+        )
     reward = RewardModel(rm_folder, batch_size=256)
     test_texts = sample_texts(worker, denoiser, test_mazes, size["samples"], 1.0, args.seed + 2)
     test_pairs = preference_pairs(task, test_texts, test_mazes)
@@ -250,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "preference_pairs": {"train": len(rm_train), "validation": len(rm_val)},
         "reward_model": {
+            "folder": str(rm_folder),
             "train_loss": rm_loss,
             "pair_accuracy_validation": pair_accuracy(reward, rm_val),
             "pair_accuracy_test_mazes": pair_accuracy(reward, test_pairs),
