@@ -20,7 +20,6 @@ from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import check_prompts
 from tiltmatch.training.distributed import (
-    DistributedContext,
     close_process_group,
     process_context,
 )
@@ -86,22 +85,6 @@ def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> 
     return CopiedPair(student, ema_decay=ema, keep_reference=needs_reference(config))
 
 
-def make_trainer(
-    config: RunConfig,
-    task: Task,
-    codec: PromptCodec,
-    pair: DenoiserPair,
-    objective: Objective,
-    out_dir: str | Path,
-    quiet: bool = False,
-    context: DistributedContext | None = None,
-) -> Trainer:
-    """The trainer for this process, with the parallelism of its launch (``context``,
-    default: read from the environment): one process, data-parallel or sharded."""
-    parallel = make_parallel(context or process_context())
-    return Trainer(config, task, codec, pair, objective, out_dir, quiet, parallel)
-
-
 def build_trainer(
     config: RunConfig,
     out_dir: Path,
@@ -139,7 +122,8 @@ def build_trainer(
     # reference copies at once.
     pair = make_pair(config, model, codec)
     objective = make_objective(config, codec.mask_token_id)
-    trainer = make_trainer(config, task, codec, pair, objective, out_dir, quiet, context)
+    parallel = make_parallel(context)  # one process, data-parallel or sharded
+    trainer = Trainer(config, task, codec, pair, objective, out_dir, quiet, parallel)
     return trainer, task, codec
 
 

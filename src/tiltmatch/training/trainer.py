@@ -32,6 +32,7 @@ from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer, RolloutBatch, 
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks.base import Example, Task
 from tiltmatch.training.checkpoint import load_checkpoint
+from tiltmatch.training.evaluation import evaluate
 from tiltmatch.training.pair import DenoiserPair
 from tiltmatch.training.parallel import Parallelism, SingleProcess
 from tiltmatch.training.update import optimizer_update
@@ -249,13 +250,14 @@ class Trainer:
         at stage ends).
         """
         ec = self.config.eval
-        return self.parallel.evaluate(
+        return evaluate(
             self.worker,
             denoiser or self.pair.student,
             self.eval_examples,
             ec.samples_per_example,
             ec.temperature,
             seed=self.config.seed + 777,
+            spread=self.parallel.sample_shares,
         )
 
     def wall_seconds(self) -> float:
