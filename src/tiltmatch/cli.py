@@ -65,7 +65,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _task_base(args: argparse.Namespace) -> dict[str, Any]:
-    return {"task": args.task} if getattr(args, "task", None) else {}
+    base: dict[str, Any] = {"task": args.task} if getattr(args, "task", None) else {}
+    dataset = getattr(args, "dataset", None)
+    rewards = [*getattr(args, "reward", []), *getattr(args, "reward_model", [])]
+    if dataset is None:
+        if rewards or getattr(args, "eval_dataset", None):
+            raise ConfigError("--reward, --reward-model and --eval-dataset need --dataset")
+        return base
+    if getattr(args, "task", None):
+        raise ConfigError("--dataset and --task are exclusive (a dataset is its own task)")
+    if not rewards:
+        raise ConfigError(
+            "--dataset needs at least one --reward FILE.py:FUNCTION or --reward-model"
+        )
+    options: dict[str, Any] = {"train": dataset, "rewards": rewards}
+    if args.eval_dataset:
+        options["eval"] = args.eval_dataset
+    if args.reward_weight:
+        options["reward_weights"] = args.reward_weight
+    if args.alphabet:
+        options["alphabet"] = args.alphabet
+    base.update(task="dataset", task_options=options)
+    if args.model:
+        base["model"] = {"base": args.model}
+    return base
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -215,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a model with DTM or a baseline")
     p.add_argument("--out", required=True, help="run folder (checkpoint, logs, final model)")
-    p.add_argument("--task", help="task name (same as --set task=NAME)")
+    p.add_argument(
+        "--task", help="task name, or module:Class / file.py:Class (same as --set task=NAME)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--allow-change",
@@ -226,6 +251,37 @@ def build_parser() -> argparse.ArgumentParser:
         "change on purpose (repeatable or comma-separated); any other change is refused",
     )
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    p.add_argument(
+        "--dataset", help="prompt dataset: a .jsonl/.csv/.parquet file or a hub name (online)"
+    )
+    p.add_argument("--eval-dataset", help="held-out prompts (default: the first training ones)")
+    p.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        metavar="FILE.py:FN",
+        help="reward function f(prompts, completions, **columns) -> list[float] (repeatable)",
+    )
+    p.add_argument(
+        "--reward-model",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="folder of a sequence-classification reward model (repeatable)",
+    )
+    p.add_argument(
+        "--reward-weight",
+        action="append",
+        type=float,
+        default=[],
+        metavar="W",
+        help="weight of each reward, in order: --reward ones first, then --reward-model ones",
+    )
+    p.add_argument("--model", help="model folder or shipped:NAME (same as --set model.base=...)")
+    p.add_argument(
+        "--alphabet",
+        help="characters of a fresh character-level model ('auto': the prompts' characters)",
+    )
     _add_config_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

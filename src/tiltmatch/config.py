@@ -26,6 +26,8 @@ from tiltmatch.models.dtypes import DTypeName
 from tiltmatch.sampling.config import SamplingConfig
 from tiltmatch.training.methods import check_method_name
 
+Tracker = Literal["tensorboard", "wandb", "trackio", "none", "all"]
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending field."""
@@ -162,6 +164,18 @@ class TrainConfig(_Strict):
     )
     max_stages: int = Field(100, ge=1)
     checkpoint_every: int = Field(50, ge=1, description="updates between checkpoints")
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: list[Tracker](["tensorboard"]),
+        description="experiment trackers (TRL's name): tensorboard, wandb, trackio, all or none",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        # "wandb" or "tensorboard,wandb" (a YAML or --set string) reads as a list.
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("adam_betas")
     @classmethod

@@ -58,7 +58,8 @@ def load_model_and_codec(
     if config.base is None:
         if task.alphabet is None:
             raise ValueError(
-                f"task {task.name!r} needs a pretrained model with a tokenizer: set model.base"
+                f"task {task.name!r} needs a pretrained model with a tokenizer: set model.base "
+                "(or, for a fresh character-level model, the task's alphabet option)"
             )
         codec = CharTokenizer(task.alphabet)
         spec = TinyModelSpec(

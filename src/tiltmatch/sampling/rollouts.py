@@ -54,6 +54,7 @@ class RolloutWorker:
         chunk_size: int = 256,
     ) -> None:
         self.task, self.codec = task, codec
+        self.reward = task.reward_function()
         self.response_length = response_length
         self.sampling = sampling
         self.record_states = record_states
@@ -95,12 +96,9 @@ class RolloutWorker:
         return [self.codec.decode_response(row.tolist()) for row in responses]
 
     def score(self, responses: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
-        """Rewards of responses to their examples (task rewards, checked to lie in [0, 1])."""
-        texts = self.decode(responses)
-        return torch.tensor(
-            [self.task.checked_reward(t, e) for t, e in zip(texts, examples, strict=True)],
-            dtype=torch.float32,
-        )
+        """Rewards ``[N]`` of responses to their examples: one call of the task's batched
+        reward (:mod:`tiltmatch.rewards`), checked to be finite numbers."""
+        return self.reward(self.decode(responses), examples)
 
     def rollout(
         self,

@@ -21,6 +21,7 @@ from tiltmatch.models.loading import load_model_and_codec
 from tiltmatch.objective import Objective
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
+from tiltmatch.tasks.dataset import check_prompts
 from tiltmatch.training.checkpoint import CheckpointError, checkpoint_meta, find_checkpoint
 from tiltmatch.training.distributed import (
     close_process_group,
@@ -199,9 +200,17 @@ def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> 
 
 
 def build_trainer(
-    config: RunConfig, out_dir: Path, quiet: bool = False
+    config: RunConfig,
+    out_dir: Path,
+    quiet: bool = False,
+    task: Task | None = None,
+    loaded: tuple[PreTrainedModel, PromptCodec] | None = None,
 ) -> tuple[Trainer, Task, PromptCodec]:
-    """Task, model, codec, pair, objective and trainer of a configuration."""
+    """Task, model, codec, pair, objective and trainer of a configuration.
+
+    ``task`` and ``loaded`` (a model and its codec) are given by the Python API
+    (:mod:`tiltmatch.api`) when the user passes objects instead of names.
+    """
     torch.manual_seed(config.seed)
     context = process_context()
     if context.fsdp is not None and config.model.load_in_4bit:
@@ -209,8 +218,13 @@ def build_trainer(
             "model.load_in_4bit cannot be sharded with FSDP (bitsandbytes' 4-bit weights are "
             "not DTensors): launch with configs/accelerate/ddp.yaml"
         )
-    task = get_task(config.task, **config.task_options)
-    model, codec = load_model_and_codec(config.model, task, seed=config.seed)
+    if task is None:
+        task = get_task(config.task, **config.task_options)
+    if loaded is None:
+        model, codec = load_model_and_codec(config.model, task, seed=config.seed)
+    else:
+        model, codec = loaded
+    check_prompts(task, codec)
     if config.model.base is not None and config.model.dtype != "float32":
         from tiltmatch.models.quantisation import prepare_base_model
 

@@ -375,7 +375,10 @@ class Trainer:
         from tiltmatch.training.runlog import RunLog
 
         (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
-        return RunLog(self.out_dir, quiet=self.quiet)
+        config = self.config.model_dump(mode="json")
+        return RunLog(
+            self.out_dir, quiet=self.quiet, report_to=self.config.train.report_to, config=config
+        )
 
 
 def _check_pieces(
