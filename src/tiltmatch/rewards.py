@@ -391,3 +391,11 @@ def char_level_tokenizer(alphabet: str, chat_template: str | None = None) -> Any
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def task_reward_function(task: Task) -> RewardFunction:
+    """The batched reward the trainer calls for ``task``: the task's own
+    ``reward_function()`` where it defines one (a dataset task with the user's rewards),
+    else :class:`TaskReward` over its :meth:`~tiltmatch.tasks.base.Task.reward`."""
+    own = getattr(task, "reward_function", None)
+    return own() if callable(own) else TaskReward(task)

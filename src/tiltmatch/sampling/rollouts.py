@@ -15,6 +15,7 @@ import torch
 
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.rewards import task_reward_function
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.tasks.base import Example, Task
 
@@ -54,7 +55,7 @@ class RolloutWorker:
         chunk_size: int = 256,
     ) -> None:
         self.task, self.codec = task, codec
-        self.reward = task.reward_function()
+        self.reward = task_reward_function(task)
         self.response_length = response_length
         self.sampling = sampling
         self.record_states = record_states

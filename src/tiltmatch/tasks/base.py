@@ -14,10 +14,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
-
-if TYPE_CHECKING:
-    from tiltmatch.rewards import RewardFunction
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -60,13 +57,6 @@ class Task(ABC):
     @abstractmethod
     def reward(self, response: str, example: Example) -> float:
         """Reward of a decoded response, in [0, 1]."""
-
-    def reward_function(self) -> RewardFunction:
-        """The batched reward the trainer calls (:mod:`tiltmatch.rewards`): by default this
-        task's own :meth:`reward`, one response at a time."""
-        from tiltmatch.rewards import TaskReward
-
-        return TaskReward(self)
 
     def demonstration(self, example: Example, rng: random.Random) -> str:
         """A demonstration response for SFT of a base model (synthetic tasks only)."""
