@@ -76,19 +76,18 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import MODELS, RECIPE_TRAIN, build_base  # noqa: E402
+from gpu_check import MODELS, RECIPE_TRAIN, build_base
 
-from tiltmatch.baselines import group_advantages  # noqa: E402
-from tiltmatch.baselines.diffu_grpo import clipped_surrogate, k3_kl  # noqa: E402
-from tiltmatch.baselines.likelihood import draw_prompt_mask, one_pass_token_log_probs  # noqa: E402
-from tiltmatch.config import RunConfig  # noqa: E402
-from tiltmatch.dtm.loss import ctilt_target  # noqa: E402
-from tiltmatch.dtm.states import sar_states  # noqa: E402
-from tiltmatch.dtm.weights import tilt_weights  # noqa: E402
-from tiltmatch.objective import forward_response_logits  # noqa: E402
-from tiltmatch.sampling.rollouts import RolloutBatch  # noqa: E402
-from tiltmatch.sampling.sampler import left_pad  # noqa: E402
-from tiltmatch.training.lora import LoRAPair  # noqa: E402
+from tiltmatch.baselines import group_advantages
+from tiltmatch.baselines.diffu_grpo import clipped_surrogate, k3_kl
+from tiltmatch.baselines.likelihood import draw_prompt_mask, one_pass_token_log_probs
+from tiltmatch.config import RunConfig
+from tiltmatch.dtm.loss import ctilt_target
+from tiltmatch.dtm.states import sar_states
+from tiltmatch.dtm.weights import tilt_weights
+from tiltmatch.sampling.rollouts import RolloutBatch
+from tiltmatch.sampling.sampler import left_pad
+from tiltmatch.training.lora import LoRAPair
 
 GIB = 2**30
 H100_BF16_DENSE = 989e12  # FLOP/s, H100 SXM5 dense bf16 (no sparsity)
@@ -110,8 +109,10 @@ def fused_attention(
     the math, for checks on small real tensors)."""
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else (
-            scores + mask.float()
+        scores = (
+            scores.masked_fill(~mask, float("-inf"))
+            if mask.dtype == torch.bool
+            else (scores + mask.float())
         )
     lse = torch.logsumexp(scores, dim=-1)
     out = (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
@@ -139,8 +140,10 @@ def fused_attention_backward(
     qf, kf, vf, g = q.float(), k.float(), v.float(), grad.float()
     scores = (qf @ kf.transpose(-1, -2)) * scale
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else (
-            scores + mask.float()
+        scores = (
+            scores.masked_fill(~mask, float("-inf"))
+            if mask.dtype == torch.bool
+            else (scores + mask.float())
         )
     p = torch.softmax(scores, dim=-1)
     o = p @ vf
@@ -189,8 +192,9 @@ FLOP_FORMULAS = {
 }
 
 
-def cuda_like_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                        **kwargs):
+def cuda_like_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
+):
     """A transformers attention function (``AttentionInterface``) calling the fused op."""
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped kv heads (not LLaDA-8B's 32/32; kept general)
@@ -330,15 +334,16 @@ def dtm_micro_step(
     rows, length = batch.responses.shape
     w = tilt_weights(batch.grouped_rewards, 6.0).reshape(-1)
     z = states.z
-    student_logits = forward_response_logits(student, batch, z)
+    student_logits = student.response_logits(batch.prompt_ids, batch.prompt_mask, z)
     with torch.no_grad():
-        teacher_logits = forward_response_logits(teacher, batch, z)
+        teacher_logits = teacher.response_logits(batch.prompt_ids, batch.prompt_mask, z)
     vocab = student_logits.shape[-1]
     logp = F.log_softmax(student_logits.reshape(-1, vocab).index_select(0, covered).float(), -1)
     tokens = batch.responses.reshape(-1).index_select(0, covered)
     weights = w[:, None].expand(rows, length).reshape(-1).index_select(0, covered).float()
     position_weight = states.position_weight.reshape(-1).index_select(0, covered).float()
-    teacher_probs = F.softmax(teacher_logits.reshape(-1, vocab).index_select(0, covered).float(), -1)
+    teacher_rows = teacher_logits.reshape(-1, vocab).index_select(0, covered)
+    teacher_probs = F.softmax(teacher_rows.float(), -1)
     target, _ = ctilt_target(teacher_probs, tokens, weights, 1.0)
     return (position_weight * -(target * logp).sum(-1)).sum() / rows
 
@@ -392,6 +397,7 @@ def simulate(case: Case, layers: int, lora_r: int) -> dict[str, Any]:
             if case.checkpointing:
                 enable_activation_checkpointing(base)
             student = MaskedDenoiser(base, spec.mask_token_id, spec.pad_token_id)
+
             # Frozen full copies for the teacher (c-DTM, diffu-GRPO's old policy) and the
             # reference, as CopiedPair holds them (their bytes here are unsharded; the
             # per-rank figure takes only activations from this run, the rest by arithmetic).
@@ -572,8 +578,13 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             variants.append((f"{label}, NF4 base", "1 GPU", four_bit(record, layers)))
         else:
             copies = 1 if case.method == "dtm" else 2
-            variants.append((f"{label}, FSDP 8 ranks", "per rank of 8",
-                             fsdp_per_rank(record, 8, layers, copies)))
+            variants.append(
+                (
+                    f"{label}, FSDP 8 ranks",
+                    "per rank of 8",
+                    fsdp_per_rank(record, 8, layers, copies),
+                )
+            )
         for name, where, r in variants:
             update_flops = r["flops"] * accum
             rows.append(
@@ -608,7 +619,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
                 )
     rollout = rollout_flops_scaled(prompt, gen, args.steps, layers)
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
         "settings": vars(args),
