@@ -212,3 +212,17 @@ def test_eval_suite_argument_errors(tmp_path: Path, capsys) -> None:
         code = main(["eval", "--model", str(tmp_path), *extra])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_sampler_flag(tmp_path: Path, capsys) -> None:
+    """``--sampler`` picks the mode (recorded in the metrics); a mode that cannot work with the
+    other flags is one line and exit 2."""
+    args = ["eval", "--model", "shipped:maze", "--task", "maze", "--limit", "4"]
+    code = main([*args, "--sampler", "cached+parallel", "--out", str(tmp_path / "e")])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["sampler"] == "cached+parallel" and metrics["examples"] == 4
+    capsys.readouterr()
+    assert main([*args, "--sampler", "parallel", "--remasking", "random"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "low_confidence" in err

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from tiltmatch.config import parse_task_options
@@ -68,6 +69,15 @@ class Protocol:
     steps: int
     remasking: str
     temperature: float
+    mode: str = "exact"  # the sampler mode (exact, or an approximation: docs/sampling.md)
+
+    def check(self) -> None:
+        """The sampler's own checks, as one line (EvalArgumentError), not pydantic's report."""
+        try:
+            self.sampling()
+        except ValidationError as err:
+            messages = (str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+            raise EvalArgumentError("; ".join(messages)) from None
 
     def sampling(self) -> SamplingConfig:
         """The sampler settings."""
@@ -76,6 +86,7 @@ class Protocol:
             block_length=self.block_length,
             remasking=self.remasking,  # type: ignore[arg-type]
             temperature=self.temperature,
+            mode=self.mode,  # type: ignore[arg-type]
         )
 
 
@@ -108,6 +119,8 @@ def check_args(args: argparse.Namespace) -> None:
     for length in args.lengths or ():
         if length < 1:
             raise EvalArgumentError(f"--lengths must hold positive lengths, got {length}")
+    # The sampler's own checks (a mode that needs low_confidence remasking, ...), before loading.
+    Protocol(1, 1, 1, args.remasking, temperature, getattr(args, "sampler", "exact")).check()
     check_device(args.device)
 
 
@@ -158,7 +171,11 @@ def resolve_protocol(
         )
     if steps > length:
         raise EvalArgumentError(f"--steps {steps} exceeds --gen-length {length}")
-    return Protocol(length, block, steps, args.remasking, args.temperature)
+    protocol = Protocol(
+        length, block, steps, args.remasking, args.temperature, getattr(args, "sampler", "exact")
+    )
+    protocol.check()
+    return protocol
 
 
 def _max_positions(model: Any) -> int | None:
@@ -285,6 +302,7 @@ def _evaluate(
             "block_length": protocol.block_length,
             "steps": protocol.steps,
             "remasking": protocol.remasking,
+            "sampler": protocol.mode,
             "temperature": protocol.temperature,
             "seconds": time.time() - started,
         }
