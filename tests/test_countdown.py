@@ -88,7 +88,7 @@ def test_chat_rewards_read_the_last_answer_tag() -> None:
     assert task.reward("<answer>3*5+7</answer><answer>3+5+7</answer>", EX) == 0.1
     assert task.reward("<reasoning>3*5+7</reasoning>", EX) == 0.0  # no answer tag
     assert task.reward("3*5+7", EX) == 0.0
-    assert task.reward("<answer>3 × 5 + 7</answer>", EX) == 0.0
+    assert task.reward("<answer>3 × 5 + 7</answer>", EX) == 1.0  # typographic operators read
     assert task.reward("<answer>x = 3*5+7</answer>", EX) == 0.0
 
 
@@ -156,8 +156,8 @@ def test_generated_instances_are_reachable_and_in_range() -> None:
     rng = random.Random(0)
     for _ in range(200):
         numbers, target = random_instance(rng)
-        assert len(numbers) == 3 and all(1 <= n <= 99 for n in numbers)
-        assert 1 <= target <= 999
+        assert len(numbers) == 3 and all(1 <= n <= 100 for n in numbers)
+        assert 1 <= target <= 100
         assert solve(numbers, target)
 
 

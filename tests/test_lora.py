@@ -12,7 +12,6 @@ from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.models.quantisation import bitsandbytes_available, load_4bit_base, prepare_base_model
 from tiltmatch.tasks import get_task
-from tiltmatch.tasks.base import Example
 from tiltmatch.tasks.maze.task import MazeTask
 from tiltmatch.training.checkpoint import load_checkpoint, save_checkpoint
 from tiltmatch.training.lora import LoRAPair
@@ -245,46 +244,7 @@ def test_every_llada_recipe_validates() -> None:
         assert config.model.dtype == "bfloat16" and config.model.base, path.name
 
 
-def test_published_recipes_follow_the_method_table() -> None:
-    """METHOD.md section 6, column by column."""
-    common = {
-        "lora": (128, 64.0, 0.05),
-        "dtm": (1.0, "none", "sar", 32),
-        "train": ((0.9, 0.99), 0.1, 0.05, 0.1),
-        "sampler": (128, 32, "low_confidence"),
-    }
-    table = {  # h, a_end, steps, lr, final lr, G, temperature, buffer, refreshed, every,
-        # prompts per micro-batch, accumulation, clip, teacher update, reward scale
-        "sudoku": (5, 100, 256, 3e-6, 1e-6, 1, 0.0, 80, 20, 32, 4, 16, 1.0, "student", 2.0),
-        "countdown": (6, 100, 1200, 4e-6, 2e-6, 6, 1.0, 40, 10, 25, 12, 8, 2.0, "ema", 1.0),
-    }
-    for name, row in table.items():
-        c = build_config(RECIPES[0].parent / f"{name}.yaml")
-        d, t, s = c.dtm, c.train, c.sampler
-        assert c.lora is not None
-        assert (c.lora.r, c.lora.alpha, c.lora.dropout) == common["lora"]
-        assert set(c.lora.target_modules) == set(TARGETS)
-        assert (d.c, d.baseline, d.states, d.sar_block_length) == common["dtm"]
-        got = (t.adam_betas, t.weight_decay, t.warmup_fraction, t.decay_fraction)
-        assert got == common["train"]
-        assert (s.steps, s.block_length, s.remasking) == common["sampler"]
-        assert d.schedule == "fixed"
-        assert (d.h, d.a_end, d.steps_per_h, t.learning_rate, t.final_learning_rate) == row[:5]
-        assert (t.num_generations, s.temperature) == row[5:7]
-        assert (t.buffer_prompts, t.refresh_prompts, t.refresh_every) == row[7:10]
-        assert (t.prompts_per_batch, t.gradient_accumulation_steps, t.max_grad_norm) == row[10:13]
-        assert (d.teacher_update, t.reward_scale) == row[13:]
-        assert c.task_options["response_length"] == 256
-    assert build_config(RECIPES[0].parent / "countdown.yaml").dtm.ema_decay == 0.95
-
-
-def test_countdown_recipe_reward_is_one_if_correct_else_zero() -> None:
-    config = build_config(RECIPES[0].parent / "countdown.yaml")
-    task = get_task(config.task, **config.task_options)
-    example = Example(prompt="", data={"numbers": [3, 5, 7], "target": 22})
-    assert task.reward("<answer>3*5+7</answer>", example) == 1.0
-    assert task.reward("<answer>3+5+7</answer>", example) == 0.0  # right numbers, wrong value
-    assert get_task("countdown", format="chat").reward("<answer>3+5+7</answer>", example) == 0.1
+# The published recipes' values, reward, micro-batch and EMA: tests/test_recipes.py.
 
 
 def perturbed_teacher(pair: LoRAPair) -> None:

@@ -161,7 +161,8 @@ def test_chat_reward_reads_the_first_16_digits_of_the_last_answer_tag() -> None:
     assert task.reward(f"<answer>{PUZZLE}</answer><answer>{SOLUTION}</answer>", ex) == 1.0
     assert task.reward(f"<answer>{SOLUTION}</answer><answer>{PUZZLE}</answer>", ex) == 0.0
     assert task.reward(f"<answer>{SOLUTION}1111</answer>", ex) == 1.0
-    assert task.reward(SOLUTION, ex) == 0.0  # no answer tag
+    assert task.reward(SOLUTION, ex) == 1.0  # no tag: a grid outside the tags counts
+    assert SudokuTask(format="chat", grid_outside_tags=False).reward(SOLUTION, ex) == 0.0
     assert task.reward("<answer>no idea</answer>", ex) == 0.0
 
 

@@ -152,11 +152,15 @@ def _check_pretrain_args(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a model on a task's held-out split; writes per-example outputs and metrics."""
+    """Evaluate a model on a task's published test set, or the whole published suite."""
     from tiltmatch.training.model_eval import run_eval
 
-    metrics = run_eval(args)
-    print(json.dumps(metrics, indent=2))
+    result = run_eval(args)
+    if args.suite is not None:
+        print(result["markdown"], end="")
+        print(f"table: {Path(args.out) / 'suite.md'} and suite.json")
+    else:
+        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -193,6 +197,56 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tiltmatch.experiments.bench import main as bench_main
 
     return bench_main(args.rest)
+
+
+def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``eval`` subcommand's arguments (the published protocol as defaults)."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on a task, or on the published suite (tasks x lengths)",
+        description="Defaults are the published protocol: blocks of 32, gen_length / 2 steps, "
+        "low-confidence remasking, temperature 0, the published test sets.",
+    )
+    p.add_argument("--model", required=True, help="model folder, or shipped:maze")
+    p.add_argument("--task", help="one task (or --suite)")
+    p.add_argument(
+        "--suite",
+        choices=["published"],
+        help="published: sudoku, countdown, gsm8k, math500 x lengths",
+    )
+    p.add_argument(
+        "--tasks", type=lambda s: [t for t in s.split(",") if t], help="suite: subset of tasks"
+    )
+    p.add_argument(
+        "--lengths",
+        type=lambda s: [int(t) for t in s.split(",") if t],
+        help="suite: response lengths (default 128,256,512)",
+    )
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--split", default=None, help="default: the published test set (else the task's 'test')"
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many examples")
+    p.add_argument(
+        "--gen-length", type=int, default=None, help="response tokens (default: the task's)"
+    )
+    p.add_argument("--block-length", type=int, default=None, help="default 32 (or gen length)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default gen_length/2)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLER_MODES,
+        default="exact",
+        help="exact (the model's own distribution) or a faster approximation (docs/sampling.md)",
+    )
+    p.add_argument("--samples", type=int, default=1, help="samples per example")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="folder for outputs.jsonl and metrics.json")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    return p
 
 
 _OVERWRITE_HELP = "replace what --out already holds (refused without it)"
@@ -286,28 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a model on a task")
-    p.add_argument("--model", required=True, help="model folder, or shipped:maze")
-    p.add_argument("--task", required=True)
-    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many examples")
-    p.add_argument("--gen-length", type=int, default=None, help="response tokens")
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="sampler steps")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    p.add_argument(
-        "--sampler",
-        choices=SAMPLER_MODES,
-        default="exact",
-        help="exact (the model's own distribution) or a faster approximation (docs/sampling.md)",
-    )
-    p.add_argument("--samples", type=int, default=1, help="samples per example")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="folder for outputs.jsonl and metrics.json")
+    p = _add_eval_parser(sub)
     p.set_defaults(func=cmd_eval)
 
     try:

@@ -131,6 +131,11 @@ class DTMConfig(_Strict):
     steps_per_h: int = Field(60, ge=1)
     teacher_update: Literal["student", "ema"] = "student"
     ema_decay: float = Field(0.95, ge=0, lt=1)
+    ema_student: bool = Field(
+        False,
+        description="with teacher_update=ema: at a phase boundary the student takes the EMA "
+        "weights too (the published Countdown recipe), not only the teacher",
+    )
 
 
 class TrainConfig(_Strict):
@@ -152,6 +157,18 @@ class TrainConfig(_Strict):
     # Under data parallelism (tiltmatch.training.parallel) the batch and buffer sizes are per
     # process, like TRL's per_device_* sizes: the global batch is world_size times larger.
     prompts_per_batch: int = Field(8, ge=1, description="prompts per micro-batch (per process)")
+    # METHOD.md section 6: the published recipes' micro-batch is single completions drawn
+    # without replacement from the buffer across the accumulation window ("completions");
+    # "prompts" draws whole groups of G completions per prompt (the small benchmarks' way).
+    micro_batch: Literal["prompts", "completions"] = Field(
+        "prompts", description="what a micro-batch is made of: whole prompt groups or completions"
+    )
+    per_device_train_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="completions per micro-batch (per process) when micro_batch="
+        "completions (TRL's name)",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1)
     buffer_prompts: int = Field(32, ge=1, description="prompts held in the replay buffer, P")
     refresh_prompts: int = Field(8, ge=0)
@@ -194,6 +211,23 @@ class TrainConfig(_Strict):
             )
         if self.refresh_prompts > self.buffer_prompts:
             raise ValueError("refresh_prompts exceeds buffer_prompts")
+        if self.micro_batch == "completions":
+            if self.per_device_train_batch_size is None:
+                raise ValueError("micro_batch=completions needs per_device_train_batch_size")
+            window = self.per_device_train_batch_size * self.gradient_accumulation_steps
+            held = self.buffer_prompts * self.num_generations
+            if window > held:
+                raise ValueError(
+                    f"per_device_train_batch_size {self.per_device_train_batch_size} x "
+                    f"gradient_accumulation_steps {self.gradient_accumulation_steps} = {window} "
+                    f"completions exceeds the buffer's {held} (buffer_prompts x num_generations): "
+                    "they are drawn without replacement"
+                )
+        elif self.per_device_train_batch_size is not None:
+            raise ValueError(
+                "per_device_train_batch_size is read only with micro_batch=completions "
+                "(with micro_batch=prompts a micro-batch is prompts_per_batch whole groups)"
+            )
         return self
 
 
@@ -234,6 +268,22 @@ class RunConfig(_Strict):
             raise ValueError("model.load_in_4bit needs a lora section (adapters to train)")
         if self.model.load_in_4bit and self.model.base is None:
             raise ValueError("model.load_in_4bit needs model.base (a checkpoint folder)")
+        if self.train.micro_batch == "completions":
+            # A micro-batch of single completions splits prompt groups, so anything computed
+            # per group inside a micro-batch (a baseline b(c), self-normalised weights, GRPO /
+            # wd1 advantages, best-of-group) would silently see groups of one.
+            if self.method != "dtm":
+                raise ValueError(
+                    f"train.micro_batch=completions works with method dtm only (method "
+                    f"{self.method} needs whole prompt groups per micro-batch)"
+                )
+            if self.dtm.baseline != "none" or self.dtm.self_normalise:
+                raise ValueError(
+                    "train.micro_batch=completions needs dtm.baseline=none and "
+                    "dtm.self_normalise=false (both are per-prompt-group statistics)"
+                )
+        if self.dtm.ema_student and self.dtm.teacher_update != "ema":
+            raise ValueError("dtm.ema_student needs dtm.teacher_update=ema")
         return self
 
     def to_yaml(self) -> str:

@@ -206,6 +206,34 @@ class ReplayBuffer:
         slots = order[:num_prompts].tolist()
         return _select_rows(self.data, self._rows(slots))
 
+    def sample_completions(
+        self, per_batch: int, batches: int, generator: torch.Generator
+    ) -> list[RolloutBatch]:
+        """``batches`` micro-batches of ``per_batch`` single completions for one update.
+
+        METHOD.md section 6 (the published recipes): the ``per_batch x batches``
+        completions of one accumulation window are drawn without replacement from
+        all ``P x G`` rows of the buffer, so a prompt's group may be split across
+        micro-batches. Each micro-batch has ``group_size`` 1: nothing per-group
+        may be computed from it (the config refuses baselines that would be).
+        """
+        if self.data is None:
+            raise RuntimeError("the replay buffer is empty: rebuild it first")
+        held = self.data.responses.shape[0]
+        if per_batch * batches > held:
+            raise ValueError(
+                f"{batches} micro-batches of {per_batch} completions need {per_batch * batches} "
+                f"distinct rows, the buffer holds {held}"
+            )
+        order = torch.randperm(held, generator=generator, device=generator.device)
+        order = order.to(self.data.responses.device)
+        out = []
+        for k in range(batches):
+            picked = _select_rows(self.data, order[k * per_batch : (k + 1) * per_batch])
+            picked.group_size = 1
+            out.append(picked)
+        return out
+
     def state_dict(self) -> dict:
         """Everything needed to restore the buffer exactly."""
         if self.data is None:

@@ -1,10 +1,14 @@
-"""Countdown with three numbers: combine them with + - * / to hit a target.
+r"""Countdown with three numbers: combine them with + - * / to hit a target.
 
 An instance is a list of numbers (three, each in ``min_number..max_number``)
 and an integer target in ``1..max_target`` that some expression using each
-number exactly once reaches. Generation draws a random expression tree over
-the numbers and evaluates it exactly (:class:`~fractions.Fraction`), so
-intermediate results may be fractions; only integer targets in range are kept.
+number exactly once reaches. The defaults (numbers 1..100, targets 1..100) are
+the published distribution: measured on the shared ``countdown/test.jsonl``
+(256 rows, three numbers each, numbers 1..100, targets 1..100), which is also
+the range of the published training problems (METHOD.md section 6).
+Generation draws a random expression tree over the numbers and evaluates it
+exactly (:class:`~fractions.Fraction`), so intermediate results may be
+fractions; only integer targets in range are kept.
 
 Splits: "train" and "test" are generated and disjoint (an instance is held out
 iff a stable hash of its sorted numbers and target is 0 mod 10); "published"
@@ -18,13 +22,19 @@ Formats (option ``format``):
   padded to ``response_length`` by the end symbol.
 - ``"chat"``: the published prompt for LLaDA-8B-Instruct
   (:func:`~tiltmatch.tasks.prompts.countdown_chat_prompt`); the expression is the
-  last ``<answer>`` tag, with a trailing ``= <number>`` removed.
+  last ``<answer>`` tag, with a trailing ``= <number>`` removed; LaTeX and
+  typographic operators (``\times``, ``\cdot``, ``\div``, ``×``, ``·``, ``÷``) and
+  ``$`` signs are read as ``*``, ``*``, ``/`` as the published evaluation does.
 
 Reward (the published d1 scheme): 1.0 when the expression uses exactly the
 given numbers (as a multiset) and evaluates to the target within 1e-5; 0.1 when
 it uses exactly the given numbers but misses the target or divides by zero;
 0.0 otherwise (unparseable, or other numbers). Option ``right_numbers_reward``
-changes the 0.1 (the DTM Countdown recipe uses 0: 1 if correct, else 0).
+changes the 0.1. Option ``tag_reward`` (chat format only) switches to the DTM
+release's training reward: 1.0 correct, ``tag_reward`` (0.1 in the published
+Countdown recipe) for any other response with an ``<answer>`` tag (wrong value,
+wrong numbers or not evaluable), 0.0 without a tag. Evaluation accuracy is the
+fraction of correct answers (reward 1) under either scheme.
 """
 
 from __future__ import annotations
@@ -60,6 +70,17 @@ CORRECT_REWARD, RIGHT_NUMBERS_REWARD, WRONG_REWARD = 1.0, 0.1, 0.0
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ATOM = 3  # precedence of a number: never needs parentheses
 _TRAILING_RESULT = re.compile(r"\s*=\s*-?\d+(?:\.\d+)?\s*$")
+# Operators a model may write in LaTeX or typography, read as the ASCII ones (the published
+# evaluation does the same for \div, \times and \cdot); ``$`` delimiters are dropped.
+_OPERATOR_SPELLINGS = (
+    ("\\times", "*"),
+    ("\\cdot", "*"),
+    ("\\div", "/"),
+    ("×", "*"),
+    ("·", "*"),
+    ("÷", "/"),
+    ("$", ""),
+)
 
 
 # --- instances, the split and the solver ----------------------------------------------------
@@ -164,8 +185,8 @@ def random_instance(
     rng: random.Random,
     count: int = 3,
     min_number: int = 1,
-    max_number: int = 99,
-    max_target: int = 999,
+    max_number: int = 100,
+    max_target: int = 100,
 ) -> tuple[tuple[int, ...], int]:
     """Numbers and a reachable integer target in ``1..max_target``, from a random expression tree.
 
@@ -193,11 +214,12 @@ class CountdownTask(Task):
     """Countdown over three numbers; reward 1 / 0.1 / 0 as in the published checker.
 
     Options: ``format`` ("char" or "chat"), ``min_number`` and ``max_number``
-    (range of the generated numbers, default 1..99), ``max_target`` (generated
-    targets lie in 1..max_target, default 999), ``demo_correct_prob``
+    (range of the generated numbers, default 1..100), ``max_target`` (generated
+    targets lie in 1..max_target, default 100), ``demo_correct_prob``
     (probability a demonstration is correct, default 0.35), ``response_length``
     (tokens; 16 for "char", 256 for "chat" by default), ``right_numbers_reward``
-    (reward of the right numbers missing the target, default 0.1 as in d1).
+    (reward of the right numbers missing the target, default 0.1 as in d1),
+    ``tag_reward`` (None; a number switches to the tag scheme of the module docstring).
     """
 
     name = "countdown"
@@ -207,11 +229,12 @@ class CountdownTask(Task):
         self,
         format: str = "char",
         min_number: int = 1,
-        max_number: int = 99,
-        max_target: int = 999,
+        max_number: int = 100,
+        max_target: int = 100,
         demo_correct_prob: float = 0.35,
         response_length: int | None = None,
         right_numbers_reward: float = RIGHT_NUMBERS_REWARD,
+        tag_reward: float | None = None,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"option 'format' must be one of {FORMATS}, got {format!r}")
@@ -246,6 +269,13 @@ class CountdownTask(Task):
             )
         self.response_length = response_length
         self.right_numbers_reward = float(right_numbers_reward)
+        if tag_reward is not None:
+            if format != "chat":
+                raise ValueError("option 'tag_reward' needs format 'chat' (answers in tags)")
+            if isinstance(tag_reward, bool) or not 0.0 <= float(tag_reward) < CORRECT_REWARD:
+                raise ValueError(f"option 'tag_reward' must be in [0, 1), got {tag_reward!r}")
+            tag_reward = float(tag_reward)
+        self.tag_reward = tag_reward
 
     # --- examples ---
 
@@ -329,14 +359,21 @@ class CountdownTask(Task):
         if self.format == "char":
             return response
         answer = extract_answer_tag(response)
-        return None if answer is None else _TRAILING_RESULT.sub("", answer)
+        if answer is None:
+            return None
+        for spelling, ascii_op in _OPERATOR_SPELLINGS:
+            answer = answer.replace(spelling, ascii_op)
+        return _TRAILING_RESULT.sub("", answer.strip())
 
     def reward(self, response: str, example: Example) -> float:
         """1.0 right numbers and target; ``right_numbers_reward`` (0.1) for right numbers only
-        (or an undefined value); else 0.0."""
+        (or an undefined value); else 0.0. With ``tag_reward``: 1.0 correct, ``tag_reward``
+        for any other tagged answer, 0.0 without a tag."""
         expression = self.answer_expression(response)
         if expression is None:
             return WRONG_REWARD
+        if self.tag_reward is not None:
+            return CORRECT_REWARD if self.is_correct(expression, example) else self.tag_reward
         try:
             tree = parse_expression(expression)
         except ArithmeticParseError:
@@ -350,8 +387,20 @@ class CountdownTask(Task):
         hit = abs(value - example.data["target"]) < TOLERANCE
         return CORRECT_REWARD if hit else self.right_numbers_reward
 
+    def is_correct(self, expression: str | None, example: Example) -> bool:
+        """Whether ``expression`` uses exactly the example's numbers and hits its target."""
+        if expression is None:
+            return False
+        try:
+            tree = parse_expression(expression)
+            if sorted(tree.numbers()) != sorted(example.data["numbers"]):
+                return False
+            return abs(tree.evaluate() - example.data["target"]) < TOLERANCE
+        except ArithmeticParseError:  # DivisionByZeroError included
+            return False
+
     def metrics(self, responses: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
-        """``accuracy`` (fraction with reward 1) and mean ``reward``."""
+        """``accuracy`` (fraction correct: 0/1 whatever the reward scheme) and mean ``reward``."""
         rewards = [self.checked_reward(r, e) for r, e in zip(responses, examples, strict=True)]
         n = max(len(rewards), 1)
         return {

@@ -15,7 +15,11 @@ Formats (option ``format``):
   solved digits, for the project's :class:`~tiltmatch.models.codecs.CharTokenizer`.
 - ``"chat"``: the published 3-shot prompt for LLaDA-8B-Instruct
   (:func:`~tiltmatch.tasks.prompts.sudoku_chat_prompt`); the answer is the first
-  16 digits inside the last ``<answer>`` tag.
+  16 digits inside the last ``<answer>`` tag. When there is no tag or it holds no
+  digit, a grid written outside the tags counts, as in the published (d1 / DTM)
+  evaluation scorer: the last run of 16 digits (optionally as four rows of four
+  separated by whitespace) anywhere in the response. Option ``grid_outside_tags``
+  (default true) turns that fallback off.
 
 Reward: the fraction of the originally blank cells answered right (the
 published cell accuracy, per puzzle), in [0, 1].
@@ -238,6 +242,8 @@ def few_shot_examples(k: int = 3) -> tuple[SudokuShot, ...]:
 # --- the task -------------------------------------------------------------------------------
 
 _DIGIT = re.compile(r"[0-9]")
+# A whole grid outside the tags: 16 digits, or four rows of four split by whitespace.
+_LOOSE_GRID = re.compile(r"(?<![0-9])[0-9]{4}(?:\s*[0-9]{4}){3}(?![0-9])")
 
 
 class SudokuTask(Task):
@@ -246,7 +252,8 @@ class SudokuTask(Task):
     Options: ``format`` ("char" or "chat"), ``blanks`` (inclusive range of blank
     cells of generated puzzles, within 1..12), ``demo_error_rate`` (probability a
     demonstration gets a blank cell wrong), ``response_length`` (tokens; 16 for
-    "char", 256 for "chat" by default).
+    "char", 256 for "chat" by default), ``grid_outside_tags`` (chat: read a
+    grid written outside the tags when the tags hold none; default true).
 
     Splits: "train" and "test" (generated, disjoint by solution grid),
     "test_split_new" and "test_d1" (the shared CSVs), or a path to a CSV with
@@ -262,6 +269,7 @@ class SudokuTask(Task):
         blanks: Sequence[int] = (6, 12),
         demo_error_rate: float = 0.3,
         response_length: int | None = None,
+        grid_outside_tags: bool = True,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"option 'format' must be one of {FORMATS}, got {format!r}")
@@ -287,6 +295,11 @@ class SudokuTask(Task):
         self.blanks = (blanks[0], blanks[1])
         self.demo_error_rate = demo_error_rate
         self.response_length = response_length
+        if not isinstance(grid_outside_tags, bool):
+            raise ValueError(
+                f"option 'grid_outside_tags' must be true or false, got {grid_outside_tags!r}"
+            )
+        self.grid_outside_tags = grid_outside_tags
 
     # --- examples ---
 
@@ -356,12 +369,17 @@ class SudokuTask(Task):
         """The answered grid as the reward reads it (may be short or hold non-digits).
 
         "char": the response's first 16 characters, position by position. "chat":
-        the first 16 digits inside the last ``<answer>`` tag ("" without one).
+        the first 16 digits inside the last ``<answer>`` tag; without a tag or a digit in
+        it, the last 16-digit grid outside the tags (``grid_outside_tags``); else "".
         """
         if self.format == "char":
             return response[:CELLS]
         answer = extract_answer_tag(response)
-        return "" if answer is None else "".join(_DIGIT.findall(answer))[:CELLS]
+        digits = "" if answer is None else "".join(_DIGIT.findall(answer))[:CELLS]
+        if digits or not self.grid_outside_tags:
+            return digits
+        grids = _LOOSE_GRID.findall(response)
+        return "".join(_DIGIT.findall(grids[-1])) if grids else ""
 
     def blank_cells_correct(self, response: str, example: Example) -> tuple[int, int]:
         """(right, total) over the example's originally blank cells; missing cells are wrong."""

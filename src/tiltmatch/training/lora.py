@@ -161,7 +161,8 @@ class LoRAPair(DenoiserPair):
     dtype and on its device; PEFT injects the adapters into it in place).
     ``ema_decay``: when set, the teacher becomes an EMA of the student at each
     phase boundary instead of the student itself (the EMA is kept as plain
-    float32 tensors, updated after every optimiser update).
+    float32 tensors, updated after every optimiser update). ``ema_student``: the
+    student takes the EMA weights at the boundary as well (the published Countdown recipe).
     """
 
     def __init__(
@@ -172,8 +173,12 @@ class LoRAPair(DenoiserPair):
         settings: LoRAConfig | None = None,
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
+        ema_student: bool = False,
     ) -> None:
         peft = _require_peft()
+        if ema_student and ema_decay is None:
+            raise ValueError("ema_student needs an EMA (ema_decay)")
+        self.ema_student = ema_student
         settings = settings or LoRAConfig.model_validate({})  # the recipes' defaults
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
@@ -215,6 +220,7 @@ class LoRAPair(DenoiserPair):
             config.lora,
             ema_decay=ema,
             gradient_checkpointing=config.model.gradient_checkpointing,
+            ema_student=config.dtm.ema_student,
         )
 
     # -- adapter switching -------------------------------------------------------------------
@@ -309,6 +315,10 @@ class LoRAPair(DenoiserPair):
         source = self._ema if self._ema is not None else self._params[STUDENT]
         for key, p in self._params[TEACHER].items():
             p.copy_(source[key])
+        if self._ema is not None and self.ema_student:
+            # The published Countdown recipe (METHOD.md section 6): the student takes the EMA too.
+            for key, p in self._params[STUDENT].items():
+                p.copy_(self._ema[key])
         if self._ema is not None:
             self._ema = self._student_copy()
 

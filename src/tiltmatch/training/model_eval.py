@@ -1,10 +1,26 @@
-"""``tiltmatch eval``: batched generation on a task's split, per-example outputs and metrics."""
+"""``tiltmatch eval``: the published evaluation protocol, on one task or the whole suite.
+
+Defaults are the published protocol (d1 lineage, which DTM follows; see the shared
+data README): semi-autoregressive blocks of 32 tokens, ``gen_length / 2`` sampler
+steps (two tokens per step), low-confidence remasking, temperature 0, and the
+published test sets (Sudoku ``test_split_new``, the shared Countdown file, GSM8K's
+and MATH-500's test splits). ``--suite published`` evaluates a model on all four
+tasks at 128 / 256 / 512 tokens and writes the tasks x lengths table (markdown and
+JSON) in the layout of the published one.
+
+Every argument is checked before the model is loaded; a bad one is one line naming
+it (the CLI exits 2), never a silent replacement by a default.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,83 +29,393 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from tiltmatch.config import parse_task_options
+from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.loading import load_model_folder, resolve_model_path
 from tiltmatch.sampling.sampler import SamplingConfig, generate
 from tiltmatch.tasks import get_task
+from tiltmatch.tasks.base import Example, Task
+
+#: The published protocol (METHOD.md section 6; shared/data/README.md).
+PUBLISHED_BLOCK_LENGTH = 32
+PUBLISHED_LENGTHS = (128, 256, 512)
+#: Each task of the published table: its test split, task options, and headline metric.
+PUBLISHED_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "sudoku": ("test_split_new", {"format": "chat"}, "cell_accuracy"),
+    "countdown": ("published", {"format": "chat"}, "accuracy"),
+    "gsm8k": ("test", {}, "accuracy"),
+    "math500": ("test", {}, "accuracy"),
+}
+#: The published figures of DTM on LLaDA-8B-Instruct (METHOD.md section 6), in %.
+PUBLISHED_DTM: dict[str, dict[int | str, float]] = {
+    "sudoku": {256: 99.2, 512: 99.4},
+    "countdown": {256: 81.3, 512: 78.9},
+    "gsm8k": {"best": 83.2},
+    "math500": {"best": 40.2},
+}
+SUITES = ("published",)
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate ``args.model`` on ``args.task``; write ``outputs.jsonl`` and ``metrics.json``."""
-    task = get_task(args.task, **parse_task_options(args.task_option))
-    path = resolve_model_path(args.model)
-    gen_length = args.gen_length or task.response_length
-    block = args.block_length or gen_length
-    steps = args.steps or gen_length
-    try:
-        sampling = SamplingConfig(
-            steps=steps,
-            block_length=block,
-            remasking=args.remasking,
-            temperature=args.temperature,
-            mode=getattr(args, "sampler", "exact"),
+class EvalArgumentError(ValueError):
+    """An ``eval`` argument that cannot be used (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How responses are generated: length, blocks, steps, remasking, temperature."""
+
+    gen_length: int
+    block_length: int
+    steps: int
+    remasking: str
+    temperature: float
+    mode: str = "exact"  # the sampler mode (exact, or an approximation: docs/sampling.md)
+
+    def check(self) -> None:
+        """The sampler's own checks, as one line (EvalArgumentError), not pydantic's report."""
+        try:
+            self.sampling()
+        except ValidationError as err:
+            messages = (str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+            raise EvalArgumentError("; ".join(messages)) from None
+
+    def sampling(self) -> SamplingConfig:
+        """The sampler settings."""
+        return SamplingConfig(
+            steps=self.steps,
+            block_length=self.block_length,
+            remasking=self.remasking,  # type: ignore[arg-type]
+            temperature=self.temperature,
+            mode=self.mode,  # type: ignore[arg-type]
         )
-    except ValidationError as err:  # one line for the CLI, not pydantic's report
-        messages = (str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
-        raise ValueError("; ".join(messages)) from None
-    model, codec = load_model_folder(path, task)  # after the settings are known to be usable
-    model.to(args.device)
-    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
-    examples = task.examples(args.split, args.limit, args.seed)
-    rows = [(e, k) for e in examples for k in range(args.samples)]
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+
+
+def _positive(args: argparse.Namespace, name: str, flag: str) -> None:
+    value = getattr(args, name, None)
+    if value is not None and value < 1:
+        raise EvalArgumentError(f"{flag} must be at least 1, got {value}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse unusable arguments with one line naming the flag (before any loading)."""
+    if args.suite is None and args.task is None:
+        raise EvalArgumentError("give --task NAME, or --suite published for the whole table")
+    if args.suite is not None and args.task is not None:
+        raise EvalArgumentError("--task and --suite exclude each other")
+    temperature = args.temperature
+    if not math.isfinite(temperature) or temperature < 0:
+        raise EvalArgumentError(f"--temperature must be a finite number >= 0, got {temperature}")
+    for name, flag in (
+        ("samples", "--samples"),
+        ("gen_length", "--gen-length"),
+        ("steps", "--steps"),
+        ("block_length", "--block-length"),
+        ("batch_size", "--batch-size"),
+        ("limit", "--limit"),
+    ):
+        _positive(args, name, flag)
+    if args.suite is not None and args.gen_length is not None:
+        raise EvalArgumentError("--gen-length is for one task; with --suite use --lengths")
+    for length in args.lengths or ():
+        if length < 1:
+            raise EvalArgumentError(f"--lengths must hold positive lengths, got {length}")
+    # The sampler's own checks (a mode that needs low_confidence remasking, ...), before loading.
+    Protocol(1, 1, 1, args.remasking, temperature, getattr(args, "sampler", "exact")).check()
+    check_device(args.device)
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a device this PyTorch build and machine can use."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise EvalArgumentError(f"--device {name!r} is not a device name") from None
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise EvalArgumentError(
+                f"--device {name}: this PyTorch build has no CUDA support (use --device cpu)"
+            )
+        if not torch.cuda.is_available():
+            raise EvalArgumentError(f"--device {name}: no CUDA device is visible")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EvalArgumentError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise EvalArgumentError(f"--device {name}: MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise EvalArgumentError(f"--device {name}: unsupported device type {device.type!r}")
+    return device
+
+
+def resolve_protocol(
+    args: argparse.Namespace, task: Task, gen_length: int | None, max_positions: int | None
+) -> Protocol:
+    """The protocol for ``task``: the published defaults where an argument is not given."""
+    length = gen_length if gen_length is not None else task.response_length
+    if max_positions is not None and length > max_positions:
+        raise EvalArgumentError(
+            f"--gen-length {length} exceeds the model's {max_positions} positions"
+        )
+    block = args.block_length or min(PUBLISHED_BLOCK_LENGTH, length)
+    if length % block:
+        raise EvalArgumentError(
+            f"--gen-length {length} is not a multiple of the block length {block} "
+            "(give --block-length)"
+        )
+    blocks = length // block
+    steps = args.steps if args.steps is not None else max(length // 2, blocks)
+    if steps % blocks:
+        raise EvalArgumentError(
+            f"--steps {steps} is not a multiple of the {blocks} blocks of {block} tokens"
+        )
+    if steps > length:
+        raise EvalArgumentError(f"--steps {steps} exceeds --gen-length {length}")
+    protocol = Protocol(
+        length, block, steps, args.remasking, args.temperature, getattr(args, "sampler", "exact")
+    )
+    protocol.check()
+    return protocol
+
+
+def _max_positions(model: Any) -> int | None:
+    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def generate_responses(
+    denoiser: MaskedDenoiser,
+    codec: PromptCodec,
+    examples: Sequence[Example],
+    samples: int,
+    protocol: Protocol,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    desc: str,
+) -> tuple[list[tuple[Example, int]], list[str]]:
+    """``samples`` responses to each example, batched, with a progress bar."""
+    rows = [(e, k) for e in examples for k in range(samples)]
+    generator = torch.Generator(device=device).manual_seed(seed)
     forbidden = sorted({codec.pad_token_id} - {codec.eos_token_id})
+    sampling = protocol.sampling()
     responses: list[str] = []
-    started = time.time()
-    for lo in tqdm(range(0, len(rows), args.batch_size), desc=f"eval {task.name}", unit="batch"):
-        chunk = rows[lo : lo + args.batch_size]
+    for lo in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
+        chunk = rows[lo : lo + batch_size]
         prompts = [codec.encode_prompt(e.prompt) for e, _ in chunk]
         out = generate(
             denoiser,
             prompts,
-            gen_length,
+            protocol.gen_length,
             sampling,
             generator,
             forbidden_token_ids=forbidden,
-            eos_token_id=codec.eos_token_id,
         )
         responses += [codec.decode_response(r.tolist()) for r in out.responses.cpu()]
-    seconds = time.time() - started
-    flat_examples = [e for e, _ in rows]
-    metrics: dict[str, Any] = dict(task.metrics(responses, flat_examples))
+    return rows, responses
+
+
+def _warn_long_prompts(
+    codec: PromptCodec, examples: Sequence[Example], length: int, max_positions: int | None
+) -> None:
+    if max_positions is None or not examples:
+        return
+    longest = max(len(codec.encode_prompt(e.prompt)) for e in examples)
+    if longest + length > max_positions:
+        print(
+            f"tiltmatch eval: warning: prompts of up to {longest} tokens + {length} response "
+            f"tokens exceed the model's {max_positions} positions",
+            file=sys.stderr,
+        )
+
+
+def _write_outputs(
+    out_dir: Path,
+    task: Task,
+    rows: list[tuple[Example, int]],
+    responses: list[str],
+    metrics: dict[str, Any],
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "outputs.jsonl").open("w") as fh:
+        for (example, k), text in zip(rows, responses, strict=True):
+            record = {
+                "uid": example.uid,
+                "sample": k,
+                "prompt": example.prompt,
+                "reference": example.reference,
+                "response": text,
+                "reward": task.checked_reward(text, example),
+            }
+            fh.write(json.dumps(record) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass --overwrite to replace it")
+
+
+def _load(args: argparse.Namespace, task: Task | None) -> tuple[MaskedDenoiser, PromptCodec, Path]:
+    path = resolve_model_path(args.model)
+    model, codec = load_model_folder(path, task)
+    model.to(check_device(args.device))  # type: ignore[arg-type]
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
+    return denoiser, codec, path
+
+
+def _evaluate(
+    args: argparse.Namespace,
+    task: Task,
+    split: str,
+    denoiser: MaskedDenoiser,
+    codec: PromptCodec,
+    protocol: Protocol,
+    model_path: Path,
+    out_dir: Path | None,
+) -> dict[str, Any]:
+    device = check_device(args.device)
+    examples = task.examples(split, args.limit, args.seed)
+    _warn_long_prompts(codec, examples, protocol.gen_length, _max_positions(denoiser.model))
+    started = time.time()
+    with torch.no_grad():
+        rows, responses = generate_responses(
+            denoiser,
+            codec,
+            examples,
+            args.samples,
+            protocol,
+            args.batch_size,
+            args.seed,
+            device,
+            f"eval {task.name} @{protocol.gen_length}",
+        )
+    metrics: dict[str, Any] = dict(task.metrics(responses, [e for e, _ in rows]))
     metrics.update(
         {
             "task": task.name,
-            "split": args.split,
-            "model": str(path),
+            "split": split,
+            "model": str(model_path),
             "examples": len(examples),
             "samples_per_example": args.samples,
-            "gen_length": gen_length,
-            "block_length": block,
-            "steps": steps,
-            "temperature": args.temperature,
-            "sampler": sampling.mode,
-            "seconds": seconds,
+            "gen_length": protocol.gen_length,
+            "block_length": protocol.block_length,
+            "steps": protocol.steps,
+            "remasking": protocol.remasking,
+            "sampler": protocol.mode,
+            "temperature": protocol.temperature,
+            "seconds": time.time() - started,
         }
     )
-    if args.out:
-        out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with (out_dir / "outputs.jsonl").open("w") as fh:
-            for (example, k), text in zip(rows, responses, strict=True):
-                record = {
-                    "uid": example.uid,
-                    "sample": k,
-                    "prompt": example.prompt,
-                    "reference": example.reference,
-                    "response": text,
-                    "reward": task.checked_reward(text, example),
-                }
-                fh.write(json.dumps(record) + "\n")
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if out_dir is not None:
+        _write_outputs(out_dir, task, rows, responses, metrics)
     return metrics
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate ``args.model`` on ``args.task``; write ``outputs.jsonl`` and ``metrics.json``."""
+    check_args(args)
+    if args.suite is not None:
+        return run_suite(args)
+    options = parse_task_options(args.task_option)
+    task = get_task(args.task, **options)
+    split = args.split or PUBLISHED_TASKS.get(task.name, ("test",))[0]
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        _refuse_overwrite(out_dir / "metrics.json", args.overwrite)
+    denoiser, codec, path = _load(args, task)
+    protocol = resolve_protocol(args, task, args.gen_length, _max_positions(denoiser.model))
+    return _evaluate(args, task, split, denoiser, codec, protocol, path, out_dir)
+
+
+def run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    """All four published tasks at each length; the tasks x lengths table as JSON and markdown."""
+    if args.suite not in SUITES:
+        raise EvalArgumentError(f"--suite must be one of {SUITES}, got {args.suite!r}")
+    if args.split is not None or args.task_option:
+        raise EvalArgumentError("--split and --task-option are for one task, not --suite")
+    lengths = tuple(args.lengths or PUBLISHED_LENGTHS)
+    names = tuple(args.tasks or PUBLISHED_TASKS)
+    unknown = [n for n in names if n not in PUBLISHED_TASKS]
+    if unknown:
+        raise EvalArgumentError(
+            f"--tasks: {', '.join(unknown)} not in the published suite "
+            f"({', '.join(PUBLISHED_TASKS)})"
+        )
+    if args.out is None:
+        raise EvalArgumentError("--suite needs --out (a folder for the table and the outputs)")
+    out = Path(args.out)
+    _refuse_overwrite(out / "suite.json", args.overwrite)
+    denoiser, codec, path = _load(args, None)
+    max_positions = _max_positions(denoiser.model)
+    # Every cell's protocol is checked before the first generation (no failure an hour in).
+    plan = []
+    for name in names:
+        split, options, metric = PUBLISHED_TASKS[name]
+        for length in lengths:
+            task = get_task(name, **options, response_length=length)
+            plan.append((name, length, task, split, metric))
+            resolve_protocol(args, task, length, max_positions)
+    cells: dict[str, dict[str, Any]] = {}
+    for name, length, task, split, metric in plan:
+        protocol = resolve_protocol(args, task, length, max_positions)
+        metrics = _evaluate(
+            args, task, split, denoiser, codec, protocol, path, out / f"{name}-{length}"
+        )
+        cells.setdefault(name, {})[str(length)] = {"metric": metric, **metrics}
+    table = {
+        "suite": args.suite,
+        "model": str(path),
+        "lengths": list(lengths),
+        "tasks": list(names),
+        "protocol": {
+            "block_length": args.block_length or PUBLISHED_BLOCK_LENGTH,
+            "steps": "gen_length / 2" if args.steps is None else args.steps,
+            "remasking": args.remasking,
+            "temperature": args.temperature,
+            "samples_per_example": args.samples,
+            "limit": args.limit,
+        },
+        "accuracy_percent": {
+            name: {k: 100.0 * float(v[v["metric"]]) for k, v in by_length.items()}
+            for name, by_length in cells.items()
+        },
+        "cells": cells,
+        "published_dtm_percent": {
+            name: {str(k): v for k, v in PUBLISHED_DTM[name].items()} for name in names
+        },
+    }
+    markdown = suite_markdown(table)
+    (out / "suite.json").write_text(json.dumps(table, indent=2))
+    (out / "suite.md").write_text(markdown)
+    table["markdown"] = markdown
+    return table
+
+
+def suite_markdown(table: dict[str, Any]) -> str:
+    """The tasks x lengths table (accuracy %, the published DTM figure beside each row)."""
+    lengths = [str(n) for n in table["lengths"]]
+    head = "| task (metric) | " + " | ".join(lengths) + " | published DTM (LLaDA-8B) |"
+    rule = "| --- | " + " | ".join("---:" for _ in lengths) + " | --- |"
+    lines = [head, rule]
+    for name in table["tasks"]:
+        cells = table["cells"][name]
+        metric = next(iter(cells.values()))["metric"]
+        values = [f"{table['accuracy_percent'][name][n]:.1f}" for n in lengths]
+        published = ", ".join(
+            f"{v} ({k})" if k == "best" else f"{v} @{k}"
+            for k, v in table["published_dtm_percent"][name].items()
+        )
+        lines.append(f"| {name} ({metric}) | " + " | ".join(values) + f" | {published} |")
+    p = table["protocol"]
+    examples = {next(iter(c.values()))["examples"] for c in table["cells"].values()}
+    lines.append("")
+    lines.append(
+        f"Model {table['model']}; block {p['block_length']}, steps {p['steps']}, "
+        f"{p['remasking']} remasking, temperature {p['temperature']}, "
+        f"{p['samples_per_example']} sample(s) per example, examples per task: "
+        f"{', '.join(str(n) for n in sorted(examples))}"
+        + (" (limited by --limit)" if p["limit"] else " (the whole test sets)")
+        + "."
+    )
+    return "\n".join(lines) + "\n"

@@ -67,11 +67,18 @@ class CopiedPair(DenoiserPair):
     """Student and teacher as separate full models; EMA as a third copy when asked."""
 
     def __init__(
-        self, student: MaskedDenoiser, ema_decay: float | None = None, keep_reference: bool = False
+        self,
+        student: MaskedDenoiser,
+        ema_decay: float | None = None,
+        keep_reference: bool = False,
+        ema_student: bool = False,
     ) -> None:
+        if ema_student and ema_decay is None:
+            raise ValueError("ema_student needs an EMA (ema_decay)")
         self.student = student
         self.teacher = _frozen_copy(student)
         self.ema_decay = ema_decay
+        self.ema_student = ema_student
         self.ema = _frozen_copy(student) if ema_decay is not None else None
         self._reference = _frozen_copy(student) if keep_reference else None
 
@@ -91,9 +98,15 @@ class CopiedPair(DenoiserPair):
 
     @torch.no_grad()
     def refresh_teacher(self) -> None:
-        """Teacher <- student (or its EMA); the EMA restarts from the student."""
+        """Teacher <- student (or its EMA); the EMA restarts from the student.
+
+        With ``ema_student`` (the published Countdown recipe, METHOD.md section 6) the
+        student takes the EMA weights as well, so the next stage starts from them.
+        """
         source = self.ema if self.ema is not None else self.student
         self.teacher.load_state_dict(source.state_dict())
+        if self.ema is not None and self.ema_student:
+            self.student.load_state_dict(self.ema.state_dict())
         if self.ema is not None:
             self.ema.load_state_dict(self.student.state_dict())
 

@@ -196,7 +196,12 @@ def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> 
         return LoRAPair.from_config(config, model, codec.mask_token_id, codec.pad_token_id)
     student = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
     ema = config.dtm.ema_decay if config.dtm.teacher_update == "ema" else None
-    return CopiedPair(student, ema_decay=ema, keep_reference=needs_reference(config))
+    return CopiedPair(
+        student,
+        ema_decay=ema,
+        keep_reference=needs_reference(config),
+        ema_student=config.dtm.ema_student,
+    )
 
 
 def build_trainer(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ class Trainer:
             self.objective,
             self.pair,
             self.optimizer,
-            lambda: self.buffer.sample(tc.prompts_per_batch, self.generator),
+            self._micro_batches().__next__,  # train.micro_batch (METHOD.md section 6)
             self.phase,
             self.generator,
             tc.max_grad_norm,
@@ -211,6 +211,22 @@ class Trainer:
         if self.phase.step % tc_refresh == 0 and self.phase.step < self.objective.steps_in_stage():
             made = self.buffer.refresh(tc.refresh_prompts, self._fill)
             self.phase.rollouts += made * self.parallel.world_size
+
+    def _micro_batches(self) -> Iterator[RolloutBatch]:
+        """The micro-batches of one update (``train.micro_batch``, METHOD.md section 6).
+
+        "prompts": each is drawn when it is needed (the generator's draws interleave with
+        the loss's, as they always have); "completions": the whole window is drawn at once.
+        """
+        tc = self.config.train
+        if tc.micro_batch == "completions":
+            assert tc.per_device_train_batch_size is not None  # the config ensures it
+            yield from self.buffer.sample_completions(
+                tc.per_device_train_batch_size, tc.gradient_accumulation_steps, self.generator
+            )
+            return
+        for _ in range(tc.gradient_accumulation_steps):
+            yield self.buffer.sample(tc.prompts_per_batch, self.generator)
 
     def _end_stage(self) -> None:
         self.objective.end_stage(self.phase)
