@@ -12,7 +12,7 @@ the ablated fields change:
 
 Across training (after every stage) it records the held-out reward, the TV
 distance to the exact tilted target ``p_a`` at the ``a`` reached (and its
-noise floor, via :class:`tiltmatch.experiments.demo.ExactTargetProbe`), the distinct
+noise floor, via :class:`tiltmatch.experiments.maze_probe.MazeTargetProbe`), the distinct
 optimal paths per maze and the gradient-norm variance of the stage. ``none``
 gets as many updates in its single stage as ``fixed`` has in all of its
 stages, so every variant trains for about the same number of updates.
@@ -129,7 +129,8 @@ def run_variant(
 ) -> dict[str, Any]:
     """Train one variant and return its record with the per-stage history."""
     from tiltmatch.config import build_config
-    from tiltmatch.experiments.demo import ExactTargetProbe, demo_config_path
+    from tiltmatch.experiments.demo import demo_config_path
+    from tiltmatch.experiments.maze_probe import MazeTargetProbe
     from tiltmatch.training.runner import build_trainer
 
     torch.set_num_threads(1)
@@ -139,7 +140,7 @@ def run_variant(
     trainer.checkpointing = False  # no resume here: skip checkpoint writes
     mazes = task.examples("test", size.target_mazes, seed=4242)
     with torch.no_grad():
-        probe = ExactTargetProbe(trainer, mazes, size.target_samples, 1.0, seed)
+        probe = MazeTargetProbe(trainer, mazes, size.target_samples, 1.0, seed)
         base_eval = trainer.evaluate()
     trainer.stage_callbacks.append(probe.stage_callback)
     history = trainer.train()

@@ -67,8 +67,6 @@ ACCURACY_METRIC: dict[str, str] = {
     "sudoku": "cell_accuracy",  # blank cells right (the d1 / DTM papers' Sudoku accuracy)
     "countdown": "accuracy",  # fraction of expressions that hit the target
 }
-#: inverse temperatures on which the maze's distance to the annealing path is measured
-BETA_GRID: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
 CORRECT = 1.0 - 1e-9  # a response is "correct" when its reward is the task's maximum, 1
 
 
@@ -299,65 +297,10 @@ def distinct_correct(
     return sum(distinct) / n, sum(correct) / n
 
 
-class MazeTargetProbe:
-    """TV of a model's path distribution to the tilted base ``p_beta`` (METHOD.md section 7).
-
-    The base samples ``base_a`` (estimates the target) and ``base_b`` (noise floor)
-    are drawn once per seed from the base model, before any training.
-    """
-
-    def __init__(self, trainer: Any, size: BenchSize, seed: int) -> None:
-        from tiltmatch.training.evaluation import sample_texts
-
-        self.sample_texts = sample_texts
-        self.trainer = trainer
-        self.size = size
-        self.mazes = trainer.task.examples("test", size.target_mazes, seed=4242)
-        base = trainer.pair.student
-        self.seed = seed
-        self.base_a = self._sample(base, seed + 1)
-        self.base_b = self._sample(base, seed + 2)
-
-    def _sample(self, denoiser: Any, seed: int) -> list[list[str]]:
-        return self.sample_texts(
-            self.trainer.worker, denoiser, self.mazes, self.size.target_samples, 1.0, seed
-        )
-
-    def measure(self, denoiser: Any, beta: float) -> dict[str, float]:
-        """TV to ``p_beta`` and to the nearest ``p_b`` of :data:`BETA_GRID`, with floors."""
-        from tiltmatch.dtm.exact_target import maze_target_report, mean_report
-
-        task = self.trainer.task
-        model = self._sample(denoiser, self.seed + 3)
-
-        def at(b: float) -> dict[str, float]:
-            reports = [
-                maze_target_report(task, ex, a, bb, m, b)
-                for ex, a, bb, m in zip(self.mazes, self.base_a, self.base_b, model, strict=True)
-            ]
-            return mean_report(reports)
-
-        target = at(beta)
-        nearest_beta, nearest = min(
-            ((b, at(b)) for b in BETA_GRID), key=lambda item: item[1]["tv_to_target"]
-        )
-        return {
-            "tv_to_target": target["tv_to_target"],
-            "tv_noise_floor": target["tv_noise_floor"],
-            "tv_ratio": target["tv_to_target"] / max(target["tv_noise_floor"], 1e-12),
-            "target_expected_reward": target["expected_reward_target"],
-            "model_expected_reward": target["expected_reward_model"],
-            "tv_to_path": nearest["tv_to_target"],
-            "tv_to_path_beta": nearest_beta,
-            "tv_to_path_noise_floor": nearest["tv_noise_floor"],
-            "distinct_optimal_paths_target_mazes": target["distinct_optimal_model"],
-            "distinct_optimal_paths_base_target_mazes": target["distinct_optimal_base"],
-        }
-
-
 def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> dict[str, Any]:
     """Train one run and return its record (called in a forked process)."""
     from tiltmatch.config import build_config
+    from tiltmatch.experiments.maze_probe import MazeTargetProbe
     from tiltmatch.training.evaluation import sample_texts
     from tiltmatch.training.runner import build_trainer
 
@@ -382,7 +325,12 @@ def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> d
     trainer._fill = timed("rollout", trainer._fill)  # type: ignore[method-assign]
 
     with torch.no_grad():
-        probe = MazeTargetProbe(trainer, size, spec.seed) if setup.task == "maze" else None
+        probe = None
+        if setup.task == "maze":  # the same target mazes for every seed; the base before training
+            mazes = task.examples("test", size.target_mazes, seed=4242)
+            probe = MazeTargetProbe(
+                trainer, mazes, size.target_samples, 1.0, spec.seed, base=trainer.pair.student
+            )
         div_examples = trainer.eval_examples[: size.diversity_examples]
 
         def diversity(denoiser: Any) -> tuple[float, float]:
@@ -438,7 +386,10 @@ def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> d
         )
     with torch.no_grad():
         distinct, _ = diversity(trainer.pair.student)
-        maze = probe.measure(trainer.pair.student, size.a_end) if probe is not None else {}
+        maze = {}
+        if probe is not None:
+            draws = probe.sample(trainer.pair.student, spec.seed + 3)
+            maze = probe.path_report(size.a_end, draws)
     norms = [r["grad_norm"] for r in history]
     updates = final["updates"]
     update_seconds = max(train_seconds - timers["rollout"], 0.0)

@@ -19,20 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from tiltmatch.config import RunConfig, build_config
-from tiltmatch.dtm.exact_target import maze_outcome, maze_target_report, mean_report
-from tiltmatch.models.denoiser import TinyModelSpec
+from tiltmatch.experiments.base_models import RECIPES
+from tiltmatch.experiments.maze_probe import MazeTargetProbe
 from tiltmatch.models.loading import shipped_model_dir
-from tiltmatch.tasks.base import Example
+from tiltmatch.tasks.maze.target import maze_outcome
 from tiltmatch.tasks.maze.task import MazeTask, maze_of
-from tiltmatch.training.evaluation import sample_texts
-from tiltmatch.training.pretrain import PretrainConfig, pretrain
+from tiltmatch.training.pretrain import pretrain
 from tiltmatch.training.runner import build_trainer, save_final
-from tiltmatch.training.trainer import Trainer
 
-#: How the shipped base model was made (``make base-maze`` runs the same recipe:
-#: ``tiltmatch pretrain --task maze --steps 6000 --hidden-size 96 --num-layers 4``).
-MAZE_BASE_SPEC = TinyModelSpec(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=288)
-MAZE_BASE_RECIPE = PretrainConfig(steps=6000, batch_size=128, learning_rate=1e-3)
 CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
 
 
@@ -49,68 +43,9 @@ def ensure_base_model(task: MazeTask, quiet: bool = False) -> Path:
     if (CACHE / "config.json").is_file():
         return CACHE
     print(f"no shipped maze base model; pretraining one into {CACHE} (one-off)")
-    pretrain(task, MAZE_BASE_SPEC, MAZE_BASE_RECIPE, out_dir=CACHE, quiet=quiet)
+    recipe = RECIPES["maze"]  # the shipped base's own recipe (``make base-maze``)
+    pretrain(task, recipe.spec, recipe.pretrain, out_dir=CACHE, quiet=quiet)
     return CACHE
-
-
-class ExactTargetProbe:
-    """Measures the student's distance to the tilted target ``p_a`` on fixed mazes."""
-
-    def __init__(
-        self,
-        trainer: Trainer,
-        examples: list[Example],
-        samples: int,
-        temperature: float,
-        seed: int,
-    ) -> None:
-        self.trainer = trainer
-        self.examples = examples
-        self.samples = samples
-        self.temperature = temperature
-        self.seed = seed
-        denoiser = trainer.pair.teacher  # the base model before training starts
-        self.last: dict[str, Any] = {}
-        self.base_a = self._sample(denoiser, seed + 1)
-        self.base_b = self._sample(denoiser, seed + 2)
-
-    def _sample(self, denoiser, seed: int) -> list[list[str]]:
-        return sample_texts(
-            self.trainer.worker, denoiser, self.examples, self.samples, self.temperature, seed
-        )
-
-    def measure(
-        self,
-        beta: float,
-        denoiser=None,
-        seed: int | None = None,
-        samples: list[list[str]] | None = None,
-    ) -> dict[str, Any]:
-        """Mean over mazes of the target report at inverse temperature ``beta``.
-
-        The model's samples are drawn from ``denoiser`` (default: the student), or
-        given as ``samples`` to score the same draws against another ``beta``.
-        """
-        model = samples
-        if model is None:
-            model = self._sample(denoiser or self.trainer.pair.student, seed or self.seed + 3)
-        task = self.trainer.task
-        assert isinstance(task, MazeTask)
-        reports = [
-            maze_target_report(task, ex, a, b, m, beta)
-            for ex, a, b, m in zip(self.examples, self.base_a, self.base_b, model, strict=True)
-        ]
-        out: dict[str, Any] = mean_report(reports)
-        out["samples"] = model
-        return out
-
-    def stage_callback(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """Adds ``tv_to_target`` and ``tv_noise_floor`` at the stage's new ``a``."""
-        result = self.measure(trainer.phase.a, seed=self.seed + 100 + trainer.phase.stage)
-        self.last = result
-        record["tv_to_target"] = result["tv_to_target"]
-        record["tv_noise_floor"] = result["tv_noise_floor"]
-        record["target_expected_reward"] = result["expected_reward_target"]
 
 
 def _plots(history: list[dict[str, Any]], base: dict[str, Any], out: Path) -> list[str]:
@@ -252,7 +187,7 @@ def run_demo(
     assert isinstance(task_built, MazeTask)
     beta = config.dtm.a_end
     mazes = task_built.examples("test", target_mazes, seed=config.seed + 4242)
-    probe = ExactTargetProbe(trainer, mazes, target_samples, config.eval.temperature, config.seed)
+    probe = MazeTargetProbe(trainer, mazes, target_samples, config.eval.temperature, config.seed)
     base_eval = trainer.evaluate()
     at0 = probe.measure(0.0, denoiser=trainer.pair.teacher, seed=config.seed + 99)
     base_at_beta = probe.measure(beta, samples=at0["samples"])
