@@ -14,6 +14,7 @@ one (e.g. on training mazes beside the held-out one) leaves training unchanged.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,15 +58,43 @@ class MazeTargetProbe:
         self.seed = seed
         self.prefix = prefix
         self.last: dict[str, Any] = {}
+        #: wall and CPU seconds spent sampling (what the probe costs its run)
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        #: completions the trainer sampled on each probe maze (see count_training_rollouts)
+        self.rollouts = [0] * len(self.mazes)
         base = base if base is not None else trainer.pair.teacher
         self.base_a = self.sample(base, seed + 1)
         self.base_b = self.sample(base, seed + 2)
 
     def sample(self, denoiser: Any, seed: int) -> list[list[str]]:
         """``samples`` decoded responses per maze from ``denoiser``, drawn with ``seed``."""
-        return sample_texts(
-            self.trainer.worker, denoiser, self.mazes, self.samples, self.temperature, seed
-        )
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return sample_texts(
+                self.trainer.worker, denoiser, self.mazes, self.samples, self.temperature, seed
+            )
+        finally:
+            self.seconds += time.perf_counter() - wall
+            self.cpu_seconds += time.process_time() - cpu
+
+    def count_training_rollouts(self) -> None:
+        """Count, per probe maze, the completions the trainer samples on it for training.
+
+        Wraps the trainer's rollout fill (it only counts: the batch is returned as is),
+        so a probe on training mazes can say how much data each maze had.
+        """
+        fill = self.trainer._fill
+        index = {ex.prompt: i for i, ex in enumerate(self.mazes)}
+        group = self.trainer.config.train.num_generations
+
+        def counted(examples: list[Example]) -> Any:
+            for ex in examples:
+                if ex.prompt in index:
+                    self.rollouts[index[ex.prompt]] += group
+            return fill(examples)
+
+        self.trainer._fill = counted
 
     def reports(self, beta: float, samples: list[list[str]]) -> list[TargetReport]:
         """One :class:`TargetReport` per maze for the model draws ``samples`` at ``beta``."""
@@ -139,3 +168,5 @@ class MazeTargetProbe:
             record[f"{p}expected_reward"] = result["expected_reward_model"]
             record[f"{p}distinct_optimal_paths"] = result["distinct_optimal_model"]
             record[f"{p}distinct_optimal_paths_base"] = result["distinct_optimal_base"]
+            record[f"{p}rollouts_on_mazes"] = sum(self.rollouts)
+            record[f"{p}mazes_trained_on"] = sum(1 for n in self.rollouts if n > 0)
