@@ -154,6 +154,26 @@ def ensure_base(task_name: str, out: str | Path, quiet: bool = True) -> Path:
     return folder
 
 
+def shipped_base(task_name: str) -> Path | None:
+    """The package's shipped base of ``task_name`` if it was made by today's task options.
+
+    Pretraining is not bit-reproducible across machines (BENCHMARKS.md), so the
+    benchmark's sudoku and countdown bases ship with the package like the maze's; a
+    shipped base whose recorded task options no longer match the task's defaults
+    would be tested on prompts it never saw, and is not used.
+    """
+    from tiltmatch.models.loading import shipped_model_dir
+
+    folder = shipped_model_dir(task_name)
+    metrics = folder / METRICS_FILE
+    if not (folder / "config.json").is_file() or not metrics.is_file():
+        return None
+    recipe = RECIPES[task_name]
+    task = get_task(recipe.task, **recipe.task_options)
+    recorded = json.loads(metrics.read_text()).get("resolved_task_options")
+    return folder if recorded == _resolved_options(task) else None
+
+
 def _resolved_options(task: Any) -> dict[str, Any]:
     """Every option of a task with its value, defaults included (to detect stale bases)."""
     if hasattr(task, "describe"):

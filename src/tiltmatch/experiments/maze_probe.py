@@ -58,6 +58,9 @@ class MazeTargetProbe:
         self.seed = seed
         self.prefix = prefix
         self.last: dict[str, Any] = {}
+        #: the stage callback's inverse temperature; None: the stage's ``a`` (DTM). A
+        #: baseline has no ``a``: it is measured against a fixed ``p_beta``.
+        self.beta: float | None = None
         #: wall and CPU seconds spent sampling (what the probe costs its run)
         self.seconds = 0.0
         self.cpu_seconds = 0.0
@@ -158,7 +161,8 @@ class MazeTargetProbe:
         With a non-empty prefix (a probe on training mazes) it also adds the model's
         expected reward and distinct shortest paths on those mazes.
         """
-        result = self.measure(trainer.phase.a, seed=self.stage_seed(trainer.phase.stage))
+        beta = trainer.phase.a if self.beta is None else self.beta
+        result = self.measure(beta, seed=self.stage_seed(trainer.phase.stage))
         self.last = result
         p = self.prefix
         record[f"{p}tv_to_target"] = result["tv_to_target"]
@@ -169,4 +173,9 @@ class MazeTargetProbe:
             record[f"{p}distinct_optimal_paths"] = result["distinct_optimal_model"]
             record[f"{p}distinct_optimal_paths_base"] = result["distinct_optimal_base"]
             record[f"{p}rollouts_on_mazes"] = sum(self.rollouts)
+            # The nearest point of the annealing path (no new draws: the same samples).
+            path = self.path_report(beta, result["samples"])
+            record[f"{p}tv_to_path"] = path["tv_to_path"]
+            record[f"{p}tv_to_path_beta"] = path["tv_to_path_beta"]
+            record[f"{p}tv_to_path_noise_floor"] = path["tv_to_path_noise_floor"]
             record[f"{p}mazes_trained_on"] = sum(1 for n in self.rollouts if n > 0)
