@@ -47,3 +47,39 @@ def test_folder_refuses_to_overwrite_a_model(tmp_path: Path) -> None:
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         main(["--task", "maze", "--task", "sudoku", "--folder", str(tmp_path / "x")])
+
+
+def test_shipped_base_is_used_only_with_matching_task_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tiltmatch.models.loading as loading
+    from tiltmatch.experiments import base_models
+    from tiltmatch.tasks import get_task
+
+    folder = tmp_path / "countdown-base"
+    folder.mkdir()
+    monkeypatch.setattr(loading, "shipped_model_dir", lambda name: tmp_path / f"{name}-base")
+    assert base_models.shipped_base("countdown") is None  # nothing shipped
+    (folder / "config.json").write_text("{}")
+    assert base_models.shipped_base("countdown") is None  # no record of its task options
+    recipe = RECIPES["countdown"]
+    options = base_models._resolved_options(get_task(recipe.task, **recipe.task_options))
+    metrics = folder / base_models.METRICS_FILE
+    metrics.write_text(json.dumps({"resolved_task_options": options}))
+    assert base_models.shipped_base("countdown") == folder
+    metrics.write_text(json.dumps({"resolved_task_options": {**options, "max_number": 30}}))
+    assert base_models.shipped_base("countdown") is None  # made for other prompts
+
+
+@pytest.mark.parametrize("name", ["sudoku", "countdown"])
+def test_shipped_benchmark_bases_are_the_recipes_and_in_use(name: str) -> None:
+    from tiltmatch.experiments import base_models
+
+    folder = shipped_model_dir(name)
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"the package ships no {name} base")
+    record = json.loads((folder / base_models.METRICS_FILE).read_text())
+    assert record["spec"] == asdict(RECIPES[name].spec)
+    assert record["pretrain"] == asdict(RECIPES[name].pretrain)
+    assert base_models.shipped_base(name) == folder  # the benchmark uses it
+    assert (folder / "model.safetensors").stat().st_size < 2_000_000  # small enough to ship
