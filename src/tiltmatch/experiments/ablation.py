@@ -524,7 +524,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--seeds", type=int)
     p.add_argument("--learning-rate", type=float, help="override the size's learning rate")
-    p.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
+    p.add_argument(
+        "--schedules",
+        nargs="*",
+        choices=SCHEDULES,
+        default=list(SCHEDULES),
+        help="DTM schedules to run (none named: baselines only)",
+    )
     p.add_argument("--c", nargs="+", type=float, default=list(CONTROL_VARIATES))
     p.add_argument("--states", nargs="+", choices=STATES, default=list(DEFAULT_STATES))
     p.add_argument(
