@@ -483,13 +483,20 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
                 )
                 ax.plot([0.0, *xs], [start, *mean], "o-", ms=3, color=color, label=name)
                 ax.fill_between(xs, low, high, color=color, alpha=0.12)
-                if floor and k == 0:
-                    fx, fmean, _, _ = _curve(rs, "a_after", floor)
-                    ax.plot([0.0, *fx], [start, *fmean], "k:", lw=1, label="noise floor")
-                    ax.plot(fx, [2 * f for f in fmean], "k--", lw=0.8, label="2x floor")
-                if not floor and k == 0:
-                    tx, tmean, _, _ = _curve(rs, "a_after", "train_target_expected_reward")
-                    ax.plot(tx, tmean, "k--", lw=1, label="p_a (exact target)")
+        # The floor and p_a's reward along a, from the variant with the most stages.
+        rs = max(
+            ([r for r in group if r["variant"] == n] for n in _variants(group)),
+            key=lambda runs: min(len(r["history"]) for r in runs),
+        )
+        f0 = statistics.fmean(r["train_floor_at_0"] for r in rs)
+        fx, fmean, _, _ = _curve(rs, "a_after", "train_tv_noise_floor")
+        axes[0][j].plot([0.0, *fx], [f0, *fmean], "k:", lw=1, label="noise floor")
+        axes[0][j].plot(
+            [0.0, *fx], [2 * f0, *(2 * f for f in fmean)], "k--", lw=0.8, label="2x floor"
+        )
+        tx, tmean, _, _ = _curve(rs, "a_after", "train_target_expected_reward")
+        r0 = statistics.fmean(r["train_base_reward"] for r in rs)
+        axes[1][j].plot([0.0, *tx], [r0, *tmean], "k--", lw=1, label="p_a (exact target)")
         axes[0][j].set_title(f"{st} states: TV(model, p_a), training mazes")
         axes[1][j].set_title(f"{st} states: expected reward, training mazes")
         for row in (0, 1):
