@@ -60,6 +60,11 @@ def test_demo_writes_report_and_plots(tmp_path: Path) -> None:
     assert all(n >= 2 for n in saved["train_rollouts_per_maze"])
     assert saved["history"][0]["train_mazes_trained_on"] == 3
     assert 0.0 <= report["final_reward"] <= 1.0
+    # The thread count is pinned (results differ bit for bit between counts) and recorded.
+    from tiltmatch.experiments.demo import DEMO_THREADS
+
+    assert saved["numerics"]["threads"] == DEMO_THREADS
+    assert saved["numerics"]["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX")
     for name in ("report.md", "stages.png", "maze.png", "config.yaml", "final/model.safetensors"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "stages.png").stat().st_size > 1000
