@@ -38,8 +38,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 base-maze: $(STAMP)  ## rebuild the shipped maze base model (about 30 CPU-minutes)
-	$(BIN)/tiltmatch pretrain --task maze --out src/tiltmatch/assets/maze-base \
-		--steps 6000 --hidden-size 96 --num-layers 4 --num-heads 4
+	# The recipe is tiltmatch.experiments.base_models.RECIPES["maze"] (the only maze recipe).
+	$(BIN)/python -m tiltmatch.experiments.base_models --task maze \
+		--folder src/tiltmatch/assets/maze-base --overwrite --verbose
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/side_by_side.py --out runs/bench

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from tiltmatch.config import build_config
-from tiltmatch.dtm.exact_target import maze_target_report, mean_report
+from tiltmatch.dtm.exact_target import mean_report
 from tiltmatch.experiments.demo import demo_config_path
+from tiltmatch.tasks.maze.target import maze_target_report
 from tiltmatch.training.evaluation import sample_texts
 from tiltmatch.training.runner import build_trainer
 

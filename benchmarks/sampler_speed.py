@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from tiltmatch.dtm.exact_target import empirical_distribution, maze_outcome, total_variation
+from tiltmatch.dtm.exact_target import empirical_distribution, total_variation
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.sampling.sampler import SamplingConfig, generate
+from tiltmatch.tasks.maze.target import maze_outcome
 
 LLADA_VOCAB, LLADA_MASK = 126_464, 126_336
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tiltmatch.experiments.ablation import SIZES as ABLATION_SIZES
 from tiltmatch.experiments.bench import (
     METHODS,
     SIZES,
@@ -17,6 +18,7 @@ from tiltmatch.experiments.bench import (
 )
 
 REQUIRED = ("task", "method", "seed", "rollouts", "heldout_accuracy", "curve")
+SIZE_MICRO = ABLATION_SIZES["micro"]
 
 
 def test_micro_benchmark_writes_every_task_and_method(tmp_path: Path) -> None:
@@ -39,11 +41,19 @@ def test_micro_benchmark_writes_every_task_and_method(tmp_path: Path) -> None:
             # Micro's untrained models never draw a valid path (no sample earns a reward), so
             # every sample is the one "<invalid>" outcome and the TV estimator must read
             # exactly 0: invalid responses are lumped into one key, not spread over rare
-            # strings (exact_target.maze_outcome), which would read as a TV near 1.
+            # strings (tasks/maze/target.maze_outcome), which would read as a TV near 1.
             assert r["model_expected_reward"] == 0.0 and r["target_expected_reward"] == 0.0
             assert r["tv_to_target"] == r["tv_noise_floor"] == r["tv_to_path"] == 0.0
+            # The per-prompt accuracies are the final evaluation's own draws.
+            per_prompt = r["per_prompt_accuracy"]
+            assert len(per_prompt) == SIZES["micro"].eval_examples
+            assert sum(per_prompt) / len(per_prompt) == pytest.approx(r["heldout_accuracy"])
     assert (out / "accuracy_vs_rollouts.png").is_file()
-    assert "Goal check" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Goal check" in report and "Paired differences" in report
+    summary = json.loads((out / "summary.json").read_text())
+    pairs = summary["tasks"]["maze"]["comparisons"]
+    assert len(pairs) == len(METHODS) * (len(METHODS) - 1) // 2
     # Rerunning reuses the cached runs; a run whose cache key no longer matches reruns.
     cached = sorted((out / "runs").rglob("result.json"))
     before = {path: path.stat().st_mtime_ns for path in cached}
@@ -98,6 +108,36 @@ def test_micro_maze_ablation_runs(tmp_path: Path) -> None:
         samples = ABLATION_SIZES["micro"].target_samples
         assert 0 < r["distinct_optimal_paths_base"] <= samples
         assert 0 <= r["distinct_optimal_paths"] <= samples
+        # The ruler: the training mazes, probed after every stage; they are the pool.
+        assert r["train_mazes"] == SIZE_MICRO.train_mazes
+        assert all(0.0 <= h["train_tv_to_target"] <= 1.0 for h in r["history"])
+        assert r["history"][-1]["train_rollouts_on_mazes"] == r["rollouts"]
+    assert (out / "ablation.png").stat().st_size > 1000
+
+
+def test_micro_ablation_baselines_share_the_mazes_and_the_budget(tmp_path: Path) -> None:
+    from tiltmatch.experiments.ablation import fixed_budget
+    from tiltmatch.experiments.ablation import main as ablation_main
+
+    out = tmp_path / "ablation"
+    argv = ["--size", "micro", "--out", str(out), "--schedules", "fixed", "--c", "1"]
+    argv += ["--states", "random", "--baselines", "rejection", "--quiet"]
+    assert ablation_main(argv) == 0
+    records = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}
+    dtm, rejection = records["fixed/c1/random"], records["baseline/rejection"]
+    assert dtm["rollouts"] == rejection["rollouts"] == fixed_budget(SIZE_MICRO)
+    # Probed at the first stage end at or past each of fixed-h DTM's stage boundaries (in
+    # rollouts; a baseline's stage is one batch of prompts x G), against p_{a_end}.
+    probed = [h["rollouts"] for h in rejection["history"] if h["train_tv_to_target"] is not None]
+    batch = SIZE_MICRO.prompts_per_batch * SIZE_MICRO.num_generations
+    boundaries = [h["rollouts"] for h in dtm["history"]]
+    assert len(probed) == len(boundaries)
+    assert all(b <= p < b + batch for p, b in zip(probed, boundaries, strict=True))
+    assert rejection["train_target_expected_reward"] == pytest.approx(
+        dtm["train_target_expected_reward"]
+    )
+    text = (out / "ablation.md").read_text()
+    assert "At matched expected reward" in text and "baseline/rejection" in text
 
 
 def test_cli_passes_bench_options_through() -> None:

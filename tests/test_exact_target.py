@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from tiltmatch.dtm.exact_target import (
-    INVALID,
     empirical_distribution,
     expected_reward,
-    maze_outcome,
-    maze_target_report,
     mean_report,
     noise_floor,
     target_report,
     tilt,
     total_variation,
 )
+from tiltmatch.tasks.maze.target import INVALID, maze_outcome, maze_target_report
 from tiltmatch.tasks.maze.task import Maze, MazeTask
 
 # A base over path-like outcomes: four optimal ones (reward 1) with unequal mass,
@@ -193,3 +194,24 @@ def test_maze_target_report() -> None:
     assert report.expected_reward_model == 1.0
     assert report.expected_reward_base < report.expected_reward_target < 1.0
     assert report.tv_to_target > 5 * report.tv_noise_floor
+
+
+def test_total_variation_does_not_depend_on_the_hash_seed() -> None:
+    # String outcomes iterate in a per-process order; the sum must not show it.
+    code = (
+        "from tiltmatch.dtm.exact_target import total_variation as tv;"
+        "p={f'x{i}': (i % 7 + 1) / 10.3 for i in range(40)};"
+        "q={f'x{i}': (i % 5 + 1) / 7.1 for i in range(10, 60)};"
+        "print(repr(tv(p, q)))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            check=True,
+        ).stdout
+        for seed in range(6)
+    }
+    assert len(outs) == 1

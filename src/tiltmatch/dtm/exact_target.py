@@ -10,7 +10,8 @@ while the expected reward rises. A model that keeps one optimal outcome out
 of several has high reward and still fails.
 
 Everything here works on samples of one prompt (hashable outcomes); averaging
-over prompts is the caller's choice (:func:`mean_report`).
+over prompts is the caller's choice (:func:`mean_report`). Nothing here knows a
+task: the maze's outcome keys and report live in :mod:`tiltmatch.tasks.maze.target`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,8 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 
-from tiltmatch.tasks.base import Example
-from tiltmatch.tasks.maze.task import MazeTask, maze_of, path_length
-
 Distribution = dict[Hashable, float]
 Reward = Callable[[Hashable], float] | Mapping[Hashable, float]
-
-# All invalid maze responses share this outcome key (see maze_outcome).
-INVALID = "<invalid>"
 
 
 def empirical_distribution(samples: Sequence[Hashable]) -> Distribution:
@@ -73,9 +68,14 @@ def tilt(dist: Mapping[Hashable, float], reward: Reward, beta: float) -> Distrib
 
 
 def total_variation(p: Mapping[Hashable, float], q: Mapping[Hashable, float]) -> float:
-    """``(1/2) sum_x |p(x) - q(x)|`` over the union of the two supports."""
+    """``(1/2) sum_x |p(x) - q(x)|`` over the union of the two supports.
+
+    Summed with :func:`math.fsum` (exactly rounded): the union is a set, whose
+    iteration order for string outcomes changes with Python's per-process hash
+    seed, and a plain float sum would then differ in the last digit run to run.
+    """
     keys = set(p) | set(q)
-    return 0.5 * sum(abs(p.get(x, 0.0) - q.get(x, 0.0)) for x in keys)
+    return 0.5 * math.fsum(abs(p.get(x, 0.0) - q.get(x, 0.0)) for x in keys)
 
 
 def expected_reward(dist: Mapping[Hashable, float], reward: Reward) -> float:
@@ -160,41 +160,3 @@ def mean_report(reports: Sequence[TargetReport]) -> dict[str, float]:
         f.name: sum(float(getattr(r, f.name)) for r in reports) / len(reports)
         for f in fields(TargetReport)
     }
-
-
-def maze_outcome(response: str, example: Example) -> str:
-    """The outcome key of a maze response: the move string if it is a valid path, else
-    ``"<invalid>"``.
-
-    Every invalid response has reward 0, so the tilt treats them alike; lumping
-    them into one key keeps that mass in one estimate instead of spreading it
-    over many rare strings, which would inflate the TV estimator's noise
-    (each rare string is a separate small-count cell of the histogram). The
-    response length limit of the task is not checked here: pass responses
-    decoded from the model, which cannot exceed it.
-    """
-    return response if path_length(maze_of(example), response) is not None else INVALID
-
-
-def maze_target_report(
-    task: MazeTask,
-    example: Example,
-    base_a: Sequence[str],
-    base_b: Sequence[str],
-    model_samples: Sequence[str],
-    beta: float,
-) -> TargetReport:
-    """:func:`target_report` for one maze: raw decoded responses in, outcome keys by
-    :func:`maze_outcome`, the task's reward, and "optimal" meaning a shortest path."""
-    shortest = maze_of(example).shortest_length()
-
-    def reward(key: Hashable) -> float:
-        return 0.0 if key == INVALID else task.reward(str(key), example)
-
-    def is_optimal(key: Hashable) -> bool:
-        return key != INVALID and len(str(key)) == shortest
-
-    def keys(responses: Sequence[str]) -> list[str]:
-        return [maze_outcome(r, example) for r in responses]
-
-    return target_report(keys(base_a), keys(base_b), keys(model_samples), reward, beta, is_optimal)

@@ -7,13 +7,16 @@ has several answers per prompt: room for reward fine-tuning to move it.
 
     python benchmarks/base_models.py --out runs/bases            # sudoku and countdown
     python benchmarks/base_models.py --out runs/bases --task maze  # maze fallback
+    python -m tiltmatch.experiments.base_models --task maze \
+        --folder src/tiltmatch/assets/maze-base --overwrite       # make base-maze
 
 A base is cached as ``<out>/<task>/`` (a loadable denoiser folder) with
 ``base_metrics.json`` beside it (the recipe, the pretraining summary and the
 measured held-out metrics); an existing folder is reused, never retrained.
 ``tiltmatch bench`` reads the same cache. The maze base normally ships with the
-package (``src/tiltmatch/assets/maze-base``); the maze recipe here is only the
-fallback used while it is missing.
+package (``src/tiltmatch/assets/maze-base``); the maze recipe here is the one
+that made it (the only maze recipe: the demo, ``make base-maze`` and the
+benchmark's fallback all read it).
 """
 
 from __future__ import annotations
@@ -82,16 +85,26 @@ RECIPES: dict[str, BaseRecipe] = {
             "temperature": 1.0,
         },
     ),
-    # Fallback only, while the package ships no maze base: the task's (and the demo's)
-    # default options, 4x4 grids with answers of at most 8 moves.
+    # The shipped maze base (src/tiltmatch/assets/maze-base; its tiltmatch.json records this
+    # recipe, and a test checks the two agree): the task's and the demo's default options,
+    # 4x4 grids with answers of at most 8 moves. ``make base-maze`` rebuilds it from here;
+    # the demo and the benchmark pretrain it from here only when the package lacks it
+    # (about 30 CPU-minutes). Measured with the demo's random-order sampler.
     "maze": BaseRecipe(
         task="maze",
         task_options={},
-        spec=TinyModelSpec(
-            hidden_size=96, num_layers=3, num_heads=4, intermediate_size=288, max_positions=64
+        spec=TinyModelSpec(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=288),
+        pretrain=PretrainConfig(
+            steps=6000,
+            batch_size=128,
+            learning_rate=1e-3,
+            final_learning_rate=5e-5,
+            warmup_steps=100,
+            weight_decay=0.01,
+            train_examples=20000,
+            seed=0,
         ),
-        pretrain=PretrainConfig(steps=3000, batch_size=64, learning_rate=1e-3, train_examples=5000),
-        sampler={"steps": 8, "block_length": 8, "remasking": "low_confidence", "temperature": 1.0},
+        sampler={"steps": 8, "block_length": 8, "remasking": "random", "temperature": 1.0},
     ),
 }
 
@@ -141,6 +154,26 @@ def ensure_base(task_name: str, out: str | Path, quiet: bool = True) -> Path:
     return folder
 
 
+def shipped_base(task_name: str) -> Path | None:
+    """The package's shipped base of ``task_name`` if it was made by today's task options.
+
+    Pretraining is not bit-reproducible across machines (BENCHMARKS.md), so the
+    benchmark's sudoku and countdown bases ship with the package like the maze's; a
+    shipped base whose recorded task options no longer match the task's defaults
+    would be tested on prompts it never saw, and is not used.
+    """
+    from tiltmatch.models.loading import shipped_model_dir
+
+    folder = shipped_model_dir(task_name)
+    metrics = folder / METRICS_FILE
+    if not (folder / "config.json").is_file() or not metrics.is_file():
+        return None
+    recipe = RECIPES[task_name]
+    task = get_task(recipe.task, **recipe.task_options)
+    recorded = json.loads(metrics.read_text()).get("resolved_task_options")
+    return folder if recorded == _resolved_options(task) else None
+
+
 def _resolved_options(task: Any) -> dict[str, Any]:
     """Every option of a task with its value, defaults included (to detect stale bases)."""
     if hasattr(task, "describe"):
@@ -168,9 +201,30 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(RECIPES),
         help="task(s) to build (default: sudoku and countdown)",
     )
+    parser.add_argument(
+        "--folder",
+        help="pretrain one --task into exactly this model folder (no metrics file), e.g. "
+        "the shipped asset",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="with --folder: replace a model already there"
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.folder is not None:
+        if not args.task or len(args.task) != 1:
+            parser.error("--folder needs exactly one --task")
+        folder = Path(args.folder)
+        if (folder / "config.json").is_file() and not args.overwrite:
+            parser.error(f"{folder} already holds a model; pass --overwrite to replace it")
+        recipe = RECIPES[args.task[0]]
+        task = get_task(recipe.task, **recipe.task_options)
+        _, summary = pretrain(
+            task, recipe.spec, recipe.pretrain, out_dir=folder, quiet=not args.verbose
+        )
+        print(f"{args.task[0]}: {folder}  {json.dumps(summary)}")
+        return 0
     for name in args.task or ["sudoku", "countdown"]:
         folder = ensure_base(name, args.out, quiet=not args.verbose)
         record = json.loads((folder / METRICS_FILE).read_text())

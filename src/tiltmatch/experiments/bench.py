@@ -69,8 +69,6 @@ ACCURACY_METRIC: dict[str, str] = {
     "sudoku": "cell_accuracy",  # blank cells right (the d1 / DTM papers' Sudoku accuracy)
     "countdown": "accuracy",  # fraction of expressions that hit the target
 }
-#: inverse temperatures on which the maze's distance to the annealing path is measured
-BETA_GRID: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
 CORRECT = 1.0 - 1e-9  # a response is "correct" when its reward is the task's maximum, 1
 
 
@@ -207,8 +205,16 @@ def task_setups(
             else:
                 base = str(recipes.ensure_base("maze", bases, quiet=quiet))
         else:
+            # The shipped base of the recipe (the same weights on every machine) while its
+            # recorded task options still match the task's; else the recipe's cache.
             options, sampler = dict(recipe.task_options), dict(recipe.sampler)
-            base = None if size.fresh_models else str(recipes.ensure_base(name, bases, quiet))
+            packaged = recipes.shipped_base(name)
+            if size.fresh_models:
+                base = None
+            elif packaged is not None:
+                base = str(packaged)
+            else:
+                base = str(recipes.ensure_base(name, bases, quiet))
         heldout: dict[str, float] = {}
         if base is not None and (Path(base) / recipes.METRICS_FILE).is_file():
             heldout = json.loads((Path(base) / recipes.METRICS_FILE).read_text())["heldout"]
@@ -301,65 +307,10 @@ def distinct_correct(
     return sum(distinct) / n, sum(correct) / n
 
 
-class MazeTargetProbe:
-    """TV of a model's path distribution to the tilted base ``p_beta`` (METHOD.md section 7).
-
-    The base samples ``base_a`` (estimates the target) and ``base_b`` (noise floor)
-    are drawn once per seed from the base model, before any training.
-    """
-
-    def __init__(self, trainer: Any, size: BenchSize, seed: int) -> None:
-        from tiltmatch.training.evaluation import sample_texts
-
-        self.sample_texts = sample_texts
-        self.trainer = trainer
-        self.size = size
-        self.mazes = trainer.task.examples("test", size.target_mazes, seed=4242)
-        base = trainer.pair.student
-        self.seed = seed
-        self.base_a = self._sample(base, seed + 1)
-        self.base_b = self._sample(base, seed + 2)
-
-    def _sample(self, denoiser: Any, seed: int) -> list[list[str]]:
-        return self.sample_texts(
-            self.trainer.worker, denoiser, self.mazes, self.size.target_samples, 1.0, seed
-        )
-
-    def measure(self, denoiser: Any, beta: float) -> dict[str, float]:
-        """TV to ``p_beta`` and to the nearest ``p_b`` of :data:`BETA_GRID`, with floors."""
-        from tiltmatch.dtm.exact_target import maze_target_report, mean_report
-
-        task = self.trainer.task
-        model = self._sample(denoiser, self.seed + 3)
-
-        def at(b: float) -> dict[str, float]:
-            reports = [
-                maze_target_report(task, ex, a, bb, m, b)
-                for ex, a, bb, m in zip(self.mazes, self.base_a, self.base_b, model, strict=True)
-            ]
-            return mean_report(reports)
-
-        target = at(beta)
-        nearest_beta, nearest = min(
-            ((b, at(b)) for b in BETA_GRID), key=lambda item: item[1]["tv_to_target"]
-        )
-        return {
-            "tv_to_target": target["tv_to_target"],
-            "tv_noise_floor": target["tv_noise_floor"],
-            "tv_ratio": target["tv_to_target"] / max(target["tv_noise_floor"], 1e-12),
-            "target_expected_reward": target["expected_reward_target"],
-            "model_expected_reward": target["expected_reward_model"],
-            "tv_to_path": nearest["tv_to_target"],
-            "tv_to_path_beta": nearest_beta,
-            "tv_to_path_noise_floor": nearest["tv_noise_floor"],
-            "distinct_optimal_paths_target_mazes": target["distinct_optimal_model"],
-            "distinct_optimal_paths_base_target_mazes": target["distinct_optimal_base"],
-        }
-
-
 def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> dict[str, Any]:
     """Train one run and return its record (called in a forked process)."""
     from tiltmatch.config import build_config
+    from tiltmatch.experiments.maze_probe import MazeTargetProbe
     from tiltmatch.training.evaluation import sample_texts
     from tiltmatch.training.runner import build_trainer
 
@@ -384,7 +335,12 @@ def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> d
     trainer._fill = timed("rollout", trainer._fill)  # type: ignore[method-assign]
 
     with torch.no_grad():
-        probe = MazeTargetProbe(trainer, size, spec.seed) if setup.task == "maze" else None
+        probe = None
+        if setup.task == "maze":  # the same target mazes for every seed; the base before training
+            mazes = task.examples("test", size.target_mazes, seed=4242)
+            probe = MazeTargetProbe(
+                trainer, mazes, size.target_samples, 1.0, spec.seed, base=trainer.pair.student
+            )
         div_examples = trainer.eval_examples[: size.diversity_examples]
 
         def diversity(denoiser: Any) -> tuple[float, float]:
@@ -440,7 +396,25 @@ def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> d
         )
     with torch.no_grad():
         distinct, _ = diversity(trainer.pair.student)
-        maze = probe.measure(trainer.pair.student, size.a_end) if probe is not None else {}
+        # The final evaluation again, per held-out prompt (the trainer's evaluation seed,
+        # so the same draws): what the paired bootstrap over prompts resamples.
+        ec = config.eval
+        final_texts = sample_texts(
+            trainer.worker,
+            trainer.pair.student,
+            trainer.eval_examples,
+            ec.samples_per_example,
+            ec.temperature,
+            config.seed + 777,
+        )
+        per_prompt = [
+            float(task.metrics(group, [example] * len(group))[metric])
+            for group, example in zip(final_texts, trainer.eval_examples, strict=True)
+        ]
+        maze = {}
+        if probe is not None:
+            draws = probe.sample(trainer.pair.student, spec.seed + 3)
+            maze = probe.path_report(size.a_end, draws)
     norms = [r["grad_norm"] for r in history]
     updates = final["updates"]
     update_seconds = max(train_seconds - timers["rollout"], 0.0)
@@ -453,6 +427,7 @@ def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> d
         "updates": updates,
         "heldout_accuracy": curve[-1]["heldout_accuracy"],
         "heldout_reward": curve[-1]["reward"],
+        "per_prompt_accuracy": per_prompt,
         "base_heldout_accuracy": curve[0]["heldout_accuracy"],
         "accuracy_metric": metric,
         "final_metrics": curve[-1]["metrics"],
@@ -657,8 +632,101 @@ def summarise(
                 if key in recs[0]:
                     row[key] = _stats([r[key] for r in recs])
             rows[method] = row
-        summary["tasks"][task] = {"methods": rows, "goal": _goal(rows, size)}
+        recs = [r for r in results if r["task"] == task]
+        summary["tasks"][task] = {
+            "methods": rows,
+            "goal": _goal(rows, size),
+            "comparisons": comparisons(recs),
+            "paired_goal": paired_goal(recs, size),
+        }
     return summary
+
+
+def _by_seed(records: Sequence[dict[str, Any]], method: str) -> dict[int, dict[str, Any]]:
+    return {r["seed"]: r for r in records if r["method"] == method}
+
+
+def compare(records: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Method ``a`` minus method ``b`` in final held-out accuracy, paired on their seeds.
+
+    A t interval over seeds, and a two-level paired bootstrap over seeds and held-out
+    prompts where every run recorded its per-prompt accuracy. ``verdict`` is ``">"``
+    or ``"<"`` only where *both* intervals exclude 0, else ``"~"`` (not separated).
+    """
+    from tiltmatch.experiments import paired
+
+    ra, rb = _by_seed(records, a), _by_seed(records, b)
+    seeds = sorted(set(ra) & set(rb))
+    if not seeds:
+        raise ValueError(f"methods {a} and {b} share no seed")
+    diffs = [ra[s]["heldout_accuracy"] - rb[s]["heldout_accuracy"] for s in seeds]
+    mean, t_low, t_high = paired.t_interval(diffs)
+    out: dict[str, Any] = {
+        "a": a,
+        "b": b,
+        "seeds": seeds,
+        "per_seed": diffs,
+        "mean": mean,
+        "t_interval": [t_low, t_high],
+    }
+    lows, highs = [t_low], [t_high]
+    if all("per_prompt_accuracy" in r[s] for r in (ra, rb) for s in seeds):
+        _, b_low, b_high = paired.paired_bootstrap(
+            [ra[s]["per_prompt_accuracy"] for s in seeds],
+            [rb[s]["per_prompt_accuracy"] for s in seeds],
+        )
+        out["bootstrap_interval"] = [b_low, b_high]
+        lows.append(b_low)
+        highs.append(b_high)
+    both = {paired.verdict(lo, hi) for lo, hi in zip(lows, highs, strict=True)}
+    out["verdict"] = both.pop() if len(both) == 1 else "~"
+    return out
+
+
+def comparisons(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pair of methods of one task (in the order they ran), paired on seeds."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    return [compare(records, a, b) for a, b in itertools.combinations(methods, 2)]
+
+
+def paired_goal(records: Sequence[dict[str, Any]], size: BenchSize) -> dict[str, Any]:
+    """The goal per seed: DTM against the best baseline (by mean final accuracy) of the seed.
+
+    Per seed ``s``: the rollouts DTM's curve needs to reach the baseline's final accuracy
+    of seed ``s`` (infinite when it never does), as a fraction of the budget, with a
+    bootstrap interval over seeds of its median; and the final-accuracy difference with
+    its paired intervals (:func:`compare`).
+    """
+    from tiltmatch.experiments import paired
+
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    baselines = [m for m in methods if m != "dtm"]
+    if "dtm" not in methods or not baselines:
+        return {}
+
+    def mean_acc(m: str) -> float:
+        return statistics.fmean(r["heldout_accuracy"] for r in records if r["method"] == m)
+
+    best = max(baselines, key=mean_acc)
+    dtm, base = _by_seed(records, "dtm"), _by_seed(records, best)
+    seeds = sorted(set(dtm) & set(base))
+    fractions = []
+    for s in seeds:
+        curve = [{"x": p["rollouts"], "mean": p["heldout_accuracy"]} for p in dtm[s]["curve"]]
+        reach = rollouts_to_reach(curve, base[s]["heldout_accuracy"])
+        fractions.append(math.inf if reach is None else reach / size.budget)
+    median, low, high = paired.bootstrap_seeds(fractions)
+    final = compare(records, "dtm", best)
+    return {
+        "best_baseline": best,
+        "seeds": seeds,
+        "fraction_of_budget_to_match": fractions,
+        "fraction_median": median,
+        "fraction_interval": [low, high],
+        "half_budget_holds": high <= 0.5,
+        "half_budget_fails": low > 0.5,
+        "final_difference": final,
+    }
 
 
 def _goal(rows: dict[str, Any], size: BenchSize) -> dict[str, Any]:
@@ -753,6 +821,54 @@ def machine_line() -> str:
     )
 
 
+def _interval(bounds: Sequence[float] | None) -> str:
+    if not bounds:
+        return "-"
+    return f"[{bounds[0]:+.3f}, {bounds[1]:+.3f}]"
+
+
+def _comparison_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Paired differences in final held-out accuracy, and the rankings they support."""
+    lines = [
+        f"Paired differences in final held-out accuracy (A - B over seeds "
+        f"{', '.join(str(s) for s in rows[0]['seeds'])}; 95% intervals; a ranking is claimed "
+        "only where both intervals exclude 0):",
+        "",
+        "| A - B | mean | per seed | t interval (seeds) | bootstrap (seeds x prompts) | ranking |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        a, b = _LABELS.get(row["a"], row["a"]), _LABELS.get(row["b"], row["b"])
+        ranking = {">": f"{a} > {b}", "<": f"{b} > {a}", "~": "not separated"}[row["verdict"]]
+        lines.append(
+            f"| {a} - {b} | {row['mean']:+.3f} | "
+            f"{' '.join(f'{d:+.3f}' for d in row['per_seed'])} | "
+            f"{_interval(row['t_interval'])} | {_interval(row.get('bootstrap_interval'))} | "
+            f"{ranking} |"
+        )
+    return lines
+
+
+def _paired_goal_line(pg: dict[str, Any]) -> str:
+    fractions = " ".join(
+        "never" if math.isinf(f) else f"{f:.2f}" for f in pg["fraction_of_budget_to_match"]
+    )
+    low, high = pg["fraction_interval"]
+
+    def text(x: float) -> str:
+        return "never" if math.isinf(x) else f"{x:.2f}"
+
+    holds = "yes" if pg["half_budget_holds"] else ("no" if pg["half_budget_fails"] else "undecided")
+    final = pg["final_difference"]
+    return (
+        f"Per seed (paired): DTM reaches {pg['best_baseline']}'s final accuracy of the same seed "
+        f"at {fractions} of the budget (median {text(pg['fraction_median'])}, 95% bootstrap "
+        f"interval [{text(low)}, {text(high)}]; at most half: {holds}); final accuracy DTM - "
+        f"{pg['best_baseline']} {final['mean']:+.3f}, t {_interval(final['t_interval'])}, "
+        f"bootstrap {_interval(final.get('bootstrap_interval'))}."
+    )
+
+
 def report_markdown(
     summary: dict[str, Any], size: BenchSize, command: str, date: str, seconds: float
 ) -> str:
@@ -826,12 +942,17 @@ def report_markdown(
                     f"No baseline ends above the base model ({goal['base_accuracy']:.3f}): "
                     "reaching the best baseline's level is trivial here, not a win."
                 )
+            pg = block.get("paired_goal") or {}
+            if pg:
+                lines.append(_paired_goal_line(pg))
             if "dtm_tv_ratio" in goal:
                 others = ", ".join(f"{m} {v:.2f}" for m, v in goal["baseline_tv_ratio"].items())
                 lines.append(
                     f"Maze TV / noise floor at beta = a_end: DTM {goal['dtm_tv_ratio']:.2f} "
                     f"(within 2x: {'yes' if goal['dtm_within_2x_floor'] else 'no'}); {others}."
                 )
+        if block.get("comparisons"):
+            lines += ["", *_comparison_table(block["comparisons"])]
         lines.append("")
     lines += [
         "![accuracy vs rollouts](accuracy_vs_rollouts.png)",

@@ -1,16 +1,24 @@
 """The CPU demo: DTM on the maze, measured against the exact tilted target (METHOD.md section 7).
 
 1. Load the shipped maze base model ``p_0`` (or pretrain and cache one if absent).
-2. Draw two independent base samples on held-out evaluation mazes: the first
-   estimates the target ``p_beta ∝ p_0 e^{beta r}``, the second sets the noise
-   floor of the TV estimator.
+2. Draw two independent base samples on a fixed set of *training* mazes (the
+   first prompts the trainer draws from its pool: what DTM's stage minimiser is
+   about) and on held-out mazes (generalisation): in each set the first estimates
+   the target ``p_beta ∝ p_0 e^{beta r}``, the second sets the noise floor of the
+   TV estimator.
 3. Fine-tune with DTM along the annealing path up to ``a_end = beta``; after
-   every stage, measure the student's TV to ``p_a`` for the current ``a``.
+   every stage, measure the student's TV to ``p_a`` for the current ``a`` on both
+   sets, with the expected reward and the distinct shortest paths kept.
 4. Write ``report.json``, ``report.md`` and PNG plots into the output folder.
+
+Every probe draw has its own seeded generator (:class:`MazeTargetProbe`), so the
+training-maze probe leaves training and the held-out figures exactly as they were
+without it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter
@@ -19,21 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from tiltmatch.config import RunConfig, build_config
-from tiltmatch.dtm.exact_target import maze_outcome, maze_target_report, mean_report
-from tiltmatch.models.denoiser import TinyModelSpec
+from tiltmatch.experiments.base_models import RECIPES
+from tiltmatch.experiments.maze_probe import MazeTargetProbe
 from tiltmatch.models.loading import shipped_model_dir
-from tiltmatch.tasks.base import Example
+from tiltmatch.sampling.rollouts import PromptPool
+from tiltmatch.tasks.maze.target import maze_outcome
 from tiltmatch.tasks.maze.task import MazeTask, maze_of
-from tiltmatch.training.evaluation import sample_texts
-from tiltmatch.training.pretrain import PretrainConfig, pretrain
+from tiltmatch.training.pretrain import pretrain
 from tiltmatch.training.runner import RUN_FILES, build_trainer, save_final
-from tiltmatch.training.trainer import Trainer
 
-#: How the shipped base model was made (``make base-maze`` runs the same recipe:
-#: ``tiltmatch pretrain --task maze --steps 6000 --hidden-size 96 --num-layers 4``).
-MAZE_BASE_SPEC = TinyModelSpec(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=288)
-MAZE_BASE_RECIPE = PretrainConfig(steps=6000, batch_size=128, learning_rate=1e-3)
 CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
+#: the training-maze probe's seeds start here (apart from the held-out probe's 0..199)
+TRAIN_PROBE_SEED = 7000
 
 
 #: What the demo writes into ``--out``: a run's files and the report (``--overwrite`` replaces
@@ -90,68 +95,9 @@ def ensure_base_model(task: MazeTask, quiet: bool = False) -> Path:
     if (CACHE / "config.json").is_file():
         return CACHE
     print(f"no shipped maze base model; pretraining one into {CACHE} (one-off)")
-    pretrain(task, MAZE_BASE_SPEC, MAZE_BASE_RECIPE, out_dir=CACHE, quiet=quiet)
+    recipe = RECIPES["maze"]  # the shipped base's own recipe (``make base-maze``)
+    pretrain(task, recipe.spec, recipe.pretrain, out_dir=CACHE, quiet=quiet)
     return CACHE
-
-
-class ExactTargetProbe:
-    """Measures the student's distance to the tilted target ``p_a`` on fixed mazes."""
-
-    def __init__(
-        self,
-        trainer: Trainer,
-        examples: list[Example],
-        samples: int,
-        temperature: float,
-        seed: int,
-    ) -> None:
-        self.trainer = trainer
-        self.examples = examples
-        self.samples = samples
-        self.temperature = temperature
-        self.seed = seed
-        denoiser = trainer.pair.teacher  # the base model before training starts
-        self.last: dict[str, Any] = {}
-        self.base_a = self._sample(denoiser, seed + 1)
-        self.base_b = self._sample(denoiser, seed + 2)
-
-    def _sample(self, denoiser, seed: int) -> list[list[str]]:
-        return sample_texts(
-            self.trainer.worker, denoiser, self.examples, self.samples, self.temperature, seed
-        )
-
-    def measure(
-        self,
-        beta: float,
-        denoiser=None,
-        seed: int | None = None,
-        samples: list[list[str]] | None = None,
-    ) -> dict[str, Any]:
-        """Mean over mazes of the target report at inverse temperature ``beta``.
-
-        The model's samples are drawn from ``denoiser`` (default: the student), or
-        given as ``samples`` to score the same draws against another ``beta``.
-        """
-        model = samples
-        if model is None:
-            model = self._sample(denoiser or self.trainer.pair.student, seed or self.seed + 3)
-        task = self.trainer.task
-        assert isinstance(task, MazeTask)
-        reports = [
-            maze_target_report(task, ex, a, b, m, beta)
-            for ex, a, b, m in zip(self.examples, self.base_a, self.base_b, model, strict=True)
-        ]
-        out: dict[str, Any] = mean_report(reports)
-        out["samples"] = model
-        return out
-
-    def stage_callback(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """Adds ``tv_to_target`` and ``tv_noise_floor`` at the stage's new ``a``."""
-        result = self.measure(trainer.phase.a, seed=self.seed + 100 + trainer.phase.stage)
-        self.last = result
-        record["tv_to_target"] = result["tv_to_target"]
-        record["tv_noise_floor"] = result["tv_noise_floor"]
-        record["target_expected_reward"] = result["expected_reward_target"]
 
 
 def _plots(history: list[dict[str, Any]], base: dict[str, Any], out: Path) -> list[str]:
@@ -161,41 +107,119 @@ def _plots(history: list[dict[str, Any]], base: dict[str, Any], out: Path) -> li
     import matplotlib.pyplot as plt
 
     a = [0.0] + [r["a_after"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    ax.plot(
+        a,
+        [base["train_reward"]] + [r["train_expected_reward"] for r in history],
+        "o-",
+        color="C0",
+        label="model, training mazes",
+    )
+    ax.plot(
+        a,
+        [base["train_target_reward_at_0"]] + [r["train_target_expected_reward"] for r in history],
+        "s--",
+        color="C0",
+        alpha=0.6,
+        label="p_a, training mazes",
+    )
+    ax.plot(
         a,
         [base["eval_reward"]] + [r["eval_reward"] for r in history],
         "o-",
-        label="held-out reward (model)",
+        color="C1",
+        label="model, held-out (generalisation)",
     )
-    axes[0].plot(
+    ax.plot(
         a,
         [base["target_reward_at_0"]] + [r["target_expected_reward"] for r in history],
         "s--",
-        label="exact target p_a (eval mazes)",
+        color="C1",
+        alpha=0.6,
+        label="p_a, held-out target mazes",
     )
-    axes[0].set_xlabel("a (inverse temperature reached)")
-    axes[0].set_ylabel("expected reward")
-    axes[0].legend()
-    axes[0].grid(alpha=0.3)
-    axes[1].plot(
-        a, [base["tv_at_0"]] + [r["tv_to_target"] for r in history], "o-", label="TV(model, p_a)"
+    ax.set_xlabel("a (inverse temperature reached)")
+    ax.set_ylabel("expected reward")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    # At a = 0 the model is the base: its TV to p_0 is the floor by construction.
+    ax.plot(
+        a,
+        [base["train_tv_noise_floor_at_0"]] + [r["train_tv_to_target"] for r in history],
+        "o-",
+        color="C0",
+        label="TV(model, p_a), training mazes",
     )
-    axes[1].plot(
+    ax.plot(
+        a,
+        [base["train_tv_noise_floor_at_0"]] + [r["train_tv_noise_floor"] for r in history],
+        ":",
+        color="C0",
+        label="noise floor, training mazes",
+    )
+    ax.plot(
+        a,
+        [base["tv_at_0"]] + [r["tv_to_target"] for r in history],
+        "o-",
+        color="C1",
+        label="TV(model, p_a), held-out",
+    )
+    ax.plot(
         a,
         [base["tv_noise_floor_at_0"]] + [r["tv_noise_floor"] for r in history],
-        "k:",
-        label="noise floor",
+        ":",
+        color="C1",
+        label="noise floor, held-out",
     )
-    axes[1].set_xlabel("a (inverse temperature reached)")
-    axes[1].set_ylabel("total variation")
-    axes[1].legend()
-    axes[1].grid(alpha=0.3)
-    fig.suptitle("DTM on held-out mazes: tracking the annealing path p_a ∝ p_0 e^{a r}")
+    ax.set_xlabel("a (inverse temperature reached)")
+    ax.set_ylabel("total variation")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle("DTM on the maze: tracking the annealing path p_a ∝ p_0 e^{a r}")
     fig.tight_layout()
     fig.savefig(out / "stages.png", dpi=110)
     plt.close(fig)
     return ["stages.png"]
+
+
+def _train_stage_table(report: dict[str, Any]) -> list[str]:
+    """The training-maze measurements per stage (the ruler of METHOD.md section 7)."""
+    lines = [
+        "| stage | a reached | TV to p_a | noise floor | TV / floor | E[r] model | E[r] p_a "
+        "| distinct shortest (base) | completions trained on (mazes) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for rec in report["history"]:
+        ratio = rec["train_tv_to_target"] / max(rec["train_tv_noise_floor"], 1e-12)
+        lines.append(
+            f"| {rec['stage']} | {rec['a_after']:.3g} | {rec['train_tv_to_target']:.3f} "
+            f"| {rec['train_tv_noise_floor']:.3f} | {ratio:.2f} "
+            f"| {rec['train_expected_reward']:.3f} | {rec['train_target_expected_reward']:.3f} "
+            f"| {rec['train_distinct_optimal_paths']:.2f} "
+            f"({rec['train_distinct_optimal_paths_base']:.2f}) "
+            f"| {rec['train_rollouts_on_mazes']} ({rec['train_mazes_trained_on']} of "
+            f"{report['train_mazes']}) |"
+        )
+    return lines
+
+
+def train_goal(report: dict[str, Any]) -> dict[str, Any]:
+    """Issue 13's goal on the training mazes, measured: within 2x the floor at every stage,
+    expected reward rising, every shortest path of the base kept."""
+    history = report["history"]
+    ratios = [r["train_tv_to_target"] / max(r["train_tv_noise_floor"], 1e-12) for r in history]
+    rewards = [report["train_base_reward"]] + [r["train_expected_reward"] for r in history]
+    kept = [
+        r["train_distinct_optimal_paths"] >= r["train_distinct_optimal_paths_base"] for r in history
+    ]
+    return {
+        "max_tv_ratio": max(ratios, default=float("nan")),
+        "within_2x_every_stage": bool(history) and all(x <= 2.0 for x in ratios),
+        "reward_rising": all(b >= a for a, b in itertools.pairwise(rewards)),
+        "every_shortest_path_kept": all(kept),
+    }
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -234,12 +258,35 @@ def _markdown(report: dict[str, Any]) -> str:
     stages.append("|" + " --- |" * len(stage_keys))
     for rec in r["history"]:
         stages.append("| " + " | ".join(f"{rec[k]:{f}}" for k, f in stage_keys) + " |")
+    goal = r["train_goal"]
+    yes = {True: "yes", False: "no"}
     lines = [
         "# tiltmatch demo: DTM on the maze",
         "",
         f"Base model `{r['base_model']}`; c-DTM with c = {cfg['c']}, `{cfg['states']}` states,",
         f"`{cfg['schedule']}` schedule up to a_end = {cfg['a_end']}; wall time "
-        f"{r['wall_seconds']:.0f} s. Held-out metrics over {r['eval_examples']} test mazes.",
+        f"{r['wall_seconds']:.0f} s (of which the training-maze probe "
+        f"{r['train_probe_seconds']:.0f} s).",
+        "",
+        "## On the training mazes (what each stage's minimiser is about)",
+        "",
+        f"{r['train_mazes']} training mazes (the first prompts the trainer draws from its pool "
+        f"of {r['train_pool']}), {r['train_samples']} samples per maze per model; TV to the "
+        "exact p_a at the a reached, against the noise floor of the estimator (two "
+        "independent base samples). The last column counts the completions the trainer "
+        "sampled on these mazes so far (G per visit): how much data the fit had.",
+        "",
+        *_train_stage_table(r),
+        "",
+        f"At the end: TV to p_{r['beta']:g} {r['train_tv_to_target']:.3f}, floor "
+        f"{r['train_tv_noise_floor']:.3f} (TV / floor {r['train_tv_ratio']:.2f}); expected "
+        f"reward {r['train_base_reward']:.3f} -> {r['train_final_reward']:.3f} (p_a: "
+        f"{r['train_target_reward']:.3f}). Goal: within 2x the floor at every stage: "
+        f"{yes[goal['within_2x_every_stage']]} (largest TV / floor "
+        f"{goal['max_tv_ratio']:.2f}); reward rising: {yes[goal['reward_rising']]}; every "
+        f"shortest path kept: {yes[goal['every_shortest_path_kept']]}.",
+        "",
+        f"## Generalisation: held-out mazes ({r['eval_examples']} test mazes)",
         "",
         *table,
         "",
@@ -248,7 +295,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Expected reward of the exact target: {r['target_reward']:.3f}. Exact-target mazes: "
         f"{r['target_mazes']}, {r['target_samples']} samples per maze per model.",
         "",
-        "## Stages (TV measured against p_a at the a reached)",
+        "### Stages (held-out TV measured against p_a at the a reached)",
         "",
         *stages,
         "",
@@ -268,6 +315,9 @@ HEADLINE_KEYS: tuple[str, ...] = (
     "tv_noise_floor",
     "distinct_optimal_paths_base",
     "distinct_optimal_paths_final",
+    "train_tv_to_target",
+    "train_tv_noise_floor",
+    "train_final_reward",
     "wall_seconds",
 )
 
@@ -287,7 +337,12 @@ TINY_OVERRIDES: tuple[str, ...] = (
     "eval.examples=4",
     "eval.samples_per_example=2",
 )
-TINY_PROBE: dict[str, int] = {"target_mazes": 2, "target_samples": 16}
+TINY_PROBE: dict[str, int] = {
+    "target_mazes": 2,
+    "target_samples": 16,
+    "train_mazes": 2,
+    "train_samples": 16,
+}
 
 
 def run_demo(
@@ -297,8 +352,17 @@ def run_demo(
     quiet: bool = False,
     target_mazes: int = 8,
     target_samples: int = 400,
+    train_mazes: int = 6,
+    train_samples: int = 250,
 ) -> dict[str, Any]:
-    """Run the demo into ``out`` and return the report dict (also written as JSON)."""
+    """Run the demo into ``out`` and return the report dict (also written as JSON).
+
+    ``target_*``: the held-out exact-target mazes (generalisation); ``train_*``: the
+    training mazes (the first ``train_mazes`` prompts the trainer's pool hands out).
+    6 x 250 samples keep the training-maze probe to 7 draws of 1,500 completions (two
+    base draws and one per stage): about 10% of the demo's sampling, so ``make demo``
+    stays within its 10 minutes.
+    """
     import torch
 
     started = time.time()
@@ -314,15 +378,32 @@ def run_demo(
     assert isinstance(task_built, MazeTask)
     beta = config.dtm.a_end
     mazes = task_built.examples("test", target_mazes, seed=config.seed + 4242)
-    probe = ExactTargetProbe(trainer, mazes, target_samples, config.eval.temperature, config.seed)
+    probe = MazeTargetProbe(trainer, mazes, target_samples, config.eval.temperature, config.seed)
     base_eval = trainer.evaluate()
     at0 = probe.measure(0.0, denoiser=trainer.pair.teacher, seed=config.seed + 99)
     base_at_beta = probe.measure(beta, samples=at0["samples"])
     trainer.stage_callbacks.append(probe.stage_callback)
+    # The training mazes: a fresh pool with the trainer's seed hands out its first prompts
+    # in the order the trainer's own pool will (the trainer's pool is not touched).
+    first = PromptPool(trainer.pool.examples, trainer.pool.seed).take(train_mazes)
+    train_probe = MazeTargetProbe(
+        trainer,
+        [trainer.pool.examples[i] for i in first],
+        train_samples,
+        config.eval.temperature,
+        config.seed + TRAIN_PROBE_SEED,
+        prefix="train_",
+    )
+    train_probe.count_training_rollouts()
+    train_at0 = train_probe.measure(0.0, samples=train_probe.base_b)
+    trainer.stage_callbacks.append(train_probe.stage_callback)
     history = trainer.train()
     final_eval = history[-1] if history else {}
     # The last stage ended at a_end = beta: its measurement is the final one.
     final = probe.last if history else base_at_beta
+    train_final = (
+        train_probe.last if history else train_probe.measure(beta, samples=train_probe.base_b)
+    )
     save_final(trainer, _codec, out / "final")
 
     maze = mazes[0]
@@ -342,6 +423,9 @@ def run_demo(
         "target_reward_at_0": at0["expected_reward_target"],
         "tv_at_0": at0["tv_to_target"],
         "tv_noise_floor_at_0": at0["tv_noise_floor"],
+        "train_reward": train_at0["expected_reward_base"],
+        "train_target_reward_at_0": train_at0["expected_reward_target"],
+        "train_tv_noise_floor_at_0": train_at0["tv_noise_floor"],
     }
     plots = _plots(history, base_summary, out)
     report: dict[str, Any] = {
@@ -364,12 +448,27 @@ def run_demo(
         "distinct_optimal_paths_final": final["distinct_optimal_model"],
         "target_mazes": len(mazes),
         "target_samples": target_samples,
+        "train_mazes": len(train_probe.mazes),
+        "train_samples": train_samples,
+        "train_pool": len(trainer.pool.examples),
+        "train_base_reward": train_at0["expected_reward_base"],
+        "train_final_reward": train_final["expected_reward_model"],
+        "train_target_reward": train_final["expected_reward_target"],
+        "train_tv_to_target": train_final["tv_to_target"],
+        "train_tv_noise_floor": train_final["tv_noise_floor"],
+        "train_tv_ratio": train_final["tv_to_target"] / max(train_final["tv_noise_floor"], 1e-12),
+        "train_distinct_optimal_paths_base": train_final["distinct_optimal_base"],
+        "train_distinct_optimal_paths_final": train_final["distinct_optimal_model"],
+        "train_rollouts_per_maze": train_probe.rollouts,
+        "train_probe_seconds": train_probe.seconds,
+        "train_probe_cpu_seconds": train_probe.cpu_seconds,
         "history": history,
         "plots": [*plots, "maze.png"],
         "wall_seconds": time.time() - started,
         "config": config.model_dump(mode="json"),
         "numerics": numerics_environment(),
     }
+    report["train_goal"] = train_goal(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report))
     return report
