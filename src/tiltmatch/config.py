@@ -34,6 +34,12 @@ class ModelConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
+    family: Literal["llada", "dream", "block_diffusion"] = Field(
+        "llada",
+        description="architecture of a tiny model built from these sizes (a base folder's "
+        "family is read from its files): tiltmatch.models.family",
+    )
+    block_size: int = Field(4, ge=1, description="block size of a tiny block diffusion model")
     # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by tiltmatch.training.lora.
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of the base weights (bfloat16 for LLaDA-8B)"

@@ -25,7 +25,25 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from tiltmatch.models.family import (
+    BLOCK_DIFFUSION,
+    BLOCK_SIZE_KEY,
+    DREAM,
+    FAMILY_KEY,
+    LLADA,
+    family_of,
+)
 
 
 @dataclass(frozen=True)
@@ -37,17 +55,26 @@ class TinyModelSpec:
     num_heads: int = 4
     intermediate_size: int = 384
     max_positions: int = 256
+    #: the model family (tiltmatch.models.family): "llada", "dream" or "block_diffusion"
+    family: str = LLADA
+    #: block size of a block diffusion model
+    block_size: int = 4
 
 
 def tiny_denoiser(
     vocab_size: int, spec: TinyModelSpec | None = None, seed: int = 0
-) -> LlamaForCausalLM:
-    """A freshly initialised tiny ``LlamaForCausalLM`` with bidirectional attention."""
+) -> PreTrainedModel:
+    """A freshly initialised tiny denoiser of ``spec.family``'s architecture.
+
+    LLaDA: a bidirectional ``LlamaForCausalLM``; Dream: a bidirectional
+    ``Qwen2ForCausalLM`` (q/k/v biases, shifted logits); block diffusion: a
+    ``Qwen3ForCausalLM`` (q/k norms) with block-causal attention.
+    """
     spec = spec or TinyModelSpec()
-    # ``is_causal`` is not a declared LlamaConfig field (mypy), but transformers' masking
+    # ``is_causal`` is not a declared config field (mypy), but transformers' masking
     # reads it from the config: passed through ``**`` as an extra attribute.
-    bidirectional: dict[str, Any] = {"is_causal": False}
-    config = LlamaConfig(
+    extras: dict[str, Any] = {"is_causal": False}
+    common = dict(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -55,24 +82,39 @@ def tiny_denoiser(
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_heads,
         max_position_embeddings=spec.max_positions,
-        **bidirectional,  # LLaDA's architecture: a Llama without the causal mask
         tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
         rms_norm_eps=1e-5,
+    )
+    config: LlamaConfig | Qwen2Config | Qwen3Config
+    if spec.family == LLADA:  # LLaDA's architecture: a Llama without the causal mask
+        config = LlamaConfig(**common, **extras, attention_bias=False, mlp_bias=False)
+    elif spec.family == DREAM:
+        extras[FAMILY_KEY] = DREAM
+        config = Qwen2Config(**common, **extras, use_sliding_window=False, pad_token_id=None)
+    elif spec.family == BLOCK_DIFFUSION:
+        extras |= {FAMILY_KEY: BLOCK_DIFFUSION, BLOCK_SIZE_KEY: spec.block_size}
+        config = Qwen3Config(
+            **common, **extras, use_sliding_window=False, attention_bias=False, pad_token_id=None
+        )
+    else:
+        raise ValueError(f"unknown model family {spec.family!r}")
+    model_class = {LLADA: LlamaForCausalLM, DREAM: Qwen2ForCausalLM}.get(
+        spec.family, Qwen3ForCausalLM
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
     return model
 
 
 class MaskedDenoiser(nn.Module):
     """``mu_theta(. | z, i)`` on response positions, from a bidirectional transformers model.
 
-    Holds the mask and padding token ids. ``forward`` returns logits for the last
-    ``response_length`` columns only: the vocabulary projection over a long
-    prompt is most of the memory of a large model (METHOD.md section 6).
+    Holds the mask and padding token ids and the model's family
+    (:mod:`tiltmatch.models.family`: a shifted head, a block-causal mask).
+    ``forward`` returns logits for the last ``response_length`` columns only: the
+    vocabulary projection over a long prompt is most of the memory of a large
+    model (METHOD.md section 6).
     """
 
     def __init__(self, model: PreTrainedModel, mask_token_id: int, pad_token_id: int) -> None:
@@ -83,6 +125,7 @@ class MaskedDenoiser(nn.Module):
                 "config.is_causal=False"
             )
         self.model = model
+        self.family = family_of(model.config)
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
 
@@ -95,14 +138,19 @@ class MaskedDenoiser(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
     ) -> torch.Tensor:
         """Logits ``[B, L, V]`` at the last ``response_length`` columns of ``input_ids``."""
+        family = self.family
+        if family.logit_shift and not bool(attention_mask[:, -response_length - 1].all()):
+            # A shifted head reads response position 0 from the token before it.
+            raise ValueError("a shifted-logit (Dream) denoiser needs a non-empty prompt in every row")
+        position_ids = self.position_ids(attention_mask)
         out = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=self.position_ids(attention_mask),
-            logits_to_keep=response_length,
+            attention_mask=family.attention(attention_mask, position_ids),
+            position_ids=position_ids,
+            logits_to_keep=response_length + family.extra_columns,
             use_cache=False,
         )
-        return out.logits[:, -response_length:]
+        return family.response_logits(out.logits, response_length)
 
     def session(self) -> AbstractContextManager[None]:
         """A context around many consecutive forwards of this denoiser alone (sampling).
@@ -136,14 +184,15 @@ def save_denoiser(
     return folder
 
 
-def load_denoiser(folder: str | Path) -> tuple[LlamaForCausalLM, dict[str, Any]]:
+def load_denoiser(folder: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     """Load a denoiser saved by :func:`save_denoiser`; a missing folder is a clear error."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no denoiser checkpoint (config.json) in {folder}")
     meta_file = folder / DENOISER_META
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # Llama, Qwen2 or Qwen3 by the config's model_type: transformers' own classes only.
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"the model in {folder} is causal; a denoiser needs is_causal=False")
     return model, meta
