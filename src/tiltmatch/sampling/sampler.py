@@ -85,8 +85,17 @@ def generate(
     """Generate one response per prompt.
 
     ``forbidden_token_ids`` are never produced (the mask token always is, and
-    the caller may add padding or other specials).
+    the caller may add padding or other specials). A model family that needs
+    its own decoding (block diffusion) is handed to it
+    (:func:`tiltmatch.sampling.families.family_generate`).
     """
+    from tiltmatch.sampling.families import family_generate
+
+    own = family_generate(
+        denoiser, prompts, response_length, config, generator, record_states, forbidden_token_ids
+    )
+    if own is not None:
+        return own
     if response_length % config.block_length:
         raise ValueError(
             f"response length {response_length} is not a multiple of block length "
