@@ -47,6 +47,23 @@ def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> 
     return CopiedPair(student, ema_decay=ema, keep_reference=needs_reference(config))
 
 
+def check_family_states(config: RunConfig, model: PreTrainedModel) -> None:
+    """Refuse DTM states a block diffusion model cannot match (docs/families.md).
+
+    A block-causal denoiser can represent the tilted posterior only at states
+    whose later blocks are fully masked; the sampler's own canvases are such
+    states, random masks are not.
+    """
+    from tiltmatch.models.family import family_of
+
+    family = family_of(model.config)
+    if family.block_size is not None and config.method == "dtm" and config.dtm.states != "trajectory":
+        raise ValueError(
+            f"dtm.states={config.dtm.states!r} with a block diffusion model: use "
+            "dtm.states=trajectory (the block sampler's states; see docs/families.md)"
+        )
+
+
 def build_trainer(
     config: RunConfig, out_dir: Path, quiet: bool = False
 ) -> tuple[Trainer, Task, PromptCodec]:
@@ -69,6 +86,7 @@ def build_trainer(
     # Under FSDP the pair stays on the CPU until sharded: fully_shard moves one layer at a
     # time to the GPU and shards it, so no GPU ever holds the whole student, teacher and
     # reference copies at once.
+    check_family_states(config, model)
     pair = make_pair(config, model, codec)
     objective = make_objective(config, codec.mask_token_id)
     trainer = make_trainer(config, task, codec, pair, objective, out_dir, quiet, context)
