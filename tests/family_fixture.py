@@ -83,9 +83,7 @@ def write_tokenizer(folder: Path, mask_token: str, tokenizer_class: str) -> dict
     for a, b in MERGES:
         vocab[a + b] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES)
-    )
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES))
     table = _special_table(mask_token)
     added = {
         str(i): {
@@ -166,9 +164,14 @@ def _write_shards(folder: Path, sd: dict[str, torch.Tensor]) -> None:
     shards["model-00002-of-00002.safetensors"] = keys[half:]
     weight_map = {}
     for name, part in shards.items():
-        save_file({k: sd[k].contiguous() for k in part}, str(folder / name), metadata={"format": "pt"})
+        save_file(
+            {k: sd[k].contiguous() for k in part}, str(folder / name), metadata={"format": "pt"}
+        )
         weight_map |= {k: name for k in part}
-    index = {"metadata": {"total_size": sum(t.numel() * 4 for t in sd.values())}, "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(t.numel() * 4 for t in sd.values())},
+        "weight_map": weight_map,
+    }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 

@@ -45,7 +45,10 @@ def posterior(p: torch.Tensor, c: int, z: tuple[int, ...], i: int) -> torch.Tens
     """pi(. | z, i) under p(. | c), by enumeration."""
     comp = torch.tensor([all(zj in (MASK, xj) for xj, zj in zip(x, z, strict=True)) for x in ALL_X])
     mass = p[c] * comp
-    return torch.stack([(mass * torch.tensor([x[i] == v for x in ALL_X])).sum() for v in range(V)]) / mass.sum()
+    return (
+        torch.stack([(mass * torch.tensor([x[i] == v for x in ALL_X])).sum() for v in range(V)])
+        / mass.sum()
+    )
 
 
 def visible_key(z: tuple[int, ...], i: int) -> int:
@@ -88,7 +91,12 @@ def exact_batch(p_a, r, patterns):
                 rows_pw.append([prob / count if m else 0.0 for m in pattern])
     pw = torch.tensor(rows_pw, dtype=torch.float64)
     states = States(z=torch.tensor(rows_z), loss_mask=pw > 0, position_weight=pw * len(rows_x))
-    return torch.tensor(rows_x), states, torch.tensor(rows_c), torch.tensor(rows_w, dtype=torch.float64)
+    return (
+        torch.tensor(rows_x),
+        states,
+        torch.tensor(rows_c),
+        torch.tensor(rows_w, dtype=torch.float64),
+    )
 
 
 def keys_of(states: States) -> torch.Tensor:
@@ -165,7 +173,11 @@ def test_random_states_are_not_matchable_by_a_block_causal_denoiser() -> None:
     for row in range(0, len(prompts), 5):
         z = tuple(states.z[row].tolist())
         for i in range(L):
-            if states.loss_mask[row, i] and any(zj != MASK for j, zj in enumerate(z) if j // B > i // B):
+            if states.loss_mask[row, i] and any(
+                zj != MASK for j, zj in enumerate(z) if j // B > i // B
+            ):
                 got = fitted[prompts[row], keys[row, i], i]
-                worst = max(worst, float((got - posterior(p_next, int(prompts[row]), z, i)).abs().max()))
+                worst = max(
+                    worst, float((got - posterior(p_next, int(prompts[row]), z, i)).abs().max())
+                )
     assert worst > 0.02

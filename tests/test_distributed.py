@@ -373,14 +373,14 @@ def test_layer_classes_default_to_the_models_own(monkeypatch) -> None:
     """No class named: every family's decoder layers become the FSDP units."""
     import tiltmatch.training.sharding as sharding
 
+    wrapped: list[str] = []
+    monkeypatch.setattr(
+        "torch.distributed.fsdp.fully_shard", lambda m, **_: wrapped.append(type(m).__name__)
+    )
     for family in ("llada", "dream", "block_diffusion"):
-        spec = TinyModelSpec(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, family=family)
+        spec = TinyModelSpec(16, 2, 2, 32, family=family)
         model = tiny_denoiser(11, spec, seed=0)
-        wrapped: list[str] = []
-        monkeypatch.setattr(
-            "torch.distributed.fsdp.fully_shard",
-            lambda m, **_: wrapped.append(type(m).__name__),
-        )
+        wrapped.clear()
         sharding.shard_module(model, FSDPSettings(True, ()))
         layer = {"llada": "LlamaDecoderLayer", "dream": "Qwen2DecoderLayer"}.get(
             family, "Qwen3DecoderLayer"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_shared_data
 from family_fixture import reference_logits, write_tiny_dream, write_tiny_sdar
 
 from tiltmatch.models.denoiser import MaskedDenoiser
@@ -124,7 +125,7 @@ def test_family_dispatch_reads_the_config_once(tmp_path: Path) -> None:
     assert checkpoint_family({"model_type": "Dream"}) == DREAM
     assert checkpoint_family({"model_type": "sdar"}) == BLOCK_DIFFUSION
     assert checkpoint_family({"model_type": "llada"}) == "llada"
-    with pytest.raises(ValueError, match="gpt2.*supported families"):
+    with pytest.raises(ValueError, match=r"gpt2.*supported families"):
         checkpoint_family({"model_type": "gpt2"})
     fam = write_tiny_dream(tmp_path / "bad")
     cfg = json.loads((fam.folder / "config.json").read_text())
@@ -202,9 +203,15 @@ def sdar_reference_generate(model, prompt, length, block, steps, mask_id, banned
             mask_index = cur == mask_id
             if not mask_index.any():
                 break
-            logits = model(
-                x[:, :hi], attention_mask=allowed[..., :hi, :hi], position_ids=torch.arange(hi)[None]
-            ).logits[:, lo:hi].double()
+            logits = (
+                model(
+                    x[:, :hi],
+                    attention_mask=allowed[..., :hi, :hi],
+                    position_ids=torch.arange(hi)[None],
+                )
+                .logits[:, lo:hi]
+                .double()
+            )
             logits[..., banned] = -torch.inf
             x0_p, x0 = torch.softmax(logits, -1).max(-1)
             confidence = torch.where(mask_index, x0_p, -torch.inf)
@@ -288,7 +295,12 @@ def test_each_family_trains_with_dtm_end_to_end(tiny_overrides, tmp_path: Path, 
 
     states = "trajectory" if family == "block_diffusion" else "random"
     config = build_config(
-        overrides=[*tiny_overrides, f"model.family={family}", "model.block_size=4", f"dtm.states={states}"]
+        overrides=[
+            *tiny_overrides,
+            f"model.family={family}",
+            "model.block_size=4",
+            f"dtm.states={states}",
+        ]
     )
     result = run_training(config, tmp_path / "run", quiet=True)
     history = result["history"]
@@ -318,7 +330,9 @@ def test_lora_pair_with_checkpointing_on_each_family(family) -> None:
     from tiltmatch.models.denoiser import TinyModelSpec, tiny_denoiser
     from tiltmatch.training.lora import LoRAPair
 
-    spec = TinyModelSpec(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=48, family=family)
+    spec = TinyModelSpec(
+        hidden_size=32, num_layers=2, num_heads=2, intermediate_size=48, family=family
+    )
     ids = torch.randint(3, 20, (2, 9), generator=torch.Generator().manual_seed(0))
     ids[:, -4:] = 1
     mask = torch.ones_like(ids)
@@ -345,3 +359,35 @@ def test_lora_pair_with_checkpointing_on_each_family(family) -> None:
         assert pair.student.family.name == family
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
     assert grads[0].abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- eval on the tasks
+
+TASK_FILES = {
+    "sudoku": "sudoku/test_split_new.csv",
+    "countdown": "countdown/test.jsonl",
+    "gsm8k": "gsm8k/test.jsonl",
+    "math500": "math500/test.jsonl",
+}
+
+
+@pytest.mark.parametrize(
+    "task", [pytest.param(t, marks=needs_shared_data(f)) for t, f in sorted(TASK_FILES.items())]
+)
+@pytest.mark.parametrize("writer", ["dream", "sdar"])
+def test_eval_each_family_checkpoint_on_the_published_tasks(
+    tmp_path: Path, capsys, task, writer
+) -> None:
+    from tiltmatch.cli import main
+
+    fam = WRITERS[writer](tmp_path / writer)
+    out = tmp_path / "eval"
+    options = ["--task-option", "format=chat"] if task in ("sudoku", "countdown") else []
+    args = ["eval", "--model", str(fam.folder), "--task", task, *options, "--limit", "2"]
+    args += ["--gen-length", "8", "--block-length", "4", "--steps", "4", "--batch-size", "2"]
+    code = main([*args, "--temperature", "0", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == task and metrics["examples"] == 2
+    rows = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(0.0 <= r["reward"] <= 1.0 for r in rows)

@@ -97,6 +97,7 @@ def sdar_config_to_qwen3(cfg: Mapping[str, Any]) -> Qwen3Config:
         "is_causal": False,
         FAMILY_KEY: BLOCK_DIFFUSION,
         BLOCK_SIZE_KEY: block,
+        "mask_token_id": cfg.get("mask_token_id"),  # for the record; see read_special_ids
     }
     return Qwen3Config(
         vocab_size=int(cfg["vocab_size"]),
@@ -118,7 +119,6 @@ def sdar_config_to_qwen3(cfg: Mapping[str, Any]) -> Qwen3Config:
         pad_token_id=None,  # see tiltmatch.models.dream: pad = EOS is a response token
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_id=cfg.get("eos_token_id"),
-        mask_token_id=cfg.get("mask_token_id"),
         **extras,
     )
 
@@ -148,7 +148,9 @@ def load_block_diffusion(
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)
     expected = set(model.state_dict().keys())
-    _stream_weights(model, folder, lambda k: k if k in expected else None, dtype, torch.device(device))
+    _stream_weights(
+        model, folder, lambda k: k if k in expected else None, dtype, torch.device(device)
+    )
     model.eval()
     tokenizer = _load_tokenizer(folder)
     return model, tokenizer, read_block_special_ids(folder, tokenizer)

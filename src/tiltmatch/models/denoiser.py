@@ -74,7 +74,7 @@ def tiny_denoiser(
     # ``is_causal`` is not a declared config field (mypy), but transformers' masking
     # reads it from the config: passed through ``**`` as an extra attribute.
     extras: dict[str, Any] = {"is_causal": False}
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -141,7 +141,9 @@ class MaskedDenoiser(nn.Module):
         family = self.family
         if family.logit_shift and not bool(attention_mask[:, -response_length - 1].all()):
             # A shifted head reads response position 0 from the token before it.
-            raise ValueError("a shifted-logit (Dream) denoiser needs a non-empty prompt in every row")
+            raise ValueError(
+                "a shifted-logit (Dream) denoiser needs a non-empty prompt in every row"
+            )
         position_ids = self.position_ids(attention_mask)
         out = self.model(
             input_ids=input_ids,
@@ -192,7 +194,9 @@ def load_denoiser(folder: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     meta_file = folder / DENOISER_META
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     # Llama, Qwen2 or Qwen3 by the config's model_type: transformers' own classes only.
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, trust_remote_code=False
+    )
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"the model in {folder} is causal; a denoiser needs is_causal=False")
     return model, meta

@@ -82,7 +82,11 @@ def dream_config_to_qwen2(cfg: Mapping[str, Any]) -> Qwen2Config:
         "rope_type": "default",
         "rope_theta": float(cfg.get("rope_theta", 1_000_000.0)),
     }
-    extras: dict[str, Any] = {"is_causal": False, FAMILY_KEY: DREAM}
+    extras: dict[str, Any] = {
+        "is_causal": False,
+        FAMILY_KEY: DREAM,
+        "mask_token_id": cfg.get("mask_token_id"),  # for the record; see read_special_ids
+    }
     heads = int(cfg["num_attention_heads"])
     return Qwen2Config(
         vocab_size=int(cfg["vocab_size"]),
@@ -104,7 +108,6 @@ def dream_config_to_qwen2(cfg: Mapping[str, Any]) -> Qwen2Config:
         pad_token_id=None,
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_id=cfg.get("eos_token_id"),
-        mask_token_id=cfg.get("mask_token_id"),
         **extras,
     )
 
@@ -140,7 +143,9 @@ def load_dream(
     with torch.device("meta"):
         model = Qwen2ForCausalLM(config)
     expected = set(model.state_dict().keys())
-    _stream_weights(model, folder, lambda k: k if k in expected else None, dtype, torch.device(device))
+    _stream_weights(
+        model, folder, lambda k: k if k in expected else None, dtype, torch.device(device)
+    )
     model.eval()
     tokenizer = _load_tokenizer(folder)
     return model, tokenizer, read_dream_special_ids(folder, tokenizer)

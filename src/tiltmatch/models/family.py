@@ -70,7 +70,7 @@ class Family:
 def block_causal_mask(
     attention_mask: torch.Tensor, position_ids: torch.Tensor, block_size: int
 ) -> torch.Tensor:
-    """Boolean ``[B, 1, T, T]`` block-causal mask over real tokens (see :meth:`Family.attention`)."""
+    """Boolean ``[B, 1, T, T]`` block-causal mask over real tokens (:meth:`Family.attention`)."""
     real = attention_mask.bool()
     block = torch.div(position_ids, block_size, rounding_mode="floor")
     allowed = (block[:, None, :] <= block[:, :, None]) & real[:, None, :]

@@ -57,7 +57,11 @@ def check_family_states(config: RunConfig, model: PreTrainedModel) -> None:
     from tiltmatch.models.family import family_of
 
     family = family_of(model.config)
-    if family.block_size is not None and config.method == "dtm" and config.dtm.states != "trajectory":
+    if (
+        family.block_size is not None
+        and config.method == "dtm"
+        and config.dtm.states != "trajectory"
+    ):
         raise ValueError(
             f"dtm.states={config.dtm.states!r} with a block diffusion model: use "
             "dtm.states=trajectory (the block sampler's states; see docs/families.md)"
