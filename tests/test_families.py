@@ -293,7 +293,7 @@ def test_each_family_trains_with_dtm_end_to_end(tiny_overrides, tmp_path: Path, 
     from tiltmatch.config import build_config
     from tiltmatch.training.runner import run_training
 
-    states = "trajectory" if family == "block_diffusion" else "random"
+    states = "block" if family == "block_diffusion" else "random"
     config = build_config(
         overrides=[
             *tiny_overrides,
@@ -391,3 +391,30 @@ def test_eval_each_family_checkpoint_on_the_published_tasks(
     assert metrics["task"] == task and metrics["examples"] == 2
     rows = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(0.0 <= r["reward"] <= 1.0 for r in rows)
+
+
+def test_block_states_are_block_decoding_states() -> None:
+    from tiltmatch.dtm.states import block_states
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(3, 9, (400, 10), generator=g)
+    lengths = torch.tensor([5, 8, 6, 3] * 100)
+    st = block_states(x, lengths, 4, 1, g)
+    for row in range(400):
+        blk = (int(lengths[row]) % 4 + torch.arange(10)) // 4
+        covered = st.loss_mask[row]
+        assert covered.any()
+        active = int(blk[covered][0])
+        assert bool((blk[covered] == active).all())  # the loss stays in the active block
+        assert bool((st.z[row][blk > active] == 1).all())  # later blocks fully masked
+        assert bool((st.z[row][blk < active] == x[row][blk < active]).all())  # earlier clean
+        torch.testing.assert_close(st.position_weight[row].sum(), torch.tensor(1.0))
+    # Every block of every offset is the active one sometimes.
+    actives = {
+        (
+            int(lengths[r]) % 4,
+            int(((int(lengths[r]) % 4 + torch.arange(10)) // 4)[st.loss_mask[r]][0]),
+        )
+        for r in range(400)
+    }
+    assert len(actives) == 3 + 3 + 3 + 4  # offsets 1, 0, 2, 3 touch 3, 3, 3, 4 blocks

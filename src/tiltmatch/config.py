@@ -100,7 +100,8 @@ class DTMConfig(_Strict):
     baseline: Literal["none", "mean", "min"] = "none"
     self_normalise: bool = False
     first_order: bool = Field(False, description="use w_h - 1 ~ h (r - b) (comparison only)")
-    states: Literal["random", "sar", "trajectory"] = "random"
+    # "block": block diffusion models only (the model's blocks; docs/families.md)
+    states: Literal["random", "sar", "trajectory", "block"] = "random"
     sar_block_length: int = Field(4, ge=1)
     inverse_t_weight: bool = True
     schedule: Literal["fixed", "geometric", "adaptive", "none"] = "fixed"

@@ -19,7 +19,13 @@ from tiltmatch.dtm.schedule import (
     NoAnnealing,
     TiltSchedule,
 )
-from tiltmatch.dtm.states import States, random_mask_states, sar_states, trajectory_states
+from tiltmatch.dtm.states import (
+    States,
+    block_states,
+    random_mask_states,
+    sar_states,
+    trajectory_states,
+)
 from tiltmatch.dtm.weights import (
     clamp_rewards,
     effective_sample_size,
@@ -91,9 +97,19 @@ class DTMObjective(Objective):
             )
         return w
 
-    def states(self, batch: RolloutBatch, generator: torch.Generator) -> States:
-        """The masked states the loss covers for this batch (section 6)."""
+    def states(
+        self, batch: RolloutBatch, generator: torch.Generator, block_size: int | None = None
+    ) -> States:
+        """The masked states the loss covers for this batch (section 6).
+
+        ``block_size``: the denoiser's blocks, for block diffusion states.
+        """
         cfg = self.config
+        if cfg.states == "block":
+            if block_size is None:
+                raise ValueError("dtm.states=block needs a block diffusion model")
+            lengths = batch.prompt_mask.sum(1)
+            return block_states(batch.responses, lengths, block_size, self.mask_token_id, generator)
         if cfg.states == "random":
             return random_mask_states(
                 batch.responses, self.mask_token_id, generator, cfg.inverse_t_weight
@@ -116,7 +132,7 @@ class DTMObjective(Objective):
         """The c-DTM loss of one micro-batch."""
         rewards = clamp_rewards(batch.grouped_rewards)
         w = self.sample_weights(rewards, phase.h).reshape(-1)
-        states = self.states(batch, generator)
+        states = self.states(batch, generator, student.family.block_size)
         student_logits = forward_response_logits(student, batch, states.z)
         teacher_logits = None
         if self.config.c != 0.0:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tiltmatch.dtm.loss import dtm_loss
-from tiltmatch.dtm.states import random_mask_states
+from tiltmatch.dtm.states import block_states, random_mask_states
 from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, save_denoiser, tiny_denoiser
 from tiltmatch.sampling.sampler import left_pad
@@ -92,7 +92,13 @@ def pretrain(
             ]
         )
         prompt_ids, prompt_mask = left_pad([prompts[i] for i in rows], codec.pad_token_id)
-        states = random_mask_states(x, codec.mask_token_id, generator, inverse_t_weight=True)
+        if denoiser.family.block_size is None:
+            states = random_mask_states(x, codec.mask_token_id, generator, inverse_t_weight=True)
+        else:  # block diffusion SFT: one active block given clean earlier blocks (as SDAR)
+            lengths = prompt_mask.sum(1)
+            states = block_states(
+                x, lengths, denoiser.family.block_size, codec.mask_token_id, generator
+            )
         ids = torch.cat([prompt_ids, states.z], 1)
         mask = torch.cat([prompt_mask, torch.ones_like(x)], 1)
         logits = denoiser(ids, mask, x.shape[1])

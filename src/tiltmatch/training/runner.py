@@ -51,21 +51,20 @@ def check_family_states(config: RunConfig, model: PreTrainedModel) -> None:
     """Refuse DTM states a block diffusion model cannot match (docs/families.md).
 
     A block-causal denoiser can represent the tilted posterior only at states
-    whose later blocks are fully masked; the sampler's own canvases are such
-    states, random masks are not.
+    whose later blocks are fully masked: block states and the block sampler's
+    own canvases are such states, random masks are not.
     """
     from tiltmatch.models.family import family_of
 
-    family = family_of(model.config)
-    if (
-        family.block_size is not None
-        and config.method == "dtm"
-        and config.dtm.states != "trajectory"
-    ):
+    block_model = family_of(model.config).block_size is not None
+    states = config.dtm.states
+    if config.method == "dtm" and block_model and states not in ("block", "trajectory"):
         raise ValueError(
-            f"dtm.states={config.dtm.states!r} with a block diffusion model: use "
-            "dtm.states=trajectory (the block sampler's states; see docs/families.md)"
+            f"dtm.states={states!r} with a block diffusion model: use dtm.states=block "
+            "or trajectory (states whose later blocks are masked; see docs/families.md)"
         )
+    if config.method == "dtm" and not block_model and states == "block":
+        raise ValueError("dtm.states=block is for block diffusion models (model.family)")
 
 
 def build_trainer(
