@@ -19,6 +19,7 @@ fallback used while it is missing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -108,10 +109,17 @@ def measure(folder: Path, recipe: BaseRecipe, seed: int = 12345) -> dict[str, fl
         return evaluate(worker, denoiser, examples, recipe.eval_samples, sampling.temperature, seed)
 
 
-def ensure_base(task_name: str, out: str | Path, quiet: bool = True) -> Path:
-    """The cached base of ``task_name`` under ``out``; pretrain and measure it if absent."""
+def ensure_base(task_name: str, out: str | Path, quiet: bool = True, family: str = "llada") -> Path:
+    """The cached base of ``task_name`` under ``out``; pretrain and measure it if absent.
+
+    ``family``: the recipe's model size with that family's architecture, cached
+    as ``<task>-<family>`` (the default family keeps the plain ``<task>`` folder).
+    """
     recipe = RECIPES[task_name]
     folder = Path(out) / task_name
+    if family != "llada":
+        recipe = dataclasses.replace(recipe, spec=dataclasses.replace(recipe.spec, family=family))
+        folder = Path(out) / f"{task_name}-{family}"
     task = get_task(recipe.task, **recipe.task_options)
     options = _resolved_options(task)
     if (folder / "config.json").is_file() and (folder / METRICS_FILE).is_file():

@@ -175,15 +175,26 @@ class TaskSetup:
     sampler: dict[str, Any]
     base_heldout: dict[str, float] = field(default_factory=dict)
     max_train_examples: int | None = None  # distinct training prompts the task can generate
+    family: str = "llada"  # the base's model family (tiltmatch.models.family)
 
 
 # ----- configuration -----------------------------------------------------------------------
 
 
 def task_setups(
-    tasks: Sequence[str], size: BenchSize, bases: Path, quiet: bool = True
+    tasks: Sequence[str],
+    size: BenchSize,
+    bases: Path,
+    quiet: bool = True,
+    family: str | None = None,
 ) -> dict[str, TaskSetup]:
-    """Task options, base model and sampler of each task (pretraining missing bases)."""
+    """Task options, base model and sampler of each task (pretraining missing bases).
+
+    ``family``: pretrain every base (the maze's too, by its fallback recipe) with
+    that family's architecture (``docs/families.md``); None keeps the default
+    bases (the shipped maze base).
+    """
+    arch = family or "llada"
     from tiltmatch.config import build_config
     from tiltmatch.experiments import base_models as recipes
     from tiltmatch.experiments.demo import demo_config_path
@@ -200,20 +211,24 @@ def task_setups(
             shipped = shipped_model_dir("maze")
             if size.fresh_models:
                 base = None
-            elif (shipped / "config.json").is_file():
+            elif family is None and (shipped / "config.json").is_file():
                 base = str(shipped)
             else:
-                base = str(recipes.ensure_base("maze", bases, quiet=quiet))
+                base = str(recipes.ensure_base("maze", bases, quiet=quiet, family=arch))
         else:
             options, sampler = dict(recipe.task_options), dict(recipe.sampler)
-            base = None if size.fresh_models else str(recipes.ensure_base(name, bases, quiet))
+            base = (
+                None
+                if size.fresh_models
+                else str(recipes.ensure_base(name, bases, quiet, family=arch))
+            )
         heldout: dict[str, float] = {}
         if base is not None and (Path(base) / recipes.METRICS_FILE).is_file():
             heldout = json.loads((Path(base) / recipes.METRICS_FILE).read_text())["heldout"]
         # Small tasks (single-digit countdown) cannot generate many distinct prompts: the RL
         # pool is then capped at the SFT pool's size.
         cap = None if name == "maze" else recipe.pretrain.train_examples
-        out[name] = TaskSetup(name, options, base, sampler, heldout, cap)
+        out[name] = TaskSetup(name, options, base, sampler, heldout, cap, arch)
     return out
 
 
@@ -243,6 +258,7 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
     model: dict[str, Any] = {"base": setup.base}
     if setup.base is None:  # micro: a fresh one-layer model
         model.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+        model["family"] = setup.family
     is_dtm = spec.method == "dtm"
     method_options: dict[str, Any] = {} if is_dtm else {"max_rollouts": size.budget}
     return {
@@ -255,7 +271,8 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
         "sampler": setup.sampler,
         "dtm": {
             "c": 1.0,
-            "states": "random",
+            # a block diffusion model matches states inside its active block (families.md)
+            "states": "block" if setup.family == "block_diffusion" else "random",
             "schedule": "fixed",
             "h": size.a_end / size.dtm_stages,
             "a_end": size.a_end,
@@ -874,6 +891,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run in this process (no per-run fork; peak memory is cumulative)",
     )
+    p.add_argument(
+        "--family",
+        choices=("llada", "dream", "block_diffusion"),
+        help="pretrain every base (the maze's by its recipe) with this model family",
+    )
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -901,7 +923,7 @@ def main(argv: list[str]) -> int:
     started = time.time()
     date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
     command = "tiltmatch bench " + " ".join(argv)
-    setups = task_setups(args.tasks, size, Path(args.bases), quiet=args.quiet)
+    setups = task_setups(args.tasks, size, Path(args.bases), args.quiet, args.family)
     if args.remasking is not None:
         for setup in setups.values():
             setup.sampler = {**setup.sampler, "remasking": args.remasking}
