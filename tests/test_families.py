@@ -418,3 +418,19 @@ def test_block_states_are_block_decoding_states() -> None:
         for r in range(400)
     }
     assert len(actives) == 3 + 3 + 3 + 4  # offsets 1, 0, 2, 3 touch 3, 3, 3, 4 blocks
+
+
+def test_family_recipes_validate() -> None:
+    from tiltmatch.config import build_config
+    from tiltmatch.tasks import get_task
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for family, states in (("dream", "random"), ("block_diffusion", "block")):
+        paths = sorted((root / family).glob("*.yaml"))
+        assert paths, family
+        for path in paths:
+            config = build_config(path)
+            task = get_task(config.task, **config.task_options)
+            assert task.response_length % config.sampler.block_length == 0, path
+            assert config.lora is not None and config.model.base, path
+            assert config.dtm.states == states, path

@@ -81,6 +81,7 @@ def tiny_denoiser(
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_heads,
+        head_dim=spec.hidden_size // spec.num_heads,  # Qwen3's default would be 128
         max_position_embeddings=spec.max_positions,
         tie_word_embeddings=False,
         rms_norm_eps=1e-5,
