@@ -64,11 +64,12 @@ from transformers import LlamaForCausalLM
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.llada import llada_config_to_llama
-from tiltmatch.objective import Objective, Phase
+from tiltmatch.objective import Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.training.lora import LoRAPair
 from tiltmatch.training.methods import make_objective
+from tiltmatch.training.update import UpdateResult, optimizer_update
 
 T = TypeVar("T")
 
@@ -340,28 +341,6 @@ def measure_sampler(
     }
 
 
-def update(
-    pair: LoRAPair,
-    objective: Objective,
-    batch: RolloutBatch,
-    phase: Phase,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    max_grad_norm: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser update as ``Trainer._update`` makes it (one micro-batch); loss, grad norm."""
-    reference = pair.reference() if objective.needs_reference else None
-    pair.student.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss, _ = objective.loss(pair.student, pair.teacher, batch, phase, generator, reference)
-    loss.backward()
-    params = [p for p in pair.trainable_parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    pair.after_update()
-    return loss.detach(), grad_norm
-
-
 def measure_update(
     part: str,
     pair: LoRAPair,
@@ -383,13 +362,16 @@ def measure_update(
     )
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
-    def step() -> tuple[torch.Tensor, torch.Tensor]:
-        return update(pair, objective, batch, phase, optimizer, generator, tc.max_grad_norm)
+    def step() -> UpdateResult:
+        # The trainer's own update on one micro-batch (no LR schedule: one update is timed).
+        return optimizer_update(
+            objective, pair, optimizer, lambda: batch, phase, generator, tc.max_grad_norm
+        )
 
     before = weight_checksums(pair)
-    (loss, grad_norm), seconds, peak = timed(step, device)
+    first, seconds, peak = timed(step, device)
     after = weight_checksums(pair)
-    (repeat_loss, _), repeat_seconds, repeat_peak = timed(step, device)
+    repeat, repeat_seconds, repeat_peak = timed(step, device)
     optimizer.zero_grad(set_to_none=True)  # the moments go when this function returns
     tokens = batch.responses.numel()
     return {
@@ -401,9 +383,9 @@ def measure_update(
         "repeat_seconds": repeat_seconds,
         "repeat_tokens_per_second": tokens / repeat_seconds,
         "repeat_peak_memory_gib": repeat_peak,
-        "loss": float(loss),
-        "repeat_loss": float(repeat_loss),
-        "grad_norm": float(grad_norm),
+        "loss": first.loss,
+        "repeat_loss": repeat.loss,
+        "grad_norm": first.grad_norm,
         "stage": stage,
         **{f"{group}_changed": before[group] != after[group] for group in before},
     }

@@ -32,7 +32,7 @@ from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import random_mask_states
 from tiltmatch.dtm.weights import self_normalised_weights
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.objective import Phase, forward_response_logits
+from tiltmatch.objective import LossInputs, Phase, forward_response_logits
 from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.training.methods import make_objective, needs_reference
 
@@ -253,7 +253,7 @@ def test_current_old_and_reference_passes_share_one_prompt_mask() -> None:
     options = DiffuGRPOOptions(p_mask_prompt=0.5)
     objective = DiffuGRPOObjective(options, MASK)
     g = torch.Generator().manual_seed(0)
-    loss, stats = objective.loss(student, teacher, batch, Phase(), g, reference)
+    loss, stats = objective.loss(LossInputs(student, teacher, batch, Phase(), g, reference))
     assert [len(v) for v in calls.values()] == [1, 1, 1]
     ids = calls["student"][0]
     assert torch.equal(ids, calls["teacher"][0]) and torch.equal(ids, calls["reference"][0])
@@ -265,7 +265,7 @@ def test_current_old_and_reference_passes_share_one_prompt_mask() -> None:
     assert abs(stats["ratio_mean"] - 1.0) < 1e-6
     assert torch.isfinite(loss)
     # a new micro-batch draws a new mask
-    objective.loss(student, teacher, batch, Phase(), g, reference)
+    objective.loss(LossInputs(student, teacher, batch, Phase(), g, reference))
     assert not torch.equal(calls["student"][1], ids)
 
 
@@ -282,7 +282,8 @@ def test_grpo_objective_gradient_through_a_table_denoiser() -> None:
     )
     beta = 0.04
     objective = DiffuGRPOObjective(DiffuGRPOOptions(beta_kl=beta), MASK)
-    loss, _ = objective.loss(student, teacher, batch, Phase(), g, reference)  # type: ignore[arg-type]
+    inputs = LossInputs(student, teacher, batch, Phase(), g, reference)  # type: ignore[arg-type]
+    loss, _ = objective.loss(inputs)
     loss.backward()
     # At ratio 1 nothing is clipped: d loss / d logp_nk = -(A_n - beta (1 - e^(ref - cur))) / (L N)
     n, length = batch.responses.shape
@@ -301,7 +302,7 @@ def test_wd1_objective_gradient_through_a_table_denoiser() -> None:
     student = TableDenoiser(table)
     objective = WD1Objective(WD1Options(), MASK)
     g = torch.Generator().manual_seed(0)
-    loss, _ = objective.loss(student, student, batch, Phase(), g)  # type: ignore[arg-type]
+    loss, _ = objective.loss(LossInputs(student, student, batch, Phase(), g))  # type: ignore[arg-type]
     loss.backward()
     assert len(student.calls) == 1  # no old-policy or reference pass
     w = wd1_weights(group_advantages(torch.tensor(rewards, dtype=torch.float64))).reshape(-1)
@@ -338,7 +339,8 @@ def test_rejection_loss_is_dtm_loss_with_zero_one_weights() -> None:
     batch = make_batch([[0.1, 0.9, 0.9], [0.5, 0.2, 0.0]])
     student = tiny_model(1)
     objective = RejectionObjective(RejectionOptions(), MASK)
-    loss, stats = objective.loss(student, student, batch, Phase(), torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    loss, stats = objective.loss(LossInputs(student, student, batch, Phase(), g))
     # the same states, drawn on the whole batch, and the weights 1 (kept) / 0 (the rest)
     states = random_mask_states(batch.responses, MASK, torch.Generator().manual_seed(4))
     logits = forward_response_logits(student, batch, states.z)
@@ -347,7 +349,7 @@ def test_rejection_loss_is_dtm_loss_with_zero_one_weights() -> None:
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert stats["kept_fraction"] == pytest.approx(0.5)
     none_kept = RejectionObjective(RejectionOptions(min_reward=1.0), MASK)
-    zero, _ = none_kept.loss(student, student, batch, Phase(), torch.Generator())
+    zero, _ = none_kept.loss(LossInputs(student, student, batch, Phase(), torch.Generator()))
     assert float(zero.detach()) == 0.0 and zero.requires_grad
 
 

@@ -32,11 +32,9 @@ from tiltmatch.sampling.sampler import left_pad
 from tiltmatch.tasks.maze.task import MazeTask
 from tiltmatch.training.distributed import (
     DistributedContext,
-    DistributedTrainer,
     FSDPSettings,
     close_process_group,
     fsdp_settings_from_env,
-    make_trainer,
     process_context,
     rank_seed,
     shard,
@@ -44,8 +42,15 @@ from tiltmatch.training.distributed import (
 )
 from tiltmatch.training.lora import LoRAPair
 from tiltmatch.training.pair import CopiedPair
+from tiltmatch.training.parallel import (
+    DataParallel,
+    Sharded,
+    SingleProcess,
+    full_tensors,
+    shard_module,
+)
 from tiltmatch.training.pretrain import char_codec_for
-from tiltmatch.training.sharding import ShardedTrainer, full_tensors, shard_module
+from tiltmatch.training.runner import make_trainer
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +108,8 @@ def equivalence_run(context: DistributedContext, out: Path) -> dict[str, torch.T
     pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
     objective = RowSeededDTM(config.dtm, codec.mask_token_id)
     trainer = make_trainer(config, task, codec, pair, objective, out, quiet=True, context=context)
-    assert isinstance(trainer, DistributedTrainer) == (context.world_size > 1)
-    assert isinstance(trainer, ShardedTrainer) == (context.fsdp is not None)
+    assert isinstance(trainer.parallel, DataParallel) == (context.world_size > 1)
+    assert isinstance(trainer.parallel, Sharded) == (context.fsdp is not None)
     batch = fixed_rollouts(context.rank, context.world_size, task.response_length)
     trainer._fill = lambda examples: batch  # type: ignore[method-assign]
     trainer._begin_stage()
@@ -155,7 +160,7 @@ def resume_run(context: DistributedContext, out: Path, lora: bool = False) -> di
         "a": whole(groups["student"]),
         "a_teacher": whole(groups["teacher"]),
         "b": whole(b.pair.state_dict()["student"]),
-        "saved": a.student_weights_to_save(),
+        "saved": a.parallel.student_weights_to_save(a.pair),
         "sharded": any(isinstance(v, DTensor) for v in groups["student"].values()),
         "history_a": [{k: v for k, v in r.items() if k not in drop} for r in a.history],
         "history_b": [{k: v for k, v in r.items() if k not in drop} for r in b.history],
@@ -307,8 +312,8 @@ def test_single_process_needs_no_accelerate(monkeypatch, tmp_path) -> None:
     pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
     objective = DTMObjective(config.dtm, codec.mask_token_id)
     trainer = make_trainer(config, task, codec, pair, objective, tmp_path, context=context)
-    assert type(trainer) is Trainer
-    assert trainer.is_main
+    assert type(trainer.parallel) is SingleProcess
+    assert trainer.parallel.is_main
     close_process_group()  # no group: nothing to close, nothing raised
 
 
@@ -371,7 +376,7 @@ def test_a_4bit_base_is_not_sharded(monkeypatch, tmp_path) -> None:
 
 def test_layer_classes_default_to_the_models_own(monkeypatch) -> None:
     """No class named: every family's decoder layers become the FSDP units."""
-    import tiltmatch.training.sharding as sharding
+    import tiltmatch.training.parallel as parallel
 
     wrapped: list[str] = []
     monkeypatch.setattr(
@@ -381,7 +386,7 @@ def test_layer_classes_default_to_the_models_own(monkeypatch) -> None:
         spec = TinyModelSpec(16, 2, 2, 32, family=family)
         model = tiny_denoiser(11, spec, seed=0)
         wrapped.clear()
-        sharding.shard_module(model, FSDPSettings(True, ()))
+        parallel.shard_module(model, FSDPSettings(True, ()))
         layer = {"llada": "LlamaDecoderLayer", "dream": "Qwen2DecoderLayer"}.get(
             family, "Qwen3DecoderLayer"
         )
@@ -439,7 +444,7 @@ def test_accelerate_config_files_are_valid(name) -> None:
         assert key in options, key
     if name == "fsdp.yaml":
         fsdp = raw["fsdp_config"]
-        assert fsdp["fsdp_version"] == 2  # fully_shard, what tiltmatch.training.sharding runs
+        assert fsdp["fsdp_version"] == 2  # fully_shard, what tiltmatch.training.parallel runs
         assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp  # taken from the model
     if name == "deepspeed_zero2.yaml":
         assert raw["deepspeed_config"]["zero_stage"] == 2

@@ -291,6 +291,25 @@ def test_countdown_recipe_reward_is_one_if_correct_else_zero() -> None:
     assert get_task("countdown", format="chat").reward("<answer>3+5+7</answer>", example) == 0.1
 
 
+def perturbed_teacher(pair: LoRAPair) -> None:
+    """Make the teacher adapter differ from the student's (both start equal to the base)."""
+    groups = pair.state_dict()
+    g = torch.Generator().manual_seed(7)
+    noisy = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in groups["teacher"].items()}
+    pair.load_state_dict({**groups, "teacher": noisy})
+
+
+def assert_student_trains_alone(pair: LoRAPair) -> None:
+    """A training step reaches the student adapter's parameters and nothing else."""
+    for p in pair.peft_model.parameters():
+        p.grad = None
+    loss_with_teacher_between(pair).backward()
+    student = {id(p) for p in pair.trainable_parameters()}
+    for name, p in pair.peft_model.named_parameters():
+        assert (p.grad is not None) == (id(p) in student), name
+    assert any(p.grad.abs().sum() > 0 for p in pair.trainable_parameters())
+
+
 def test_sampling_through_the_teacher_switches_adapters_once(monkeypatch) -> None:
     from contextlib import nullcontext
 
@@ -298,12 +317,12 @@ def test_sampling_through_the_teacher_switches_adapters_once(monkeypatch) -> Non
     from tiltmatch.training.lora import AdapterDenoiser
 
     pair = make_pair()
-    with torch.no_grad():  # teacher != student, so a wrong adapter would show in the samples
-        for p in pair._params["teacher"].values():
-            p.add_(0.5 * torch.randn_like(p))
+    perturbed_teacher(pair)  # teacher != student, so a wrong adapter shows in the samples
+    student_before, teacher_before = logits(pair.student), logits(pair.teacher)
+    assert not torch.allclose(student_before, teacher_before, atol=1e-3)
     prompts = [[2, 3, 4], [5, 6, 7, 8, 9]]
     config = SamplingConfig(steps=8, block_length=4, remasking="low_confidence")
-    switches = []
+    switches = []  # PEFT's own adapter switch, the cost a session saves
     original = pair.peft_model.set_adapter
     monkeypatch.setattr(
         pair.peft_model, "set_adapter", lambda name: (switches.append(name), original(name))
@@ -314,23 +333,37 @@ def test_sampling_through_the_teacher_switches_adapters_once(monkeypatch) -> Non
     switches.clear()
     each = generate(pair.teacher, prompts, 8, config, torch.Generator().manual_seed(0))
     assert len(switches) == 16  # in and out around every forward
-    assert torch.equal(held.responses, each.responses)
+    assert torch.equal(held.responses, each.responses)  # the teacher's samples either way
     by_student = generate(pair.student, prompts, 8, config, torch.Generator().manual_seed(0))
     assert not torch.equal(held.responses, by_student.responses)
-    # Afterwards the student is the active, trainable adapter again.
-    assert pair._active == "student"
-    assert all(p.requires_grad for p in pair._params["student"].values())
-    assert not any(p.requires_grad for p in pair._params["teacher"].values())
+    # Afterwards every view gives its own adapter's outputs, and only the student trains.
+    assert torch.equal(logits(pair.student), student_before)
+    assert torch.equal(logits(pair.teacher), teacher_before)
+    assert_student_trains_alone(pair)
 
 
 def test_only_the_holding_view_runs_inside_a_session() -> None:
     pair = make_pair()
+    perturbed_teacher(pair)
     ids, mask, _ = batch()
+    student_before, teacher_before = logits(pair.student), logits(pair.teacher)
     pair.teacher.eval()
     with pair.teacher.session():
+        with torch.no_grad():
+            inside = pair.teacher(ids, mask, L)
+        assert torch.equal(inside, teacher_before)  # the teacher's adapter, held
         with pytest.raises(RuntimeError, match="held by a sampling session"):
             pair.student(ids, mask, L)
+        with pytest.raises(RuntimeError, match="held by a sampling session"):
+            pair.reference()(ids, mask, L)
         second = pair.reference().session()
         with pytest.raises(RuntimeError, match="already holds a session"):
             second.__enter__()
-    assert pair._pinned is None and pair._active == "student"
+    # The session is over: every view runs again with its own adapter, the student trains.
+    assert torch.equal(logits(pair.student), student_before)
+    assert torch.equal(logits(pair.teacher), teacher_before)
+    with pair.reference().session():  # a new session may begin
+        base = logits(pair.reference())
+    original = MaskedDenoiser(tiny_denoiser(VOCAB, SPEC, seed=0), MASK, PAD)
+    assert torch.allclose(base, logits(original), atol=1e-6)
+    assert_student_trains_alone(pair)

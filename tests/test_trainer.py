@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiltmatch.config import build_config
+from tiltmatch.config import DTMConfig, build_config
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.tasks.base import RewardError
@@ -20,7 +20,13 @@ from tiltmatch.training.pretrain import char_codec_for
 from tiltmatch.training.trainer import Trainer, stage_lr_lambda
 
 
-def make_trainer(overrides: list[str], out: Path, task: MazeTask | None = None) -> Trainer:
+def make_trainer(
+    overrides: list[str],
+    out: Path,
+    task: MazeTask | None = None,
+    dtm: DTMConfig | None = None,
+) -> Trainer:
+    """A tiny DTM trainer; ``dtm``: the objective's settings when not the config's own."""
     config = build_config(overrides=overrides)
     task = task or MazeTask()
     codec = char_codec_for(task)
@@ -29,7 +35,7 @@ def make_trainer(overrides: list[str], out: Path, task: MazeTask | None = None) 
     student = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
     ema = config.dtm.ema_decay if config.dtm.teacher_update == "ema" else None
     pair = CopiedPair(student, ema_decay=ema)
-    objective = DTMObjective(config.dtm, codec.mask_token_id)
+    objective = DTMObjective(dtm or config.dtm, codec.mask_token_id)
     return Trainer(config, task, codec, pair, objective, out, quiet=True)
 
 
@@ -96,6 +102,22 @@ def test_resume_equals_uninterrupted_run(tiny_overrides, tmp_path, extra, kill_a
     for k in expected:
         assert torch.equal(expected[k], got[k]), k
     assert [r["eval_reward"] for r in resumed.history] == [r["eval_reward"] for r in full.history]
+
+
+@pytest.mark.parametrize(
+    ("configured", "objective_states"), [("random", "trajectory"), ("trajectory", "random")]
+)
+def test_the_objective_not_the_config_decides_what_rollouts_record(
+    tiny_overrides, tmp_path, configured, objective_states
+) -> None:
+    """The trainer records the sampler's visited states when the objective asks (DTM's
+    trajectory states), whatever ``config.dtm`` says."""
+    overrides = [*tiny_overrides, f"dtm.states={configured}"]
+    dtm = build_config(overrides=[*tiny_overrides, f"dtm.states={objective_states}"]).dtm
+    trainer = make_trainer(overrides, tmp_path, dtm=dtm)
+    trainer.train(max_updates=1)  # trajectory states without recorded ones would raise
+    assert trainer.buffer.data is not None
+    assert (trainer.buffer.data.visited is not None) == (objective_states == "trajectory")
 
 
 def test_checkpoint_is_atomic_and_missing_one_is_named(tmp_path) -> None:

@@ -129,7 +129,7 @@ class TrainConfig(_Strict):
         1.0, gt=0, description="factor on task rewards before weighting (Sudoku recipe: 2)"
     )
     num_generations: int = Field(8, ge=1, description="completions per prompt, G")
-    # Under data parallelism (tiltmatch.training.distributed) the batch and buffer sizes are per
+    # Under data parallelism (tiltmatch.training.parallel) the batch and buffer sizes are per
     # process, like TRL's per_device_* sizes: the global batch is world_size times larger.
     prompts_per_batch: int = Field(8, ge=1, description="prompts per micro-batch (per process)")
     gradient_accumulation_steps: int = Field(1, ge=1)

@@ -37,6 +37,24 @@ class Phase:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LossInputs:
+    """What an objective's loss sees for one micro-batch.
+
+    ``student`` is trained; ``teacher`` is the stage's frozen ``mu_ref``, which also
+    sampled ``batch`` (METHOD.md section 6); ``reference`` is the frozen base model,
+    present only when the objective ``needs_reference``. ``generator`` is the
+    trainer's, for any randomness the loss draws (masked states, prompt masks).
+    """
+
+    student: MaskedDenoiser
+    teacher: MaskedDenoiser
+    batch: RolloutBatch
+    phase: Phase
+    generator: torch.Generator
+    reference: MaskedDenoiser | None = None
+
+
 def forward_response_logits(
     denoiser: MaskedDenoiser, batch: RolloutBatch, z: torch.Tensor
 ) -> torch.Tensor:
@@ -55,6 +73,10 @@ class Objective(ABC):
     #: DTM resets the optimiser moments and restarts the LR schedule at every phase boundary
     #: (METHOD.md section 6); the baselines keep one optimiser for the whole run.
     reset_optimizer_each_stage: bool = True
+    #: the rollouts must carry the states the sampler visited (DTM's trajectory states,
+    #: METHOD.md section 6); recording them costs memory, so only an objective that
+    #: reads them asks
+    records_trajectories: bool = False
 
     @abstractmethod
     def steps_in_stage(self) -> int:
@@ -73,13 +95,5 @@ class Objective(ABC):
         """Whether the run is complete (checked at stage boundaries)."""
 
     @abstractmethod
-    def loss(
-        self,
-        student: MaskedDenoiser,
-        teacher: MaskedDenoiser,
-        batch: RolloutBatch,
-        phase: Phase,
-        generator: torch.Generator,
-        reference: MaskedDenoiser | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of one micro-batch and its diagnostics."""

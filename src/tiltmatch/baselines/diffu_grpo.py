@@ -22,9 +22,7 @@ from pydantic import Field
 
 from tiltmatch.baselines import BaselineObjective, BaselineOptions, group_advantages
 from tiltmatch.baselines.likelihood import draw_prompt_mask, one_pass_token_log_probs
-from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.objective import Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
+from tiltmatch.objective import LossInputs
 
 
 class DiffuGRPOOptions(BaselineOptions):
@@ -117,30 +115,22 @@ class DiffuGRPOObjective(BaselineObjective):
         # The base model is kept (and run) only when the KL term is on.
         self.needs_reference = options.beta_kl > 0
 
-    def loss(
-        self,
-        student: MaskedDenoiser,
-        teacher: MaskedDenoiser,
-        batch: RolloutBatch,
-        phase: Phase,
-        generator: torch.Generator,
-        reference: MaskedDenoiser | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """The clipped-ratio loss of one micro-batch; the teacher is the old policy."""
         opts = self.options
+        batch, reference = inputs.batch, inputs.reference
         if self.needs_reference and reference is None:
             raise ValueError("diffu-GRPO with beta_kl > 0 needs the reference (base) model")
         # One prompt mask per micro-batch, shared by the current, old and reference passes.
-        prompt_masked = draw_prompt_mask(batch.prompt_mask, opts.p_mask_prompt, generator)
-        logp = one_pass_token_log_probs(student, batch, prompt_masked, self.mask_token_id)
+        prompt_masked = draw_prompt_mask(batch.prompt_mask, opts.p_mask_prompt, inputs.generator)
+        mask_id = self.mask_token_id
+        logp = one_pass_token_log_probs(inputs.student, batch, prompt_masked, mask_id)
         with torch.no_grad():
-            logp_old = one_pass_token_log_probs(teacher, batch, prompt_masked, self.mask_token_id)
+            logp_old = one_pass_token_log_probs(inputs.teacher, batch, prompt_masked, mask_id)
             logp_ref = None
             if self.needs_reference:
                 assert reference is not None
-                logp_ref = one_pass_token_log_probs(
-                    reference, batch, prompt_masked, self.mask_token_id
-                )
+                logp_ref = one_pass_token_log_probs(reference, batch, prompt_masked, mask_id)
         advantages = group_advantages(batch.grouped_rewards).reshape(-1)
         # Every response position is part of the fixed-length action, as in the DTM loss.
         mask = torch.ones_like(batch.responses, dtype=torch.bool)

@@ -20,8 +20,7 @@ from pydantic import Field
 from tiltmatch.baselines import BaselineObjective, BaselineOptions
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.states import States, random_mask_states
-from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.objective import Phase, forward_response_logits
+from tiltmatch.objective import LossInputs, Phase, forward_response_logits
 from tiltmatch.sampling.rollouts import RolloutBatch
 
 
@@ -69,19 +68,12 @@ class RejectionObjective(BaselineObjective):
         stats["kept_fraction"] = float(kept.float().mean())
         return stats
 
-    def loss(
-        self,
-        student: MaskedDenoiser,
-        teacher: MaskedDenoiser,
-        batch: RolloutBatch,
-        phase: Phase,
-        generator: torch.Generator,
-        reference: MaskedDenoiser | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked-diffusion loss on the kept samples, normalised by the micro-batch size."""
+        batch = inputs.batch
         kept = best_of_group(batch.grouped_rewards, self.options.min_reward).reshape(-1)
         states = random_mask_states(
-            batch.responses, self.mask_token_id, generator, self.options.inverse_t_weight
+            batch.responses, self.mask_token_id, inputs.generator, self.options.inverse_t_weight
         )
         stats = {"kept_fraction": float(kept.float().mean())}
         rows = kept.nonzero().squeeze(1)
@@ -97,7 +89,7 @@ class RejectionObjective(BaselineObjective):
             group_size=1,
         )
         kept_states = select_rows(states, rows)
-        logits = forward_response_logits(student, kept_batch, kept_states.z)
+        logits = forward_response_logits(inputs.student, kept_batch, kept_states.z)
         ones = torch.ones(rows.numel(), dtype=logits.dtype, device=logits.device)
         loss, _ = dtm_loss(logits, kept_batch.responses, kept_states, ones, c=0.0)
         return loss * (rows.numel() / kept.numel()), stats

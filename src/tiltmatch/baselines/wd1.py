@@ -22,9 +22,7 @@ from pydantic import Field
 
 from tiltmatch.baselines import BaselineObjective, BaselineOptions, group_advantages
 from tiltmatch.baselines.likelihood import draw_prompt_mask, one_pass_token_log_probs
-from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.objective import Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
+from tiltmatch.objective import LossInputs
 
 _STD_FLOOR = 1e-4  # a group's std below this is treated as flat (no division by ~0)
 
@@ -75,18 +73,15 @@ class WD1Objective(BaselineObjective):
         super().__init__(options, mask_token_id)
         self.options: WD1Options = options
 
-    def loss(
-        self,
-        student: MaskedDenoiser,
-        teacher: MaskedDenoiser,
-        batch: RolloutBatch,
-        phase: Phase,
-        generator: torch.Generator,
-        reference: MaskedDenoiser | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted log-likelihood loss of one micro-batch (student pass only)."""
-        prompt_masked = draw_prompt_mask(batch.prompt_mask, self.options.p_mask_prompt, generator)
-        token_logp = one_pass_token_log_probs(student, batch, prompt_masked, self.mask_token_id)
+        batch = inputs.batch
+        prompt_masked = draw_prompt_mask(
+            batch.prompt_mask, self.options.p_mask_prompt, inputs.generator
+        )
+        token_logp = one_pass_token_log_probs(
+            inputs.student, batch, prompt_masked, self.mask_token_id
+        )
         # Every response position is part of the fixed-length action, as in the DTM loss.
         sequence_logp = token_logp.sum(dim=1)
         advantages = wd1_advantages(batch.grouped_rewards, self.options.normalise_advantages)

@@ -33,8 +33,7 @@ from tiltmatch.dtm.weights import (
     self_normalised_weights,
     tilt_weights,
 )
-from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.objective import Objective, Phase, forward_response_logits
+from tiltmatch.objective import LossInputs, Objective, Phase, forward_response_logits
 from tiltmatch.sampling.rollouts import RolloutBatch
 
 
@@ -58,6 +57,8 @@ class DTMObjective(Objective):
         self.config = config
         self.mask_token_id = mask_token_id
         self.schedule = make_schedule(config)
+        # Trajectory states are read from the sampler's own path (section 6).
+        self.records_trajectories = config.states == "trajectory"
 
     def steps_in_stage(self) -> int:
         """``steps_per_h`` optimiser updates per tilt increment."""
@@ -120,24 +121,17 @@ class DTMObjective(Objective):
             raise ValueError("trajectory states need rollouts recorded with their visited states")
         return trajectory_states(batch.responses, batch.visited, self.mask_token_id, generator)
 
-    def loss(
-        self,
-        student: MaskedDenoiser,
-        teacher: MaskedDenoiser,
-        batch: RolloutBatch,
-        phase: Phase,
-        generator: torch.Generator,
-        reference: MaskedDenoiser | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """The c-DTM loss of one micro-batch."""
+        batch = inputs.batch
         rewards = clamp_rewards(batch.grouped_rewards)
-        w = self.sample_weights(rewards, phase.h).reshape(-1)
-        states = self.states(batch, generator, student.family.block_size)
-        student_logits = forward_response_logits(student, batch, states.z)
+        w = self.sample_weights(rewards, inputs.phase.h).reshape(-1)
+        states = self.states(batch, inputs.generator, inputs.student.family.block_size)
+        student_logits = forward_response_logits(inputs.student, batch, states.z)
         teacher_logits = None
         if self.config.c != 0.0:
             with torch.no_grad():
-                teacher_logits = forward_response_logits(teacher, batch, states.z)
+                teacher_logits = forward_response_logits(inputs.teacher, batch, states.z)
         loss, stats = dtm_loss(
             student_logits, batch.responses, states, w, self.config.c, teacher_logits
         )

@@ -16,8 +16,13 @@ from tiltmatch.models.loading import load_model_and_codec
 from tiltmatch.objective import Objective
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
-from tiltmatch.training.distributed import close_process_group, make_trainer, process_context
+from tiltmatch.training.distributed import (
+    DistributedContext,
+    close_process_group,
+    process_context,
+)
 from tiltmatch.training.pair import CopiedPair, DenoiserPair
+from tiltmatch.training.parallel import make_parallel
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
 
@@ -67,6 +72,22 @@ def check_family_states(config: RunConfig, model: PreTrainedModel) -> None:
         raise ValueError("dtm.states=block is for block diffusion models (model.family)")
 
 
+def make_trainer(
+    config: RunConfig,
+    task: Task,
+    codec: PromptCodec,
+    pair: DenoiserPair,
+    objective: Objective,
+    out_dir: str | Path,
+    quiet: bool = False,
+    context: DistributedContext | None = None,
+) -> Trainer:
+    """The trainer for this process, with the parallelism of its launch (``context``,
+    default: read from the environment): one process, data-parallel or sharded."""
+    parallel = make_parallel(context or process_context())
+    return Trainer(config, task, codec, pair, objective, out_dir, quiet, parallel)
+
+
 def build_trainer(
     config: RunConfig, out_dir: Path, quiet: bool = False
 ) -> tuple[Trainer, Task, PromptCodec]:
@@ -105,7 +126,7 @@ def save_final(
     """The fine-tuned student, saved as a loadable denoiser folder (or its LoRA adapter).
 
     ``state_dict``: the student's whole weights when the trainer holds shards
-    (:meth:`Trainer.student_weights_to_save`).
+    (:meth:`Parallelism.student_weights_to_save`).
     """
     save_adapter = getattr(trainer.pair, "save_adapter", None)
     if save_adapter is not None:
@@ -136,8 +157,8 @@ def run_training(
     try:
         history = trainer.train()
         final = history[-1] if history else {}
-        whole = trainer.student_weights_to_save()  # collective under FSDP
-        if trainer.is_main:  # one writer under a multi-process launch
+        whole = trainer.parallel.student_weights_to_save(trainer.pair)  # collective under FSDP
+        if trainer.parallel.is_main:  # one writer under a multi-process launch
             save_final(trainer, codec, out_dir / "final", whole)
             (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     finally:

@@ -6,6 +6,12 @@ stage's updates (refreshing part of the buffer every few), then advance the
 annealing state, refresh the teacher, evaluate, log and checkpoint. All
 randomness flows from one ``torch.Generator`` whose state is checkpointed, so
 a resumed run ends with exactly the parameters of an uninterrupted one.
+
+The trainer is the loop only: one optimiser update is
+:func:`~tiltmatch.training.update.optimizer_update`, and what differs on
+several processes (buffers per rank, averaged gradients, sharded weights,
+checkpoints, evaluation) is the :class:`~tiltmatch.training.parallel.Parallelism`
+it is given.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from tiltmatch.objective import Objective, Phase
 from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer, RolloutBatch, RolloutWorker
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks.base import Example, Task
-from tiltmatch.training.checkpoint import load_checkpoint, save_checkpoint
-from tiltmatch.training.evaluation import evaluate
+from tiltmatch.training.checkpoint import load_checkpoint
 from tiltmatch.training.pair import DenoiserPair
+from tiltmatch.training.parallel import Parallelism, SingleProcess
+from tiltmatch.training.update import optimizer_update
 
 CHECKPOINT = "checkpoint"
 
@@ -66,7 +73,10 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None
 
 
 class Trainer:
-    """Runs an :class:`Objective` on a task with a student/teacher pair."""
+    """Runs an :class:`Objective` on a task with a student/teacher pair.
+
+    ``parallel``: how the run spreads over processes (default: one process).
+    """
 
     def __init__(
         self,
@@ -77,28 +87,32 @@ class Trainer:
         objective: Objective,
         out_dir: str | Path,
         quiet: bool = False,
+        parallel: Parallelism | None = None,
     ) -> None:
         self.config, self.task, self.codec = config, task, codec
         self.pair, self.objective = pair, objective
+        self.parallel = parallel or SingleProcess()
         self.out_dir = Path(out_dir)
-        self.quiet = quiet
+        self.quiet = quiet or not self.parallel.is_main
         tc = config.train
         sampling = SamplingConfig(**config.sampler.model_dump())
-        record = config.method == "dtm" and config.dtm.states == "trajectory"
+        record = objective.records_trajectories
         self.worker = RolloutWorker(task, codec, task.response_length, sampling, record)
-        self.pool = PromptPool(
-            task.examples(tc.train_split, tc.train_examples, config.seed), config.seed
-        )
+        examples = task.examples(tc.train_split, tc.train_examples, config.seed)
+        self.pool = PromptPool(self.parallel.training_share(examples), config.seed)
         self.buffer = ReplayBuffer(
             self.pool, tc.buffer_prompts, tc.num_generations, codec.pad_token_id
         )
         self.eval_examples: list[Example] = task.examples(
             config.eval.split, config.eval.examples, 12345
         )
+        self.parallel.prepare(pair, config.seed)
         # All training randomness comes from one generator on the model's device (the
-        # sampler's Gumbel noise is drawn where the logits are); its state is checkpointed.
+        # sampler's Gumbel noise is drawn where the logits are; under FSDP, where the weights
+        # went once sharded); its state is checkpointed. Each process has its own.
         device = next(pair.student.parameters()).device
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        seed = self.parallel.process_seed(config.seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
         self.phase = Phase()
         self.history: list[dict[str, Any]] = []
         self.optimizer: torch.optim.Optimizer | None = None
@@ -148,11 +162,11 @@ class Trainer:
 
     def _begin_stage(self) -> None:
         self._stage_started = time.time()
-        made = self.buffer.rebuild(self._fill)
-        self.phase.rollouts += made
+        # Every process fills a buffer of its own: the job made world_size times as many.
+        self.phase.rollouts += self.buffer.rebuild(self._fill) * self.parallel.world_size
         assert self.buffer.data is not None
-        # Data parallelism: h and the stage statistics come from every process's rollouts.
-        rewards = self._all_rewards(self.buffer.data.grouped_rewards)
+        # h and the stage statistics come from every process's rollouts.
+        rewards = self.parallel.all_rewards(self.buffer.data.grouped_rewards)
         stats = self.objective.begin_stage(self.phase, rewards)
         stats["reward_mean"] = float(rewards.mean())
         stats["reward_std"] = float(rewards.std()) if rewards.numel() > 1 else 0.0
@@ -167,28 +181,19 @@ class Trainer:
     def _update(self) -> None:
         tc = self.config.train
         assert self.optimizer is not None and self.scheduler is not None
-        reference = self.pair.reference() if self.objective.needs_reference else None
-        self.pair.student.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total, extras = 0.0, dict[str, float]()
-        for _ in range(tc.gradient_accumulation_steps):
-            batch = self.buffer.sample(tc.prompts_per_batch, self.generator)
-            loss, extras = self.objective.loss(
-                self.pair.student, self.pair.teacher, batch, self.phase, self.generator, reference
-            )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss {float(loss)} at stage {self.phase.stage}, "
-                    f"update {self.phase.step}: lower the learning rate or the tilt increment h"
-                )
-            (loss / tc.gradient_accumulation_steps).backward()
-            total += float(loss.detach()) / tc.gradient_accumulation_steps
-        total, extras = self._synchronise(total, extras)  # data parallelism: average over ranks
-        params = [p for p in self.pair.trainable_parameters() if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.pair.after_update()
+        step = optimizer_update(
+            self.objective,
+            self.pair,
+            self.optimizer,
+            lambda: self.buffer.sample(tc.prompts_per_batch, self.generator),
+            self.phase,
+            self.generator,
+            tc.max_grad_norm,
+            tc.gradient_accumulation_steps,
+            self.scheduler,
+            self.parallel,
+        )
+        total, grad_norm, extras = step.loss, step.grad_norm, step.extras
         self.phase.step += 1
         self.phase.updates += 1
         self.phase.extra["losses"].append(total)
@@ -203,7 +208,8 @@ class Trainer:
             )
         tc_refresh = tc.refresh_every
         if self.phase.step % tc_refresh == 0 and self.phase.step < self.objective.steps_in_stage():
-            self.phase.rollouts += self.buffer.refresh(tc.refresh_prompts, self._fill)
+            made = self.buffer.refresh(tc.refresh_prompts, self._fill)
+            self.phase.rollouts += made * self.parallel.world_size
 
     def _end_stage(self) -> None:
         self.objective.end_stage(self.phase)
@@ -237,9 +243,13 @@ class Trainer:
         self.phase.h = 0.0
 
     def evaluate(self, denoiser=None) -> dict[str, float]:
-        """Held-out metrics of the student (or ``denoiser``), with a fixed private seed."""
+        """Held-out metrics of the student (or ``denoiser``), with a fixed private seed.
+
+        Collective under data parallelism: every process must call it (the loop does,
+        at stage ends).
+        """
         ec = self.config.eval
-        return evaluate(
+        return self.parallel.evaluate(
             self.worker,
             denoiser or self.pair.student,
             self.eval_examples,
@@ -247,11 +257,6 @@ class Trainer:
             ec.temperature,
             seed=self.config.seed + 777,
         )
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this process writes the run's files (always, with one process)."""
-        return True
 
     def wall_seconds(self) -> float:
         """Training wall time, continued across resumes."""
@@ -268,14 +273,14 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def save(self) -> Path:
-        """Write the full training state atomically to ``out_dir/checkpoint``."""
-        objects: dict[str, Any] = {
-            "buffer": self.buffer.state_dict(),
-            "rng": rng_state(self.generator),
-        }
+        """Write the full training state atomically to ``out_dir/checkpoint`` (collective
+        under data parallelism)."""
+        # This process's own state, and the state every process holds alike.
+        own = {"buffer": self.buffer.state_dict(), "rng": rng_state(self.generator)}
+        shared: dict[str, Any] = {}
         if self.optimizer is not None and self.scheduler is not None:
-            objects["optimizer"] = self.optimizer.state_dict()
-            objects["scheduler"] = self.scheduler.state_dict()
+            shared["optimizer"] = self.optimizer.state_dict()
+            shared["scheduler"] = self.scheduler.state_dict()
         meta = {
             "phase": self.phase.to_dict(),
             "stage_stats": self._stage_stats,
@@ -283,15 +288,16 @@ class Trainer:
             "wall_seconds": self.wall_seconds(),
             "config": self.config.model_dump(mode="json"),
         }
-        return self._write_checkpoint(self.pair.state_dict(), objects, meta)
+        path = self.out_dir / CHECKPOINT
+        return self.parallel.write_checkpoint(path, self.pair.state_dict(), own, shared, meta)
 
     def load(self, path: str | Path | None = None) -> None:
         """Restore the training state from a checkpoint folder (default ``out_dir/checkpoint``)."""
         tensors, objects, meta = load_checkpoint(path or self.out_dir / CHECKPOINT)
-        self.pair.load_state_dict(self._localise_weights(tensors))
-        self.buffer.load_state_dict(objects["buffer"])
-        restore_rng_state(objects["rng"], self.generator)
-        self._restore_process_state(objects)  # data parallelism: this rank's buffer and RNG
+        own = self.parallel.own_state(objects)  # this process's buffer and RNG
+        self.pair.load_state_dict(self.parallel.localise_weights(tensors, self.pair))
+        self.buffer.load_state_dict(own["buffer"])
+        restore_rng_state(own["rng"], self.generator)
         self.phase = Phase(**meta["phase"])
         self._stage_stats = meta["stage_stats"]
         self.history = meta["history"]
@@ -300,7 +306,8 @@ class Trainer:
         if "optimizer" in objects:
             self._new_optimizer()
             assert self.optimizer is not None and self.scheduler is not None
-            self.optimizer.load_state_dict(self._localise_optimizer_state(objects["optimizer"]))
+            state = self.parallel.localise_optimizer_state(objects["optimizer"], self.optimizer)
+            self.optimizer.load_state_dict(state)
             self.scheduler.load_state_dict(objects["scheduler"])
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -312,7 +319,7 @@ class Trainer:
         ``checkpoint_every`` updates and at every stage end.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log = self._open_log()
+        self.log = self._open_log() if self.parallel.is_main else None
         steps = self.objective.steps_in_stage()
         bar = tqdm(
             desc=f"{self.objective.name} on {self.task.name}",
@@ -346,47 +353,8 @@ class Trainer:
                 self.log.close()
         return self.history
 
-    # -- data-parallel hooks ------------------------------------------------------------------
-    # tiltmatch.training.distributed.DistributedTrainer overrides these; a single process has
-    # nothing
-    # to share, so here each is the identity (or the plain single-process action).
-
-    def _all_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
-        """The buffer rewards ``[P, G]`` of every process, so that all choose the same ``h``."""
-        return rewards
-
-    def _localise_weights(
-        self, groups: dict[str, dict[str, torch.Tensor]]
-    ) -> dict[str, dict[str, torch.Tensor]]:
-        """Checkpointed weights as this process holds them (its shards, under FSDP)."""
-        return groups
-
-    def _localise_optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        """A checkpointed optimiser state as this process holds it (its shards, under FSDP)."""
-        return state
-
-    def student_weights_to_save(self) -> dict[str, torch.Tensor] | None:
-        """The student's weights for the final save when they are not whole here, else None.
-
-        Under FSDP every rank must call it (it gathers the shards).
-        """
-        return None
-
-    def _synchronise(self, loss: float, extras: dict[str, float]) -> tuple[float, dict[str, float]]:
-        """Average the gradients, the logged loss and the diagnostics over processes."""
-        return loss, extras
-
-    def _write_checkpoint(
-        self, tensors: dict[str, dict[str, torch.Tensor]], objects: dict[str, Any], meta: Any
-    ) -> Path:
-        """Write the checkpoint folder (data parallelism: rank 0, with every rank's own state)."""
-        return save_checkpoint(self.out_dir / CHECKPOINT, tensors, objects, meta)
-
-    def _restore_process_state(self, objects: dict[str, Any]) -> None:
-        """Restore state private to this process (data parallelism: its buffer and RNG)."""
-
     def _open_log(self) -> Any:
-        """The run log, with the resolved config beside it (data parallelism: rank 0 alone)."""
+        """The run log, with the resolved config beside it (written by the main process)."""
         from tiltmatch.training.runlog import RunLog
 
         (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
