@@ -253,6 +253,12 @@ def check_budget(size: BenchSize) -> None:
         raise ValueError(f"budget {size.budget} is not a multiple of {ppb} prompts x G {g}")
 
 
+def dtm_states_for(family: str) -> str:
+    """DTM's states for a base of ``family``: a block diffusion model matches states
+    inside its active block (docs/families.md); the others random masks."""
+    return "block" if family == "block_diffusion" else "random"
+
+
 def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[str, Any]:
     """The :class:`~tiltmatch.config.RunConfig` fields of one run."""
     check_budget(size)
@@ -273,8 +279,7 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
         "sampler": setup.sampler,
         "dtm": {
             "c": 1.0,
-            # a block diffusion model matches states inside its active block (families.md)
-            "states": "block" if setup.family == "block_diffusion" else "random",
+            "states": dtm_states_for(setup.family),
             "schedule": "fixed",
             "h": size.a_end / size.dtm_stages,
             "a_end": size.a_end,
@@ -782,7 +787,8 @@ def report_markdown(
         f"(G = {size.num_generations}, {size.prompts_per_batch} prompts per update), "
         f"learning-rate sweep {', '.join(f'{lr:g}' for lr in size.learning_rates)} on seed 0; "
         f"DTM: {size.dtm_stages} stages x {size.dtm_steps_per_h} updates, a_end = {size.a_end:g}, "
-        f"c = 1, random states; held-out: {size.eval_examples} prompts x {size.eval_samples} "
+        f"c = 1, {summary.get('dtm_states', 'random')} states; held-out: "
+        f"{size.eval_examples} prompts x {size.eval_samples} "
         f"samples at temperature 1.",
         "",
     ]
@@ -957,6 +963,9 @@ def main(argv: list[str]) -> int:
     summary = summarise(results, sweep, size)
     summary["size"] = dataclasses.asdict(size)
     summary["bases"] = {t: {"base": s.base, "heldout": s.base_heldout} for t, s in setups.items()}
+    if args.family is not None:  # the model family of every base, and DTM's states for it
+        summary["family"] = args.family
+        summary["dtm_states"] = dtm_states_for(args.family)
     seconds = time.time() - started
     summary.update(command=command, date=date, machine=machine_line(), wall_seconds=seconds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
