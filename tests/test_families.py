@@ -288,12 +288,16 @@ def test_common_generate_hands_block_models_to_the_block_sampler(tmp_path: Path)
 # --------------------------------------------------------------------------- DTM end to end
 
 
-@pytest.mark.parametrize("family", ["dream", "block_diffusion"])
-def test_each_family_trains_with_dtm_end_to_end(tiny_overrides, tmp_path: Path, family) -> None:
+@pytest.mark.parametrize(
+    ("family", "states"),
+    [("dream", "random"), ("block_diffusion", "block"), ("block_diffusion", "trajectory")],
+)
+def test_each_family_trains_with_dtm_end_to_end(
+    tiny_overrides, tmp_path: Path, family, states
+) -> None:
     from tiltmatch.config import build_config
     from tiltmatch.training.runner import run_training
 
-    states = "block" if family == "block_diffusion" else "random"
     config = build_config(
         overrides=[
             *tiny_overrides,
@@ -352,6 +356,7 @@ def test_lora_pair_with_checkpointing_on_each_family(family) -> None:
             for p in params:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
         pair.student.train()
+        assert pair.peft_model.base_model.model.is_gradient_checkpointing == checkpointing
         teacher = pair.teacher(ids, mask, 4)  # a frozen view in between, as in a DTM step
         loss = pair.student(ids, mask, 4).logsumexp(-1).mean() + 0 * teacher.sum()
         loss.backward()
