@@ -9,6 +9,7 @@ token for token at temperature 0.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -439,3 +440,32 @@ def test_family_recipes_validate() -> None:
             assert task.response_length % config.sampler.block_length == 0, path
             assert config.lora is not None and config.model.base, path
             assert config.dtm.states == states, path
+
+
+def test_block_sampler_runs_through_a_lora_teacher_session() -> None:
+    """The cached block sampler calls the model directly: inside the teacher's session."""
+    from tiltmatch.config import LoRAConfig
+    from tiltmatch.models.denoiser import TinyModelSpec, tiny_denoiser
+    from tiltmatch.sampling.families import block_generate
+    from tiltmatch.training.lora import LoRAPair
+
+    spec = TinyModelSpec(32, 2, 2, 48, family="block_diffusion", block_size=4)
+    pair = LoRAPair(tiny_denoiser(20, spec, seed=0), 1, 0, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    groups = pair.state_dict()
+    g = torch.Generator().manual_seed(2)
+    groups["teacher"] = {
+        k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in groups["teacher"].items()
+    }
+    pair.load_state_dict(groups)
+    prompts = [[5, 6, 7, 8, 9], [4, 4, 6]]
+
+    def run(view):
+        return block_generate(view, prompts, 8, 2, torch.Generator().manual_seed(0)).responses
+
+    teacher_out = run(pair.teacher)
+    # The teacher's weights merged into a plain copy of the model: what the session must use.
+    merged = copy.deepcopy(pair.peft_model)
+    merged.set_adapter("teacher")
+    expected = run(MaskedDenoiser(merged.merge_and_unload(), 1, 0))
+    assert teacher_out.tolist() == expected.tolist()
+    assert run(pair.student).tolist() != teacher_out.tolist()  # the adapters really differ
