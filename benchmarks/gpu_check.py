@@ -18,7 +18,7 @@ measures, in one process:
     ``clip_grad_norm_`` and the AdamW step: seconds and peak GPU memory;
 (c) one diffu-GRPO update (METHOD.md section 8) with the same pair: current
     policy = student, old policy = teacher, reference = the base with its
-    adapters disabled; the objective comes from ``tiltmatch.training.methods.make_objective``.
+    adapters disabled; the objective comes from ``tiltmatch.training.runner.make_objective``.
 
 Each update is timed twice on the same micro-batch: the first includes AdamW
 allocating its moments, the repeat does not. The checksums of the student
@@ -63,12 +63,13 @@ from transformers import LlamaForCausalLM
 
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.dtypes import dtype_name
 from tiltmatch.models.llada import llada_config_to_llama
 from tiltmatch.objective import Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.training.lora import LoRAPair
-from tiltmatch.training.methods import make_objective
+from tiltmatch.training.runner import make_objective
 from tiltmatch.training.update import UpdateResult, optimizer_update
 
 T = TypeVar("T")
@@ -206,7 +207,7 @@ def run_config(method: str, args: argparse.Namespace, dtype: torch.dtype) -> Run
         {
             "method": method,
             "seed": args.seed,
-            "model": {"dtype": str(dtype).removeprefix("torch."), "gradient_checkpointing": True},
+            "model": {"dtype": dtype_name(dtype), "gradient_checkpointing": True},
             # alpha, dropout and target modules: LoRAConfig's defaults, the LLaDA recipes' values
             "lora": {"r": args.lora_r},
             "sampler": {
@@ -555,7 +556,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     settings = {
         "model": args.model,
         "description": spec.description,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "attn_implementation": model.config._attn_implementation,
         "base_parameters": sum(
             p.numel() for name, p in pair.peft_model.named_parameters() if "lora_" not in name

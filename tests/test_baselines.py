@@ -32,9 +32,10 @@ from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import random_mask_states
 from tiltmatch.dtm.weights import self_normalised_weights
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.objective import LossInputs, Phase, forward_response_logits
+from tiltmatch.objective import LossInputs, Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
-from tiltmatch.training.methods import make_objective, needs_reference
+from tiltmatch.training.methods import METHODS
+from tiltmatch.training.runner import make_objective, needs_reference
 
 PAD, MASK, VOCAB = 0, 1, 7
 SPEC = TinyModelSpec(
@@ -63,6 +64,9 @@ class TableDenoiser(nn.Module):
     ) -> torch.Tensor:
         self.calls.append((input_ids.clone(), attention_mask.clone()))
         return self.table[None].expand(input_ids.shape[0], -1, -1)
+
+    # The package's one join of prompt and canvas, so the recorded calls show the real input.
+    response_logits = MaskedDenoiser.response_logits
 
 
 def make_batch(rewards: list[list[float]], length: int = 4, seed: int = 0) -> RolloutBatch:
@@ -343,7 +347,7 @@ def test_rejection_loss_is_dtm_loss_with_zero_one_weights() -> None:
     loss, stats = objective.loss(LossInputs(student, student, batch, Phase(), g))
     # the same states, drawn on the whole batch, and the weights 1 (kept) / 0 (the rest)
     states = random_mask_states(batch.responses, MASK, torch.Generator().manual_seed(4))
-    logits = forward_response_logits(student, batch, states.z)
+    logits = student.response_logits(batch.prompt_ids, batch.prompt_mask, states.z)
     kept = best_of_group(batch.grouped_rewards).reshape(-1).float()
     expected, _ = dtm_loss(logits, batch.responses, states, kept, c=0.0)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
@@ -394,6 +398,24 @@ def test_make_objective_dispatches_and_validates_options() -> None:
         )
     with pytest.raises(ConfigError, match="'dtm' takes no method_options"):
         make_objective(build_config(overrides=["method_options.beta_kl=0.1"]), 1)
+
+
+def test_the_method_registry_is_the_one_list_of_methods() -> None:
+    # every registered name is a valid config.method and builds its registered classes
+    for name, method in METHODS.items():
+        objective = make_objective(build_config(overrides=[f"method={name}"]), MASK)
+        assert type(objective) is method.objective_class()
+        options = method.options_class()
+        assert options is None or type(objective.options) is options
+    # the benchmark offers (and by default runs) exactly the registered methods, with labels
+    from tiltmatch.experiments import bench
+
+    assert bench.parse_args([]).methods == list(METHODS)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "grpo"])
+    assert {name: bench._LABELS[name] for name in METHODS} == {
+        name: method.label for name, method in METHODS.items()
+    }
 
 
 # ----- smoke: the real trainer, two tiny stages per method ---------------------------------------

@@ -35,6 +35,7 @@ def test_defaults_validate_and_overrides_apply() -> None:
         (["colour=blue"], "colour: unknown field"),
         (["dtm=3"], "dtm"),
         (["novalue"], "not of the form key.path=value"),
+        (["method=grpo"], "method: .*unknown method 'grpo'; known methods: dtm, diffu-grpo, wd1"),
     ],
 )
 def test_bad_overrides_are_named(overrides, message) -> None:

@@ -10,16 +10,12 @@ import torch
 from tiltmatch.config import LoRAConfig, ModelConfig, build_config
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.models.quantisation import bitsandbytes_available, load_4bit_base, prepare_base_model
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Example
 from tiltmatch.tasks.maze.task import MazeTask
 from tiltmatch.training.checkpoint import load_checkpoint, save_checkpoint
-from tiltmatch.training.lora import (
-    LoRAPair,
-    bitsandbytes_available,
-    load_4bit_base,
-    prepare_base_model,
-)
+from tiltmatch.training.lora import LoRAPair
 from tiltmatch.training.pretrain import char_codec_for
 from tiltmatch.training.trainer import Trainer
 

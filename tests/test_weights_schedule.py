@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from tiltmatch.config import DTMConfig
+from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.schedule import (
     AdaptiveESSSchedule,
     FixedSchedule,
@@ -18,6 +20,7 @@ from tiltmatch.dtm.weights import (
     effective_sample_size,
     effective_sample_size_at,
     group_baseline,
+    log_tilt_weights,
     self_normalised_weights,
     tilt_weights,
 )
@@ -37,9 +40,24 @@ def test_tilt_weights_are_exp_h_r_minus_b() -> None:
 
 
 def test_large_h_stays_finite_in_log_space() -> None:
-    w = tilt_weights(REWARDS, 60.0, "min")
+    # At h = 1e4, exp(h (r - b)) is inf in float32 and float64 alike: only the log-space
+    # paths stay finite. log w_h is h (r - b) exactly, never log(exp(...)).
+    h = 1e4
+    naive = torch.exp(h * (REWARDS.double() - REWARDS.double().min(1, keepdim=True).values))
+    assert not torch.isfinite(naive).all()  # the regime this test is about
+    log_w = log_tilt_weights(REWARDS, h, "min")
+    assert torch.equal(log_w, h * (REWARDS - REWARDS.min(1, keepdim=True).values))
+    # The self-normalised weights are a softmax (max subtracted): finite, G per group.
+    w = self_normalised_weights(REWARDS, h)
     assert torch.isfinite(w).all()
-    assert float(w.max()) == pytest.approx(math.exp(60.0), rel=1e-5)
+    assert torch.allclose(w.sum(1), torch.full((3,), 4.0))
+    # Plain tilt weights overflow there: the DTM objective refuses them with a clear error
+    # instead of training on inf weights, and accepts the same h self-normalised.
+    plain = DTMObjective(DTMConfig(baseline="min"), mask_token_id=0)
+    with pytest.raises(FloatingPointError, match="overflow at h = 10000"):
+        plain.sample_weights(REWARDS, h)
+    normalised = DTMObjective(DTMConfig(self_normalise=True), mask_token_id=0)
+    assert torch.isfinite(normalised.sample_weights(REWARDS, h)).all()
     # The ESS is computed from log-weights with the max subtracted: finite at any h.
     ess = effective_sample_size_at(REWARDS, 1e4)
     assert torch.isfinite(ess).all()

@@ -1,15 +1,14 @@
 """tiltmatch: Discrete Tilt Matching (DTM) for masked diffusion language models.
 
-The package reads in the order data flows (see METHOD.md):
+The subpackages read in the order data flows (METHOD.md; ARCHITECTURE.md draws it):
 
 - ``tasks``      make prompts and score responses (rewards in [0, 1]);
-- ``model``      the denoiser adapter around a Hugging Face ``PreTrainedModel``;
-- ``sampler``    turns prompts into responses (and the states it visited);
-- ``weights``    turns rewards into tilt weights (control variates, baselines, ESS);
-- ``schedule``   chooses the tilt increments ``h`` of the annealing path;
-- ``states``     draws the partly masked states the loss is evaluated on;
-- ``loss``       turns states, targets and weights into a number;
-- ``trainer``    only orchestrates.
+- ``models``     the denoiser adapter around a Hugging Face ``PreTrainedModel``, codecs, loading;
+- ``sampling``   turns prompts into responses (and the states it visited); rollouts, buffer;
+- ``dtm``        tilt weights, annealing schedules, masked states, the c-DTM loss, its objective;
+- ``baselines``  diffu-GRPO, wd1 and rejection sampling behind the same ``Objective``;
+- ``training``   the method registry, the student/teacher pair, the trainer (orchestration only);
+- ``experiments`` the demo, benchmark and ablation, on top of the library (never imported by it).
 """
 
 __version__ = "0.1.0"

@@ -89,10 +89,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo: DTM on the maze from the shipped base model, with a report."""
-    from tiltmatch.experiments.demo import HEADLINE_KEYS, run_demo
+    from tiltmatch.experiments.demo import HEADLINE_KEYS, TINY_OVERRIDES, TINY_PROBE, run_demo
 
+    overrides = [*TINY_OVERRIDES, *_overrides(args)] if args.tiny else _overrides(args)
     report = run_demo(
-        Path(args.out), config_path=args.config, overrides=_overrides(args), quiet=args.quiet
+        Path(args.out),
+        config_path=args.config,
+        overrides=overrides,
+        quiet=args.quiet,
+        **(TINY_PROBE if args.tiny else {}),
     )
     print(json.dumps({k: report[k] for k in HEADLINE_KEYS}, indent=2))
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -118,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (report.md, report.json)")
     _add_config_args(p)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the same pipeline at a toy size, in seconds (checks an installation; the "
+        "numbers mean nothing)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("pretrain", help="masked-diffusion SFT of a tiny base model on a task")

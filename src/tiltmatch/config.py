@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tiltmatch.models.dtypes import DTypeName
+from tiltmatch.training.methods import check_method_name
 
 
 class ConfigError(ValueError):
@@ -40,8 +50,9 @@ class ModelConfig(_Strict):
         "family is read from its files): tiltmatch.models.family",
     )
     block_size: int = Field(4, ge=1, description="block size of a tiny block diffusion model")
-    # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by tiltmatch.training.lora.
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by
+    # tiltmatch.models.quantisation and tiltmatch.training.lora.
+    dtype: DTypeName = Field(
         "float32", description="dtype of the base weights (bfloat16 for LLaDA-8B)"
     )
     load_in_4bit: bool = Field(
@@ -170,7 +181,7 @@ class RunConfig(_Strict):
 
     task: str = "maze"
     task_options: dict[str, Any] = Field(default_factory=dict)
-    method: Literal["dtm", "diffu-grpo", "wd1", "rejection"] = "dtm"
+    method: str = Field("dtm", description="a name in tiltmatch.training.methods.METHODS")
     method_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -179,6 +190,11 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     lora: LoRAConfig | None = Field(None, description="LoRA adapters; none = full fine-tuning")
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, name: str) -> str:
+        return check_method_name(name)
 
     @model_validator(mode="after")
     def _quantised_base_needs_adapters(self) -> RunConfig:

@@ -55,15 +55,6 @@ class LossInputs:
     reference: MaskedDenoiser | None = None
 
 
-def forward_response_logits(
-    denoiser: MaskedDenoiser, batch: RolloutBatch, z: torch.Tensor
-) -> torch.Tensor:
-    """Denoiser logits ``[N, L, V]`` on the response positions, for canvases ``z``."""
-    ids = torch.cat([batch.prompt_ids, z], dim=1)
-    mask = torch.cat([batch.prompt_mask, torch.ones_like(z)], dim=1)
-    return denoiser(ids, mask, z.shape[1])
-
-
 class Objective(ABC):
     """A fine-tuning method's loss and stage logic."""
 

@@ -19,7 +19,6 @@ from dataclasses import replace
 import torch
 
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.objective import forward_response_logits
 from tiltmatch.sampling.rollouts import RolloutBatch
 
 
@@ -61,7 +60,7 @@ def one_pass_token_log_probs(
     for the current, old and reference models.
     """
     masked_batch, canvas = one_pass_inputs(batch, prompt_masked, mask_token_id)
-    logits = forward_response_logits(denoiser, masked_batch, canvas)
+    logits = denoiser.response_logits(masked_batch.prompt_ids, masked_batch.prompt_mask, canvas)
     # Upcast half precision as the DTM loss does; gather minus logsumexp avoids keeping
     # a second [N, L, V] log-softmax tensor for backward.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))

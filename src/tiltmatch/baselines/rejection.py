@@ -20,7 +20,7 @@ from pydantic import Field
 from tiltmatch.baselines import BaselineObjective, BaselineOptions
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.states import States, random_mask_states
-from tiltmatch.objective import LossInputs, Phase, forward_response_logits
+from tiltmatch.objective import LossInputs, Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 
 
@@ -89,7 +89,9 @@ class RejectionObjective(BaselineObjective):
             group_size=1,
         )
         kept_states = select_rows(states, rows)
-        logits = forward_response_logits(inputs.student, kept_batch, kept_states.z)
+        logits = inputs.student.response_logits(
+            kept_batch.prompt_ids, kept_batch.prompt_mask, kept_states.z
+        )
         ones = torch.ones(rows.numel(), dtype=logits.dtype, device=logits.device)
         loss, _ = dtm_loss(logits, kept_batch.responses, kept_states, ones, c=0.0)
         return loss * (rows.numel() / kept.numel()), stats

@@ -33,7 +33,7 @@ from tiltmatch.dtm.weights import (
     self_normalised_weights,
     tilt_weights,
 )
-from tiltmatch.objective import LossInputs, Objective, Phase, forward_response_logits
+from tiltmatch.objective import LossInputs, Objective, Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 
 
@@ -132,11 +132,15 @@ class DTMObjective(Objective):
             states = self.block_states_of(batch, inputs.generator, block)
         else:
             states = self.states(batch, inputs.generator)
-        student_logits = forward_response_logits(inputs.student, batch, states.z)
+        student_logits = inputs.student.response_logits(
+            batch.prompt_ids, batch.prompt_mask, states.z
+        )
         teacher_logits = None
         if self.config.c != 0.0:
             with torch.no_grad():
-                teacher_logits = forward_response_logits(inputs.teacher, batch, states.z)
+                teacher_logits = inputs.teacher.response_logits(
+                    batch.prompt_ids, batch.prompt_mask, states.z
+                )
         loss, stats = dtm_loss(
             student_logits, batch.responses, states, w, self.config.c, teacher_logits
         )

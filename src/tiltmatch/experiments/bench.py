@@ -59,8 +59,10 @@ from typing import Any
 
 import torch
 
+from tiltmatch.training import methods as registry
+
 TASKS: tuple[str, ...] = ("maze", "sudoku", "countdown")
-METHODS: tuple[str, ...] = ("dtm", "diffu-grpo", "wd1", "rejection")
+METHODS: tuple[str, ...] = tuple(registry.METHODS)  # the one registry's names
 #: the metric reported as held-out accuracy, per task
 ACCURACY_METRIC: dict[str, str] = {
     "maze": "accuracy",  # fraction of sampled paths that are shortest paths
@@ -713,7 +715,7 @@ def _goal(rows: dict[str, Any], size: BenchSize) -> dict[str, Any]:
 
 # ----- reporting ----------------------------------------------------------------------------
 
-_LABELS = {"dtm": "DTM", "diffu-grpo": "diffu-GRPO", "wd1": "wd1", "rejection": "rejection FT"}
+_LABELS = {name: method.label for name, method in registry.METHODS.items()}
 
 
 def plot(summary: dict[str, Any], out: Path) -> list[str]:

@@ -231,6 +231,24 @@ HEADLINE_KEYS: tuple[str, ...] = (
 )
 
 
+#: ``tiltmatch demo --tiny``: the same pipeline in seconds, to check an installation (its
+#: numbers mean nothing): run-config overrides applied before the user's, and the probe's size.
+TINY_OVERRIDES: tuple[str, ...] = (
+    "dtm.a_end=2",
+    "dtm.h=1",
+    "dtm.steps_per_h=3",
+    "train.buffer_prompts=4",
+    "train.prompts_per_batch=2",
+    "train.num_generations=2",
+    "train.refresh_prompts=2",
+    "train.refresh_every=2",
+    "train.train_examples=16",
+    "eval.examples=4",
+    "eval.samples_per_example=2",
+)
+TINY_PROBE: dict[str, int] = {"target_mazes": 2, "target_samples": 16}
+
+
 def run_demo(
     out: Path,
     config_path: str | None = None,

@@ -155,6 +155,22 @@ class MaskedDenoiser(nn.Module):
         )
         return family.response_logits(out.logits, response_length)
 
+    def response_logits(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, canvas: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[B, L, V]`` on the canvas ``z`` ``[B, L]`` that follows each prompt.
+
+        The one place where a left-padded prompt (ids and attention mask ``[B, P]``)
+        and a response canvas are joined into the model's input: the sampler, the
+        objectives and pretraining all read the denoiser through it. Every canvas
+        column is attended to (mask tokens included: they are what the denoiser
+        reads, METHOD.md section 1). The model call goes through ``self(...)``, so a
+        subclass that routes its forward differently (a LoRA adapter view) is honoured.
+        """
+        ids = torch.cat([prompt_ids, canvas], dim=1)
+        mask = torch.cat([prompt_mask, torch.ones_like(canvas)], dim=1)
+        return self(ids, mask, canvas.shape[1])
+
     def session(self) -> AbstractContextManager[None]:
         """A context around many consecutive forwards of this denoiser alone (sampling).
 

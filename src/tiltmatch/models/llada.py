@@ -50,6 +50,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tiltmatch.models.dtypes import DTYPE_NAMES, torch_dtype
+
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -559,9 +561,6 @@ def convert_llada(
     return dst
 
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
 def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``convert-llada SRC DST`` on an argparse subparsers object.
 
@@ -574,7 +573,7 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("src", help="LLaDA checkpoint folder (or hub id where a network exists)")
     parser.add_argument("dst", help="output folder (must be empty or absent)")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bfloat16")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
     parser.add_argument("--max-shard-size", default="5GB")
     parser.set_defaults(func=_run_convert)
     return parser
@@ -582,7 +581,7 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _run_convert(args: argparse.Namespace) -> int:
     out = convert_llada(
-        args.src, args.dst, dtype=_DTYPES[args.dtype], max_shard_size=args.max_shard_size
+        args.src, args.dst, dtype=torch_dtype(args.dtype), max_shard_size=args.max_shard_size
     )
     print(f"wrote {out}")
     return 0

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from tiltmatch.config import ModelConfig
 from tiltmatch.models.codecs import CharTokenizer, PromptCodec
 from tiltmatch.models.denoiser import DENOISER_META, TinyModelSpec, load_denoiser, tiny_denoiser
+from tiltmatch.models.dtypes import torch_dtype
 from tiltmatch.models.family import BLOCK_DIFFUSION, DREAM, LLADA
 from tiltmatch.tasks.base import Task
 
@@ -73,11 +74,11 @@ def load_model_and_codec(
     path = resolve_model_path(config.base)
     if config.load_in_4bit:
         from tiltmatch.models.llada import LLaDACodec
-        from tiltmatch.training.lora import DTYPES, load_4bit_base
+        from tiltmatch.models.quantisation import load_4bit_base
 
-        model = load_4bit_base(path, DTYPES[config.dtype], "cuda")
+        model = load_4bit_base(path, torch_dtype(config.dtype), "cuda")
         return model, LLaDACodec.from_pretrained(path)
-    return load_model_folder(path, task, dtype=getattr(torch, config.dtype))
+    return load_model_folder(path, task, dtype=torch_dtype(config.dtype))
 
 
 def checkpoint_family(cfg: dict[str, Any]) -> str:

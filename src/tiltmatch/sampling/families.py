@@ -98,7 +98,6 @@ def dream_generate(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     prompt_ids, prompt_mask, response = _canvas(denoiser, prompts, response_length)
-    attention = torch.cat([prompt_mask, torch.ones_like(response)], dim=1)
     banned = sorted({denoiser.mask_token_id, *forbidden_token_ids})
     # float32, as Dream computes them: the per-step counts int(n * (1 - s / t)) agree.
     times = torch.linspace(1.0, eps, steps + 1, dtype=torch.float32)
@@ -112,7 +111,7 @@ def dream_generate(
             open_ = response == denoiser.mask_token_id
             if not bool(open_.any()):
                 continue
-            logits = denoiser(torch.cat([prompt_ids, response], 1), attention, response_length)
+            logits = denoiser.response_logits(prompt_ids, prompt_mask, response)
             logits = logits.double()
             logits[..., banned] = -torch.inf
             tokens, probs = _draw(logits, temperature, generator)

@@ -1,6 +1,6 @@
 """The sampler: from an all-mask response to a clean one (METHOD.md section 1).
 
-Batched over prompts of different lengths (left padding, see ``model.py``).
+Batched over prompts of different lengths (left padding, see ``models/denoiser.py``).
 The response of length ``L`` is decoded in semi-autoregressive blocks of
 ``block_length``; within a block, each step unmasks a number of tokens given by
 the linear schedule, chosen by lowest-confidence-first or at random. Sampling
@@ -108,13 +108,12 @@ def generate(
     prompt_ids, prompt_mask = left_pad(prompts, denoiser.pad_token_id, device)
     batch = prompt_ids.shape[0]
     response = torch.full((batch, response_length), denoiser.mask_token_id, device=device)
-    attention = torch.cat([prompt_mask, torch.ones_like(response)], dim=1)
     banned = sorted({denoiser.mask_token_id, *forbidden_token_ids})
     visited: list[torch.Tensor] | None = [] if record_states else None
     was_training = denoiser.training
     denoiser.eval()
     with denoiser.session():  # e.g. a LoRA teacher's adapter stays selected throughout
-        _denoise(denoiser, prompt_ids, response, attention, banned, visited, config, generator)
+        _denoise(denoiser, prompt_ids, prompt_mask, response, banned, visited, config, generator)
     denoiser.train(was_training)
     out_visited = torch.stack(visited) if visited is not None else None
     return SampleOutput(responses=response, visited=out_visited)
@@ -123,8 +122,8 @@ def generate(
 def _denoise(
     denoiser: MaskedDenoiser,
     prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
     response: torch.Tensor,
-    attention: torch.Tensor,
     banned: list[int],
     visited: list[torch.Tensor] | None,
     config: SamplingConfig,
@@ -142,7 +141,7 @@ def _denoise(
                 visited.append(response.clone())
             if count == 0:
                 continue
-            logits = denoiser(torch.cat([prompt_ids, response], 1), attention, response_length)
+            logits = denoiser.response_logits(prompt_ids, prompt_mask, response)
             logits = logits.double()
             logits[..., banned] = -torch.inf
             candidates = gumbel_max(logits, config.temperature, generator)

@@ -19,14 +19,13 @@ Two PEFT behaviours this module guards against:
   forward therefore hands the model back to the student adapter (and to the
   train/eval mode it found), so the recomputation is the student's.
 
-Also here: the large-model loading options of ``model:`` in the run config
-(bfloat16 weights, a 4-bit base via bitsandbytes, activation checkpointing).
+Also here: activation checkpointing (``model.gradient_checkpointing``). The other
+large-model options of ``model:`` (the weights' dtype, a 4-bit base via
+bitsandbytes) are applied while loading, in :mod:`tiltmatch.models.quantisation`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,19 +34,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from tiltmatch.config import LoRAConfig, ModelConfig, RunConfig
+from tiltmatch.config import LoRAConfig, RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.family import lora_target_modules
 from tiltmatch.training.pair import DenoiserPair
 
 STUDENT, TEACHER = "student", "teacher"
 ADAPTERS = (STUDENT, TEACHER)
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 
 def _require_peft():
@@ -84,72 +77,6 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def bitsandbytes_available() -> bool:
-    """Whether the optional bitsandbytes package (4-bit bases) is importable."""
-    return importlib.util.find_spec("bitsandbytes") is not None
-
-
-def load_4bit_base(
-    path: str | Path,
-    compute_dtype: torch.dtype = torch.bfloat16,
-    device: str | torch.device = "cuda",
-) -> PreTrainedModel:
-    """A Llama / Qwen2 / Qwen3-format checkpoint (``tiltmatch convert-llada``, or a saved
-    Dream / block diffusion denoiser) with NF4 weights.
-
-    Linear layers are quantised to 4-bit NF4 (double quantisation) by
-    bitsandbytes at load time and compute in ``compute_dtype``; transformers
-    leaves the output projection unquantised. Attention is made bidirectional
-    (``is_causal=False``) whatever the folder's config says, as
-    :func:`tiltmatch.models.llada.load_llada` does. LLaDA's own checkpoint format is not
-    read here: convert it once first.
-    """
-    if not bitsandbytes_available():
-        raise ImportError(
-            "model.load_in_4bit needs the bitsandbytes package (and a CUDA GPU), which is not "
-            "installed: pip install bitsandbytes, or set model.load_in_4bit=false"
-        )
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
-
-    folder = Path(path)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no config.json in {folder}")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type not in ("llama", "qwen2", "qwen3"):
-        raise ValueError(
-            f"{folder} holds a {model_type!r} checkpoint; a 4-bit base is loaded from a "
-            "transformers-format folder (llama / qwen2 / qwen3): run 'tiltmatch convert-llada "
-            f"{folder} DST' once for LLaDA, or save a Dream / SDAR model with save_pretrained"
-        )
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    config.is_causal = False  # every denoiser family's attention is non-causal (models.family)
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        config=config,
-        quantization_config=quantization,
-        dtype=compute_dtype,
-        device_map={"": str(torch.device(device))},
-    )
-    model.eval()
-    return model
-
-
-def prepare_base_model(model: PreTrainedModel, config: ModelConfig) -> PreTrainedModel:
-    """Apply ``model.dtype`` to an already loaded (unquantised) base; returns it."""
-    if config.load_in_4bit:
-        raise ValueError("a 4-bit base is quantised while loading: use load_4bit_base")
-    # In place (modules cast their own tensors); transformers' decorated .to confuses mypy.
-    model.to(dtype=DTYPES[config.dtype])  # type: ignore[call-arg]
-    return model
 
 
 class AdapterDenoiser(MaskedDenoiser):

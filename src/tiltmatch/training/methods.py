@@ -1,68 +1,72 @@
-"""From a run configuration to the method's :class:`Objective`: DTM or one of its baselines.
+"""The one registry of fine-tuning methods: DTM and its baselines (METHOD.md section 8).
 
-``config.method`` names the method. DTM's settings live in ``config.dtm``;
-each baseline's live in ``config.method_options`` and are validated here by
-the baseline's own options model (unknown names and out-of-range values are
-rejected with a message that names them). Everything else (learning rate,
-rollouts, buffer, sampler, evaluation) comes from the shared sections of the
-config, so the methods differ only in their loss (METHOD.md section 8).
+A method is registered here once, by name: the run config accepts exactly these
+names (``config.method``), the benchmark runs and labels them, and
+:func:`tiltmatch.training.runner.make_objective` builds the named method's
+:class:`~tiltmatch.objective.Objective`. Classes are named as ``module:Class``
+and imported only when a run uses them, as the task registry does, so this
+module imports nothing of the package and the config can read it.
+
+Adding a baseline: a module under ``baselines/`` with its options model and
+objective, then one entry below.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ValidationError
+import importlib
+from dataclasses import dataclass
+from typing import Any
 
-from tiltmatch.baselines import BaselineObjective, BaselineOptions
-from tiltmatch.baselines.diffu_grpo import DiffuGRPOObjective, DiffuGRPOOptions
-from tiltmatch.baselines.rejection import RejectionObjective, RejectionOptions
-from tiltmatch.baselines.wd1 import WD1Objective, WD1Options
-from tiltmatch.config import ConfigError, RunConfig, describe_validation_error
-from tiltmatch.dtm.objective import DTMObjective
-from tiltmatch.objective import Objective
 
-#: each baseline's options model and objective class
-BASELINES: dict[str, tuple[type[BaselineOptions], type[BaselineObjective]]] = {
-    "diffu-grpo": (DiffuGRPOOptions, DiffuGRPOObjective),
-    "wd1": (WD1Options, WD1Objective),
-    "rejection": (RejectionOptions, RejectionObjective),
+@dataclass(frozen=True)
+class Method:
+    """One registered method.
+
+    ``objective``: its :class:`~tiltmatch.objective.Objective` class as ``module:Class``.
+    ``options``: the pydantic model of its ``method_options`` as ``module:Class``;
+    ``None`` for DTM, whose settings are the run config's own ``dtm`` section.
+    ``label``: its name in tables and plots.
+    """
+
+    objective: str
+    options: str | None
+    label: str
+
+    def objective_class(self) -> type[Any]:
+        """The objective class, imported now."""
+        return _resolve(self.objective)
+
+    def options_class(self) -> type[Any] | None:
+        """The options model, imported now (``None`` for DTM)."""
+        return None if self.options is None else _resolve(self.options)
+
+
+METHODS: dict[str, Method] = {
+    "dtm": Method("tiltmatch.dtm.objective:DTMObjective", None, "DTM"),
+    "diffu-grpo": Method(
+        "tiltmatch.baselines.diffu_grpo:DiffuGRPOObjective",
+        "tiltmatch.baselines.diffu_grpo:DiffuGRPOOptions",
+        "diffu-GRPO",
+    ),
+    "wd1": Method(
+        "tiltmatch.baselines.wd1:WD1Objective", "tiltmatch.baselines.wd1:WD1Options", "wd1"
+    ),
+    "rejection": Method(
+        "tiltmatch.baselines.rejection:RejectionObjective",
+        "tiltmatch.baselines.rejection:RejectionOptions",
+        "rejection FT",
+    ),
 }
 
 
-def _describe(method: str, model: type[BaseModel], err: ValidationError) -> str:
-    known = ", ".join(model.model_fields)
-    lines = describe_validation_error(err, unknown=f"unknown option (known: {known})")
-    return "\n".join([f"invalid method_options for method {method!r}:", *lines])
+def check_method_name(name: str) -> str:
+    """``name`` if it is registered, else a ``ValueError`` that lists the known names."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    return name
 
 
-def method_options(config: RunConfig) -> BaselineOptions | None:
-    """The validated options of ``config.method``; None for DTM (its settings are ``dtm``)."""
-    if config.method == "dtm":
-        if config.method_options:
-            names = ", ".join(sorted(config.method_options))
-            raise ConfigError(
-                f"method 'dtm' takes no method_options (got {names}); set its options "
-                "in the 'dtm' section"
-            )
-        return None
-    if config.method not in BASELINES:
-        raise ConfigError(f"unknown method {config.method!r}; known: dtm, {', '.join(BASELINES)}")
-    model, _ = BASELINES[config.method]
-    try:
-        return model.model_validate(config.method_options)
-    except ValidationError as err:
-        raise ConfigError(_describe(config.method, model, err)) from None
-
-
-def make_objective(config: RunConfig, mask_token_id: int) -> Objective:
-    """The :class:`Objective` of ``config.method``, with its options validated."""
-    options = method_options(config)
-    if options is None:
-        return DTMObjective(config.dtm, mask_token_id)
-    _, objective = BASELINES[config.method]
-    return objective(options, mask_token_id)
-
-
-def needs_reference(config: RunConfig) -> bool:
-    """Whether the run needs a frozen copy of the base model (diffu-GRPO's KL term)."""
-    # The mask id plays no part in this decision; any id builds the objective.
-    return make_objective(config, mask_token_id=0).needs_reference
+def _resolve(path: str) -> type[Any]:
+    module_name, _, attribute = path.partition(":")
+    found: type[Any] = getattr(importlib.import_module(module_name), attribute)
+    return found

@@ -99,9 +99,7 @@ def pretrain(
             states = block_states(
                 x, lengths, denoiser.family.block_size, codec.mask_token_id, generator
             )
-        ids = torch.cat([prompt_ids, states.z], 1)
-        mask = torch.cat([prompt_mask, torch.ones_like(x)], 1)
-        logits = denoiser(ids, mask, x.shape[1])
+        logits = denoiser.response_logits(prompt_ids, prompt_mask, states.z)
         loss, _ = dtm_loss(logits, x, states, torch.ones(x.shape[0]), c=0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from transformers import PreTrainedModel
 
-from tiltmatch.config import RunConfig
+from tiltmatch.baselines import BaselineOptions
+from tiltmatch.config import ConfigError, RunConfig, describe_validation_error
 from tiltmatch.models.codecs import CharTokenizer, PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser, save_denoiser
 from tiltmatch.models.loading import load_model_and_codec
@@ -21,23 +23,54 @@ from tiltmatch.training.distributed import (
     close_process_group,
     process_context,
 )
+from tiltmatch.training.methods import METHODS
 from tiltmatch.training.pair import CopiedPair, DenoiserPair
 from tiltmatch.training.parallel import make_parallel
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
 
-def make_objective(config: RunConfig, mask_token_id: int) -> Objective:
-    """The objective of ``config.method`` (DTM or a baseline)."""
-    from tiltmatch.training.methods import make_objective as dispatch
+def method_options(config: RunConfig) -> BaselineOptions | None:
+    """The validated ``method_options`` of ``config.method``; None for DTM (its settings are
+    the ``dtm`` section). Unknown names and out-of-range values are one :class:`ConfigError`
+    naming them, checked by the baseline's own options model."""
+    method = METHODS[config.method]  # the name was checked against the registry by the config
+    options = method.options_class()
+    if options is None:
+        if config.method_options:
+            names = ", ".join(sorted(config.method_options))
+            raise ConfigError(
+                f"method {config.method!r} takes no method_options (got {names}); set its "
+                "options in the 'dtm' section"
+            )
+        return None
+    try:
+        validated: BaselineOptions = options.model_validate(config.method_options)
+    except ValidationError as err:
+        known = ", ".join(options.model_fields)
+        lines = describe_validation_error(err, unknown=f"unknown option (known: {known})")
+        raise ConfigError(
+            "\n".join([f"invalid method_options for method {config.method!r}:", *lines])
+        ) from None
+    return validated
 
-    return dispatch(config, mask_token_id)
+
+def make_objective(config: RunConfig, mask_token_id: int) -> Objective:
+    """The :class:`Objective` of ``config.method`` (DTM or a baseline), options validated.
+
+    Everything else (learning rate, rollouts, buffer, sampler, evaluation) comes from
+    the shared sections of the config: the methods differ only in their loss (METHOD.md
+    section 8).
+    """
+    options = method_options(config)
+    objective = METHODS[config.method].objective_class()
+    made: Objective = objective(config.dtm if options is None else options, mask_token_id)
+    return made
 
 
 def needs_reference(config: RunConfig) -> bool:
-    """Whether the method keeps a frozen copy of the base model."""
-    from tiltmatch.training.methods import needs_reference as ask
-
-    return ask(config)
+    """Whether the run needs a frozen copy of the base model (diffu-GRPO's KL term)."""
+    # The mask id plays no part in this decision; any id builds the objective.
+    return make_objective(config, mask_token_id=0).needs_reference
 
 
 def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> DenoiserPair:
@@ -102,7 +135,7 @@ def build_trainer(
     task = get_task(config.task, **config.task_options)
     model, codec = load_model_and_codec(config.model, task, seed=config.seed)
     if config.model.base is not None and config.model.dtype != "float32":
-        from tiltmatch.training.lora import prepare_base_model
+        from tiltmatch.models.quantisation import prepare_base_model
 
         model = prepare_base_model(model, config.model)
     if context.fsdp is None:
