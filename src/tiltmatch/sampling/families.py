@@ -34,8 +34,9 @@ from typing import Literal
 import torch
 
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.models.family import block_causal_mask
+from tiltmatch.models.family import BLOCK_DIFFUSION, block_causal_mask
 from tiltmatch.sampling.sampler import (
+    FAMILY_DECODERS,
     SampleOutput,
     SamplingConfig,
     gumbel_max,
@@ -299,7 +300,7 @@ def _decode_group(
     return x[:, width : width + response_length], visited
 
 
-def family_generate(
+def block_family_generate(
     denoiser: MaskedDenoiser,
     prompts: Sequence[Sequence[int]],
     response_length: int,
@@ -307,17 +308,17 @@ def family_generate(
     generator: torch.Generator,
     record_states: bool = False,
     forbidden_token_ids: Sequence[int] = (),
-) -> SampleOutput | None:
-    """The family's own decoding where its model requires it, else None (the common sampler).
+) -> SampleOutput:
+    """The common sampler's call for a block diffusion model: :func:`block_generate`.
 
     A block diffusion model can only be decoded block by block; ``config.steps``
-    is then spread over the response's blocks (``steps * block_size / L``
-    denoising steps per block, at least 1). LLaDA and Dream models are
-    bidirectional and take any of the common sampler's orders.
+    is spread over the response's blocks (``steps * block_size / L`` denoising
+    steps per block, at least 1). LLaDA and Dream models are bidirectional and
+    take any of the common sampler's orders (no decoder is registered for them).
     """
     block = denoiser.family.block_size
     if block is None:
-        return None
+        raise ValueError("block_family_generate needs a block diffusion denoiser")
     per_block = max(1, min(block, round(config.steps * block / response_length)))
     return block_generate(
         denoiser,
@@ -330,3 +331,6 @@ def family_generate(
         record_states=record_states,
         forbidden_token_ids=forbidden_token_ids,
     )
+
+
+FAMILY_DECODERS[BLOCK_DIFFUSION] = block_family_generate

@@ -11,7 +11,7 @@ sampling silently becomes less random.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +38,11 @@ class SampleOutput:
 
     responses: torch.Tensor
     visited: torch.Tensor | None = None
+
+
+#: decoders of the model families that cannot take the common sampler, by family name
+#: (``tiltmatch.sampling.families`` registers them; the package imports it)
+FAMILY_DECODERS: dict[str, Callable[..., SampleOutput]] = {}
 
 
 def left_pad(
@@ -86,16 +91,23 @@ def generate(
 
     ``forbidden_token_ids`` are never produced (the mask token always is, and
     the caller may add padding or other specials). A model family that needs
-    its own decoding (block diffusion) is handed to it
-    (:func:`tiltmatch.sampling.families.family_generate`).
+    its own decoding (block diffusion) is handed to its decoder in
+    :data:`FAMILY_DECODERS` (registered by :mod:`tiltmatch.sampling.families`).
     """
-    from tiltmatch.sampling.families import family_generate
-
-    own = family_generate(
-        denoiser, prompts, response_length, config, generator, record_states, forbidden_token_ids
-    )
-    if own is not None:
-        return own
+    family = denoiser.family
+    if family.block_size is not None or family.name in FAMILY_DECODERS:
+        decode = FAMILY_DECODERS.get(family.name)
+        if decode is None:  # never silently decode a block model by the common order
+            raise RuntimeError(f"no decoder registered for model family {family.name!r}")
+        return decode(
+            denoiser,
+            prompts,
+            response_length,
+            config,
+            generator,
+            record_states,
+            forbidden_token_ids,
+        )
     if response_length % config.block_length:
         raise ValueError(
             f"response length {response_length} is not a multiple of block length "
