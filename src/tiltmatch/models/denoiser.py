@@ -2,10 +2,12 @@
 
 METHOD.md section 1: a masked diffusion model is a denoiser ``mu_theta(v | z, i)``,
 the softmax of the logits at a masked position ``i`` of the partly masked
-response ``z``. Every denoiser here is a transformers model with bidirectional
+response ``z``. Every denoiser here is a transformers model with non-causal
 attention: a ``LlamaForCausalLM`` whose config says ``is_causal=False`` has
 exactly LLaDA's architecture, whether tiny (built from a config for CPU work)
-or LLaDA-8B itself.
+or LLaDA-8B itself; Dream is such a ``Qwen2ForCausalLM``, block diffusion (SDAR)
+such a ``Qwen3ForCausalLM`` with a block-causal mask. What differs between the
+families is one hook read from the config (:mod:`tiltmatch.models.family`).
 
 Batch layout used throughout the package: each row is a **left-padded prompt
 followed by a response of fixed length L**, so the response occupies the last L
