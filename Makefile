@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench base-maze clean
+.PHONY: setup demo rlhf test lint format bench base-maze clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ setup: $(STAMP)
 
 demo: $(STAMP)  ## fine-tune the shipped maze base model with DTM and write a report
 	$(BIN)/tiltmatch demo --out runs/demo
+
+$(VENV)/.rlhf: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[rlhf]"
+	touch $(VENV)/.rlhf
+
+rlhf: $(VENV)/.rlhf  ## a reward model trained with TRL on preference pairs, then DTM against it
+	$(BIN)/python benchmarks/rlhf.py --out runs/rlhf
 
 test: $(STAMP)  ## the test suite (what CI runs)
 	$(BIN)/python -m pytest

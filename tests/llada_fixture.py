@@ -114,7 +114,7 @@ def llada_config(weight_tying: bool = False) -> dict:
         "layer_norm_type": "rms",
         "layer_norm_with_affine": True,
         "mask_token_id": SPECIAL_TOKENS["<|mdm_mask|>"],
-        "max_sequence_length": 64,
+        "max_sequence_length": 512,  # GSM8K prompts with the chat template are ~110 tokens
         "mlp_hidden_size": 48,
         "mlp_ratio": 4,
         "model_type": "llada",

@@ -352,9 +352,14 @@ def test_rejection_loss_is_dtm_loss_with_zero_one_weights() -> None:
     expected, _ = dtm_loss(logits, batch.responses, states, kept, c=0.0)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert stats["kept_fraction"] == pytest.approx(0.5)
+    # Nothing kept: the loss is 0, and still through one student forward (collective under
+    # FSDP), so every parameter gets a zero gradient rather than none.
     none_kept = RejectionObjective(RejectionOptions(min_reward=1.0), MASK)
     zero, _ = none_kept.loss(LossInputs(student, student, batch, Phase(), torch.Generator()))
-    assert float(zero.detach()) == 0.0 and zero.requires_grad
+    assert float(zero.detach()) == 0.0
+    zero.backward()
+    grads = [p.grad for p in student.parameters()]
+    assert all(g is not None and not g.any() for g in grads)
 
 
 # ----- stages and options ------------------------------------------------------------------------

@@ -43,6 +43,11 @@ def test_demo_writes_report_and_plots(tmp_path: Path) -> None:
     for r in saved["history"]:
         assert math.isfinite(r["tv_to_target"]) and 0.0 <= r["tv_to_target"] <= 1.0
     assert 0.0 <= report["final_reward"] <= 1.0
+    # The thread count is pinned (results differ bit for bit between counts) and recorded.
+    from tiltmatch.experiments.demo import DEMO_THREADS
+
+    assert saved["numerics"]["threads"] == DEMO_THREADS
+    assert saved["numerics"]["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX")
     for name in ("report.md", "stages.png", "maze.png", "config.yaml", "final/model.safetensors"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "stages.png").stat().st_size > 1000

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ import yaml
 from conftest import TINY_OVERRIDES
 from torch.distributed.tensor import DTensor
 
+from tiltmatch.baselines.rejection import RejectionObjective, RejectionOptions
 from tiltmatch.config import build_config
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import States, random_mask_states
@@ -47,10 +49,10 @@ from tiltmatch.training.parallel import (
     Sharded,
     SingleProcess,
     full_tensors,
+    make_parallel,
     shard_module,
 )
 from tiltmatch.training.pretrain import char_codec_for
-from tiltmatch.training.runner import make_trainer
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,24 +63,44 @@ GLOBAL_PROMPTS, GROUP, UPDATES = 4, 2, 3
 TINY = [*TINY_OVERRIDES, "eval.examples=5"]
 
 
+def row_seeded_states(responses: torch.Tensor, mask_token_id: int) -> States:
+    """Random-mask states whose state of a row is seeded by the row's own tokens."""
+    parts = []
+    for row in responses:
+        weights = torch.arange(1, row.numel() + 1)
+        g = torch.Generator().manual_seed(int((row * weights).sum()))
+        parts.append(random_mask_states(row[None], mask_token_id, g))
+    return States(*(torch.cat([getattr(s, f) for s in parts]) for f in States.__annotations__))
+
+
 class RowSeededDTM(DTMObjective):
     """DTM whose random-mask state of a row is seeded by the row's own tokens."""
 
     def states(self, batch: RolloutBatch, generator: torch.Generator) -> States:
-        parts = []
-        for row in batch.responses:
-            weights = torch.arange(1, row.numel() + 1)
-            g = torch.Generator().manual_seed(int((row * weights).sum()))
-            parts.append(random_mask_states(row[None], self.mask_token_id, g))
-        return States(*(torch.cat([getattr(s, f) for s in parts]) for f in States.__annotations__))
+        return row_seeded_states(batch.responses, self.mask_token_id)
 
 
-def fixed_rollouts(rank: int, world: int, length: int) -> RolloutBatch:
+class RowSeededRejection(RejectionObjective):
+    """Rejection fine-tuning with :func:`row_seeded_states`."""
+
+    def states(self, batch: RolloutBatch, generator: torch.Generator) -> States:
+        return row_seeded_states(batch.responses, self.mask_token_id)
+
+
+#: Rewards of the rejection run: with min_reward 0.5, rank 0's two groups keep their best
+#: samples and rank 1's two groups keep nothing.
+REJECTION_REWARDS = torch.tensor([0.9, 0.2, 0.1, 0.7, 0.3, 0.1, 0.2, 0.4], dtype=torch.float64)
+
+
+def fixed_rollouts(
+    rank: int, world: int, length: int, rewards: torch.Tensor | None = None
+) -> RolloutBatch:
     """The same 4 prompts x 2 completions everywhere; rank ``rank`` holds its contiguous share."""
     g = torch.Generator().manual_seed(11)
     prompts = [torch.randint(3, 11, (n,), generator=g).tolist() for n in (5, 9, 7, 6)]
     responses = torch.randint(3, 11, (GLOBAL_PROMPTS * GROUP, length), generator=g)
-    rewards = torch.rand(GLOBAL_PROMPTS * GROUP, generator=g)
+    drawn = torch.rand(GLOBAL_PROMPTS * GROUP, generator=g)
+    rewards = drawn if rewards is None else rewards
     per = GLOBAL_PROMPTS // world
     keep = range(rank * per, (rank + 1) * per)
     rows = torch.tensor([p * GROUP + j for p in keep for j in range(GROUP)])
@@ -86,8 +108,14 @@ def fixed_rollouts(rank: int, world: int, length: int) -> RolloutBatch:
     return RolloutBatch(ids, mask, responses[rows], rewards[rows], GROUP)
 
 
-def equivalence_run(context: DistributedContext, out: Path) -> dict[str, torch.Tensor]:
-    """3 updates of 2 accumulated micro-batches, global micro-batch = all 4 prompts."""
+def equivalence_run(
+    context: DistributedContext, out: Path, rejection: bool = False
+) -> dict[str, torch.Tensor]:
+    """3 updates of 2 accumulated micro-batches, global micro-batch = all 4 prompts.
+
+    ``rejection``: rejection fine-tuning with ``min_reward=0.5`` on
+    :data:`REJECTION_REWARDS` (rank 1 of 2 keeps nothing), instead of DTM.
+    """
     per = GLOBAL_PROMPTS // context.world_size
     config = build_config(
         overrides=[
@@ -106,11 +134,15 @@ def equivalence_run(context: DistributedContext, out: Path) -> dict[str, torch.T
     codec = char_codec_for(task)
     model = tiny_denoiser(codec.vocab_size, SPEC, seed=0).double()
     pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
-    objective = RowSeededDTM(config.dtm, codec.mask_token_id)
-    trainer = make_trainer(config, task, codec, pair, objective, out, quiet=True, context=context)
+    objective: DTMObjective | RejectionObjective = RowSeededDTM(config.dtm, codec.mask_token_id)
+    if rejection:
+        objective = RowSeededRejection(RejectionOptions(min_reward=0.5), codec.mask_token_id)
+    parallel = make_parallel(context)
+    trainer = Trainer(config, task, codec, pair, objective, out, quiet=True, parallel=parallel)
     assert isinstance(trainer.parallel, DataParallel) == (context.world_size > 1)
     assert isinstance(trainer.parallel, Sharded) == (context.fsdp is not None)
-    batch = fixed_rollouts(context.rank, context.world_size, task.response_length)
+    rewards = REJECTION_REWARDS if rejection else None
+    batch = fixed_rollouts(context.rank, context.world_size, task.response_length, rewards)
     trainer._fill = lambda examples: batch  # type: ignore[method-assign]
     trainer._begin_stage()
     for _ in range(UPDATES):
@@ -143,7 +175,7 @@ def resume_run(context: DistributedContext, out: Path, lora: bool = False) -> di
         else:
             pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
         objective = DTMObjective(config.dtm, codec.mask_token_id)
-        return make_trainer(config, task, codec, pair, objective, folder, True, context)
+        return Trainer(config, task, codec, pair, objective, folder, True, make_parallel(context))
 
     a = build(out / "a")
     a.train(max_updates=2)
@@ -174,6 +206,8 @@ def worker(out: Path) -> None:
     context = process_context(cpu=True)
     rank = context.rank
     torch.save(equivalence_run(context, out / "equivalence"), out / f"equivalence_{rank}.pt")
+    rejected = equivalence_run(context, out / "rejection", rejection=True)
+    torch.save(rejected, out / f"rejection_{rank}.pt")
     torch.save(resume_run(context, out / "resume"), out / f"resume_{rank}.pt")
     if context.fsdp is not None:
         torch.save(resume_run(context, out / "lora", lora=True), out / f"lora_{rank}.pt")
@@ -189,16 +223,28 @@ FSDP_ENV = {
 }
 
 
+#: the most one two-process launch may take before it counts as hung
+LAUNCH_SECONDS = 300
+
+
 def launch(out: Path, extra_env: dict[str, str]) -> Path:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", **extra_env)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*cmd, __file__, str(out)], env=env, capture_output=True, text=True, timeout=300
+    proc = subprocess.Popen(
+        [*cmd, __file__, str(out)], env=env, stdout=PIPE, stderr=PIPE, text=True
     )
-    if done.returncode:
-        tail = f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-        pytest.fail(f"torchrun failed ({done.returncode}):\n{tail}")
+    try:
+        stdout, stderr = proc.communicate(timeout=LAUNCH_SECONDS)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: torchrun then stops its workers (killed alone, it would leave
+        # the ranks waiting on each other, holding the pipes open).
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=120)
+        pytest.fail(f"torchrun hung (stopped after {LAUNCH_SECONDS} s):\n{stderr[-6000:]}")
+    if proc.returncode:
+        tail = f"{stdout[-3000:]}\n{stderr[-6000:]}"
+        pytest.fail(f"torchrun failed ({proc.returncode}):\n{tail}")
     return out
 
 
@@ -224,6 +270,21 @@ def test_two_processes_equal_one_with_the_same_global_batch(launch_name, request
     assert any(not torch.equal(v, initial[k.removeprefix("model.")]) for k, v in single.items())
     for key, value in single.items():
         assert torch.equal(ranks[0][key], ranks[1][key]), key  # replicas stay identical
+        assert torch.allclose(ranks[0][key], value, rtol=0, atol=1e-5), key
+
+
+@pytest.mark.parametrize("launch_name", LAUNCHES)
+def test_a_rank_that_keeps_nothing_still_joins_the_update(launch_name, request, tmp_path):
+    """Rejection fine-tuning where rank 1's micro-batches keep no sample: the rank still runs
+    its (collective, under FSDP) forward and backward, with zero weight, so the launch
+    finishes (within launch()'s timeout) and equals one process on the global batch."""
+    launched = request.getfixturevalue(launch_name)
+    single = equivalence_run(DistributedContext(), tmp_path, rejection=True)
+    initial = tiny_denoiser(11, SPEC, seed=0).double().state_dict()
+    ranks = [torch.load(launched / f"rejection_{r}.pt") for r in (0, 1)]
+    assert any(not torch.equal(v, initial[k.removeprefix("model.")]) for k, v in single.items())
+    for key, value in single.items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
         assert torch.allclose(ranks[0][key], value, rtol=0, atol=1e-5), key
 
 
@@ -311,7 +372,8 @@ def test_single_process_needs_no_accelerate(monkeypatch, tmp_path) -> None:
     model = tiny_denoiser(codec.vocab_size, SPEC, seed=0)
     pair = CopiedPair(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
     objective = DTMObjective(config.dtm, codec.mask_token_id)
-    trainer = make_trainer(config, task, codec, pair, objective, tmp_path, context=context)
+    parallel = make_parallel(context)
+    trainer = Trainer(config, task, codec, pair, objective, tmp_path, parallel=parallel)
     assert type(trainer.parallel) is SingleProcess
     assert trainer.parallel.is_main
     close_process_group()  # no group: nothing to close, nothing raised

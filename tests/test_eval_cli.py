@@ -72,3 +72,17 @@ def test_eval_shipped_maze_model(tmp_path: Path, capsys) -> None:
     assert 0.1 < metrics["valid"] < 0.95
     assert metrics["examples"] == 20 and metrics["samples_per_example"] == 2
     assert len((out / "outputs.jsonl").read_text().splitlines()) == 40
+
+
+def test_eval_sampler_flag(tmp_path: Path, capsys) -> None:
+    """``--sampler`` picks the mode (recorded in the metrics); a mode that cannot work with the
+    other flags is one line and exit 2."""
+    args = ["eval", "--model", "shipped:maze", "--task", "maze", "--limit", "4"]
+    code = main([*args, "--sampler", "cached+parallel", "--out", str(tmp_path / "e")])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["sampler"] == "cached+parallel" and metrics["examples"] == 4
+    capsys.readouterr()
+    assert main([*args, "--sampler", "parallel", "--remasking", "random"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "low_confidence" in err

@@ -363,3 +363,27 @@ def test_only_the_holding_view_runs_inside_a_session() -> None:
     original = MaskedDenoiser(tiny_denoiser(VOCAB, SPEC, seed=0), MASK, PAD)
     assert torch.allclose(base, logits(original), atol=1e-6)
     assert_student_trains_alone(pair)
+
+
+@pytest.mark.parametrize("mode", ["cached", "cached+parallel"])
+def test_teacher_session_samples_with_a_cache_of_its_own_adapter(mode) -> None:
+    """The cache holds the teacher adapter's keys/values: with refresh every step the cached
+    sampler equals the exact one through the teacher, and differs from the student's."""
+    from tiltmatch.sampling.sampler import SamplingConfig, generate
+
+    pair = make_pair()
+    with torch.no_grad():
+        for name, p in pair.peft_model.named_parameters():
+            if "teacher" in name.split("."):
+                p.add_(0.5 * torch.randn_like(p))
+    prompts = [[2, 3, 4], [5, 6, 7, 8, 9]]
+    exact = SamplingConfig(steps=8, block_length=4, threshold=2.0)
+    cached = exact.model_copy(update={"mode": mode, "refresh_every": 1})
+    a = generate(pair.teacher, prompts, 8, exact, torch.Generator().manual_seed(0))
+    b = generate(pair.teacher, prompts, 8, cached, torch.Generator().manual_seed(0))
+    assert torch.equal(a.responses, b.responses)
+    stale = cached.model_copy(update={"refresh_every": None})  # block-boundary refresh only
+    c = generate(pair.teacher, prompts, 8, stale, torch.Generator().manual_seed(0))
+    by_student = generate(pair.student, prompts, 8, stale, torch.Generator().manual_seed(0))
+    assert not torch.equal(c.responses, by_student.responses)
+    assert_student_trains_alone(pair)  # the session handed the model back

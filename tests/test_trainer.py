@@ -125,7 +125,7 @@ def test_checkpoint_is_atomic_and_missing_one_is_named(tmp_path) -> None:
     save_checkpoint(path, {"m": {"w": torch.ones(2)}}, {"o": {"x": torch.zeros(1)}}, {"k": 1})
     save_checkpoint(path, {"m": {"w": torch.full((2,), 2.0)}}, {}, {"k": 2})
     tensors, _objects, meta = load_checkpoint(path)
-    assert meta == {"k": 2} and torch.equal(tensors["m"]["w"], torch.full((2,), 2.0))
+    assert meta == {"k": 2, "sequence": 2} and torch.equal(tensors["m"]["w"], torch.full((2,), 2.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nothing")

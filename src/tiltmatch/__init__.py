@@ -1,14 +1,49 @@
 """tiltmatch: Discrete Tilt Matching (DTM) for masked diffusion language models.
 
+The Python API (TRL's idiom; imported lazily, so ``import tiltmatch`` stays light)::
+
+    from tiltmatch import DTMConfig, DTMTrainer
+    trainer = DTMTrainer(model=..., reward_funcs=..., train_dataset=..., args=DTMConfig(...))
+    trainer.train(); trainer.save_model()
+
 The subpackages read in the order data flows (METHOD.md; ARCHITECTURE.md draws it):
 
-- ``tasks``      make prompts and score responses (rewards in [0, 1]);
+- ``tasks``      make prompts and score responses (``tasks.dataset``: any prompt dataset);
+- ``rewards``    the batched reward interface (task rewards, functions, reward models);
 - ``models``     the denoiser adapter around a Hugging Face ``PreTrainedModel``, codecs, loading;
 - ``sampling``   turns prompts into responses (and the states it visited); rollouts, buffer;
 - ``dtm``        tilt weights, annealing schedules, masked states, the c-DTM loss, its objective;
 - ``baselines``  diffu-GRPO, wd1 and rejection sampling behind the same ``Objective``;
 - ``training``   the method registry, the student/teacher pair, the trainer (orchestration only);
+- ``api``        ``DTMConfig`` / ``DTMTrainer`` and the baselines' trainers (TRL's idiom);
 - ``experiments`` the demo, benchmark and ablation, on top of the library (never imported by it).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "DTMConfig": "tiltmatch.api",
+    "DTMTrainer": "tiltmatch.api",
+    "DiffuGRPOTrainer": "tiltmatch.api",
+    "WD1Trainer": "tiltmatch.api",
+    "RejectionTrainer": "tiltmatch.api",
+    "TrainOutput": "tiltmatch.api",
+    "RewardFunction": "tiltmatch.rewards",
+    "RewardModel": "tiltmatch.rewards",
+    "CallableReward": "tiltmatch.rewards",
+    "WeightedRewards": "tiltmatch.rewards",
+    "make_reward": "tiltmatch.rewards",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tiltmatch' has no attribute {name!r}")

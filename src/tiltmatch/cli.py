@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tiltmatch.config import ConfigError, parse_task_options
+from tiltmatch.sampling.config import SAMPLER_MODES
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -37,27 +38,70 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tiltmatch.training.runner import run_training
 
     out = Path(args.out)
+    if args.allow_change and not args.resume:
+        raise ConfigError("--allow-change applies to --resume only")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume:
         saved = out / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"cannot resume: no config.yaml in {out}")
-        config = build_config(saved, _overrides(args))
+        # The stored config plus the overrides (or a whole --config); run_training refuses
+        # any field that differs from the stored one unless --allow-change names it.
+        source = args.config if args.config else saved
+        config = build_config(source, _overrides(args), base=_task_base(args))
     else:
         config = build_config(args.config, _overrides(args), base=_task_base(args))
-    result = run_training(config, out, resume=args.resume, quiet=args.quiet)
+    result = run_training(
+        config,
+        out,
+        resume=args.resume,
+        quiet=args.quiet,
+        allow_change=[f for item in args.allow_change for f in item.split(",") if f],
+        overwrite=args.overwrite,
+    )
     print(json.dumps(result["final"], indent=2))
     return 0
 
 
 def _task_base(args: argparse.Namespace) -> dict[str, Any]:
-    return {"task": args.task} if getattr(args, "task", None) else {}
+    base: dict[str, Any] = {"task": args.task} if getattr(args, "task", None) else {}
+    dataset = getattr(args, "dataset", None)
+    rewards = [*getattr(args, "reward", []), *getattr(args, "reward_model", [])]
+    if dataset is None:
+        if rewards or getattr(args, "eval_dataset", None):
+            raise ConfigError("--reward, --reward-model and --eval-dataset need --dataset")
+        return base
+    if getattr(args, "task", None):
+        raise ConfigError("--dataset and --task are exclusive (a dataset is its own task)")
+    if not rewards:
+        raise ConfigError(
+            "--dataset needs at least one --reward FILE.py:FUNCTION or --reward-model"
+        )
+    options: dict[str, Any] = {"train": dataset, "rewards": rewards}
+    if args.eval_dataset:
+        options["eval"] = args.eval_dataset
+    if args.reward_weight:
+        options["reward_weights"] = args.reward_weight
+    if args.alphabet:
+        options["alphabet"] = args.alphabet
+    base.update(task="dataset", task_options=options)
+    if args.model:
+        base["model"] = {"base": args.model}
+    return base
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Masked-diffusion SFT of a tiny base model on a synthetic task's demonstrations."""
-    from tiltmatch.models.denoiser import TinyModelSpec
+    from tiltmatch.models.denoiser import MODEL_FILES, TinyModelSpec
     from tiltmatch.tasks import get_task
     from tiltmatch.training.pretrain import PretrainConfig, pretrain
+    from tiltmatch.training.runner import clear_run, refuse_overwrite
+
+    _check_pretrain_args(args)
+    out = Path(args.out)
+    if not args.overwrite:
+        refuse_overwrite(out, MODEL_FILES, what="model")
 
     task = get_task(args.task, **parse_task_options(args.task_option))
     spec = TinyModelSpec(
@@ -73,9 +117,38 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         train_examples=args.train_examples,
     )
-    _, summary = pretrain(task, spec, config, out_dir=args.out, quiet=args.quiet)
+    if args.overwrite:
+        clear_run(out, MODEL_FILES)
+    _, summary = pretrain(task, spec, config, out_dir=out, quiet=args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _check_pretrain_args(args: argparse.Namespace) -> None:
+    """Refuse pretrain sizes that cannot work (or would run without end), naming the flag."""
+    import math
+
+    from tiltmatch.config import MAX_EXAMPLES
+
+    for flag, value in (
+        ("--steps", args.steps),
+        ("--batch-size", args.batch_size),
+        ("--hidden-size", args.hidden_size),
+        ("--num-layers", args.num_layers),
+        ("--num-heads", args.num_heads),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if not 1 <= args.train_examples <= MAX_EXAMPLES:
+        raise ConfigError(
+            f"--train-examples must be in 1..{MAX_EXAMPLES}, got {args.train_examples}"
+        )
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ConfigError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    if args.hidden_size % args.num_heads:
+        raise ConfigError(
+            f"--hidden-size {args.hidden_size} is not divisible by --num-heads {args.num_heads}"
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -89,8 +162,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo: DTM on the maze from the shipped base model, with a report."""
-    from tiltmatch.experiments.demo import HEADLINE_KEYS, TINY_OVERRIDES, TINY_PROBE, run_demo
+    from tiltmatch.experiments.demo import (
+        DEMO_FILES,
+        HEADLINE_KEYS,
+        TINY_OVERRIDES,
+        TINY_PROBE,
+        run_demo,
+    )
+    from tiltmatch.training.runner import clear_run, refuse_overwrite
 
+    if args.overwrite:
+        clear_run(Path(args.out), DEMO_FILES)
+    else:
+        refuse_overwrite(Path(args.out), DEMO_FILES, what="demo run")
     overrides = [*TINY_OVERRIDES, *_overrides(args)] if args.tiny else _overrides(args)
     report = run_demo(
         Path(args.out),
@@ -111,6 +195,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.rest)
 
 
+_OVERWRITE_HELP = "replace what --out already holds (refused without it)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tiltmatch`` command."""
     parser = argparse.ArgumentParser(
@@ -122,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="fine-tune the maze base model with DTM and write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (report.md, report.json)")
     _add_config_args(p)
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
         "--tiny",
@@ -144,13 +232,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intermediate-size", type=int, default=0)
     p.add_argument("--train-examples", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("train", help="fine-tune a model with DTM or a baseline")
     p.add_argument("--out", required=True, help="run folder (checkpoint, logs, final model)")
-    p.add_argument("--task", help="task name (same as --set task=NAME)")
+    p.add_argument(
+        "--task", help="task name, or module:Class / file.py:Class (same as --set task=NAME)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="with --resume: a config field (or section, e.g. train) the resumed run may "
+        "change on purpose (repeatable or comma-separated); any other change is refused",
+    )
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    p.add_argument(
+        "--dataset", help="prompt dataset: a .jsonl/.csv/.parquet file or a hub name (online)"
+    )
+    p.add_argument("--eval-dataset", help="held-out prompts (default: the first training ones)")
+    p.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        metavar="FILE.py:FN",
+        help="reward function f(prompts, completions, **columns) -> list[float] (repeatable)",
+    )
+    p.add_argument(
+        "--reward-model",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="folder of a sequence-classification reward model (repeatable)",
+    )
+    p.add_argument(
+        "--reward-weight",
+        action="append",
+        type=float,
+        default=[],
+        metavar="W",
+        help="weight of each reward, in order: --reward ones first, then --reward-model ones",
+    )
+    p.add_argument("--model", help="model folder or shipped:NAME (same as --set model.base=...)")
+    p.add_argument(
+        "--alphabet",
+        help="characters of a fresh character-level model ('auto': the prompts' characters)",
+    )
     _add_config_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -166,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampler steps")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLER_MODES,
+        default="exact",
+        help="exact (the model's own distribution) or a faster approximation (docs/sampling.md)",
+    )
     p.add_argument("--samples", type=int, default=1, help="samples per example")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -211,12 +348,20 @@ def main(argv: list[str] | None = None) -> int:
         DatasetError,
         UnknownTaskError,
         RewardError,
-        FileNotFoundError,
-        FileExistsError,
+        OSError,  # a missing file, a read-only folder, a full disk
+        FloatingPointError,  # a diverging run, stopped before it wrote anything
         ValueError,
     ) as err:
-        print(f"tiltmatch {args.command}: error: {err}", file=sys.stderr)
+        print(f"tiltmatch {args.command}: error: {_describe_error(err)}", file=sys.stderr)
         return 2
+
+
+def _describe_error(err: BaseException) -> str:
+    """The message of a refused command: the error's own text, or the OS's with the file."""
+    if isinstance(err, OSError) and err.strerror and type(err).__str__ is OSError.__str__:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror}{where}"
+    return str(err)
 
 
 if __name__ == "__main__":

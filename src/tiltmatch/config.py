@@ -23,7 +23,10 @@ from pydantic import (
 )
 
 from tiltmatch.models.dtypes import DTypeName
+from tiltmatch.sampling.config import SamplingConfig
 from tiltmatch.training.methods import check_method_name
+
+Tracker = Literal["tensorboard", "wandb", "trackio", "none", "all"]
 
 
 class ConfigError(ValueError):
@@ -31,7 +34,23 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan=False: an infinite or NaN number is never a meaningful setting (dtm.a_end=inf
+    # would anneal forever, a NaN beta poisons every update), so it is refused by name.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
+
+
+#: Largest prompt pool or held-out set a config may ask for: generating more synthetic examples
+#: than this takes long enough to look like a hang, and no recipe here needs as many.
+MAX_EXAMPLES = 1_000_000
+#: Seeds must fit torch.manual_seed (a 64-bit integer); non-negative so every RNG takes them.
+MAX_SEED = 2**63 - 1
+#: A config file larger than this is not a config (1 MiB).
+MAX_CONFIG_BYTES = 1 << 20
+#: Nodes a YAML document may expand to through aliases: an alias bomb of a few hundred bytes
+#: expands to billions; real configs have a few hundred nodes.
+MAX_YAML_NODES = 100_000
 
 
 class ModelConfig(_Strict):
@@ -95,13 +114,8 @@ class LoRAConfig(_Strict):
     )
 
 
-class SamplerConfig(_Strict):
-    """Generation (rollouts and evaluation)."""
-
-    steps: int = Field(8, ge=1)
-    block_length: int = Field(8, ge=1)
-    remasking: Literal["low_confidence", "random"] = "low_confidence"
-    temperature: float = Field(1.0, ge=0.0)
+# The sampler's own configuration is the run config's ``sampler:`` section: one definition.
+SamplerConfig = SamplingConfig
 
 
 class DTMConfig(_Strict):
@@ -129,8 +143,10 @@ class DTMConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation, rollouts and the replay buffer."""
 
-    learning_rate: float = Field(3e-4, gt=0)
-    final_learning_rate: float = Field(1e-4, ge=0)
+    # AdamW moves each weight by about the learning rate per step: above 1 no recipe makes
+    # sense, and 1e30 turns every weight into 1e30 on the first update.
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    final_learning_rate: float = Field(1e-4, ge=0, le=1)
     warmup_fraction: float = Field(0.05, ge=0, le=1)
     decay_fraction: float = Field(0.1, ge=0, le=1)
     adam_betas: tuple[float, float] = (0.9, 0.99)
@@ -147,12 +163,34 @@ class TrainConfig(_Strict):
     buffer_prompts: int = Field(32, ge=1, description="prompts held in the replay buffer, P")
     refresh_prompts: int = Field(8, ge=0)
     refresh_every: int = Field(20, ge=1)
-    train_examples: int = Field(2000, ge=1, description="size of the training prompt pool")
+    train_examples: int = Field(
+        2000, ge=1, le=MAX_EXAMPLES, description="size of the training prompt pool"
+    )
     train_split: str = Field(
         "train", description="the task split (or a file / hub name) training prompts come from"
     )
     max_stages: int = Field(100, ge=1)
     checkpoint_every: int = Field(50, ge=1, description="updates between checkpoints")
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: list[Tracker](["tensorboard"]),
+        description="experiment trackers (TRL's name): tensorboard, wandb, trackio, all or none",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        # "wandb" or "tensorboard,wandb" (a YAML or --set string) reads as a list.
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        # AdamW needs 0 <= beta < 1 for both moments (beta = 1 never forgets, > 1 diverges).
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
 
     @model_validator(mode="after")
     def _fits(self) -> TrainConfig:
@@ -169,7 +207,7 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     """Held-out evaluation."""
 
-    examples: int = Field(64, ge=1)
+    examples: int = Field(64, ge=1, le=MAX_EXAMPLES)
     split: str = Field("test", description="the task split (or file) held-out prompts come from")
     samples_per_example: int = Field(4, ge=1)
     temperature: float = Field(1.0, ge=0)
@@ -183,9 +221,9 @@ class RunConfig(_Strict):
     task_options: dict[str, Any] = Field(default_factory=dict)
     method: str = Field("dtm", description="a name in tiltmatch.training.methods.METHODS")
     method_options: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    sampler: SamplingConfig = Field(default_factory=SamplingConfig)
     dtm: DTMConfig = Field(default_factory=DTMConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -223,7 +261,61 @@ def describe_validation_error(err: ValidationError, unknown: str = "unknown fiel
 
 
 def _describe(err: ValidationError) -> str:
-    return "invalid configuration:\n" + "\n".join(describe_validation_error(err))
+    lines = describe_validation_error(err)
+    if len(lines) == 1:  # one problem: one line, naming the field
+        return "invalid configuration: " + lines[0].strip()
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """Nodes ``node`` stands for once every alias is expanded, counted up to ``limit``.
+
+    An alias is the same node object reused, so sizes are memoised by identity: the count
+    costs one visit per distinct node however many times aliases repeat it.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = limit + 1  # a recursive alias expands without end
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            for child in n.value:
+                total += size(child)
+                if total > limit:
+                    break
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += size(k) + size(v)
+                if total > limit:
+                    break
+        sizes[key] = min(total, limit + 1)
+        return sizes[key]
+
+    return size(node)
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of ``text`` with its alias expansion bounded.
+
+    PyYAML expands aliases (``*a``) while constructing: a 500-byte "billion laughs"
+    document becomes gigabytes. The document is composed first (aliases still shared), its
+    expanded size counted, and refused above :data:`MAX_YAML_NODES` naming ``source``.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    if node is None:
+        return None
+    if _expanded_size(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise ConfigError(
+            f"{source}: YAML aliases expand to more than {MAX_YAML_NODES} nodes "
+            "(an alias bomb?); write the values out"
+        )
+    return yaml.safe_load(text)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -232,7 +324,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw, f"override {key.strip()!r}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -256,12 +348,7 @@ def build_config(
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        loaded = _read_config_file(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -282,6 +369,35 @@ def build_config(
         return RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
+
+
+def _read_config_file(path: Path) -> Any:
+    """The YAML document of a config file; missing, huge, binary or hostile files refused."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is {size} bytes; a config is at most {MAX_CONFIG_BYTES}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason})"
+        ) from None
+    try:
+        return safe_yaml(text, f"config file {path}")
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what and where."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(err).split())
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

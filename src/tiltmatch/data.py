@@ -7,6 +7,7 @@ so a bad dataset fails loudly instead of training on garbage.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -47,24 +48,48 @@ def _check_fields(row: dict[str, Any], required: Sequence[str], where: str) -> d
     return row
 
 
+_BOMS = {b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16", b"\xef\xbb\xbf": "UTF-8 with a BOM"}
+
+
+def _read_text(path: Path) -> str:
+    """A data file's text: UTF-8 only, with a message naming the file for anything else."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"cannot read dataset file {path}: {err.strerror}") from None
+    for bom, name in _BOMS.items():
+        if data.startswith(bom) and name != "UTF-8 with a BOM":
+            raise DatasetError(f"dataset file {path} is {name} text; save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless: drop it
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"dataset file {path} is not UTF-8 text (byte {err.start}: {err.reason}); "
+            "is it a binary file?"
+        ) from None
+    if "\x00" in text:
+        raise DatasetError(f"dataset file {path} holds NUL bytes: it is not a text file")
+    return text
+
+
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file; each must be an object with the ``required`` fields."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            rows.append(_check_fields(row, required, where))
+    # One decoding of the whole file, so that a bad byte anywhere names the file.
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        rows.append(_check_fields(row, required, where))
     return rows
 
 
@@ -73,11 +98,10 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, A
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        return [
-            _check_fields(
-                {k: v for k, v in row.items() if v not in ("", None)}, required, f"{path}:{i}"
-            )
-            for i, row in enumerate(reader, 2)
-        ]
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    return [
+        _check_fields(
+            {k: v for k, v in row.items() if v not in ("", None)}, required, f"{path}:{i}"
+        )
+        for i, row in enumerate(reader, 2)
+    ]

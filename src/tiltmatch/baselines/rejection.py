@@ -68,17 +68,25 @@ class RejectionObjective(BaselineObjective):
         stats["kept_fraction"] = float(kept.float().mean())
         return stats
 
+    def states(self, batch: RolloutBatch, generator: torch.Generator) -> States:
+        """Random-mask states of the micro-batch's responses (section 4)."""
+        return random_mask_states(
+            batch.responses, self.mask_token_id, generator, self.options.inverse_t_weight
+        )
+
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked-diffusion loss on the kept samples, normalised by the micro-batch size."""
         batch = inputs.batch
         kept = best_of_group(batch.grouped_rewards, self.options.min_reward).reshape(-1)
-        states = random_mask_states(
-            batch.responses, self.mask_token_id, inputs.generator, self.options.inverse_t_weight
-        )
+        states = self.states(batch, inputs.generator)
         stats = {"kept_fraction": float(kept.float().mean())}
         rows = kept.nonzero().squeeze(1)
-        if rows.numel() == 0:
-            return torch.zeros((), requires_grad=True), stats
+        n_kept = rows.numel()
+        if n_kept == 0:
+            # Nothing kept: still one forward (of row 0, weight 0), because under FSDP every
+            # forward and backward is collective and a rank that skipped them would leave the
+            # others waiting. The gradient is zero, as data parallelism already counted it.
+            rows = torch.zeros(1, dtype=torch.long, device=kept.device)
         # Rows of weight 0 contribute nothing, so only kept rows go through the model; the
         # factor k / N restores dtm_loss's per-row average over the whole micro-batch.
         kept_batch = RolloutBatch(
@@ -92,6 +100,6 @@ class RejectionObjective(BaselineObjective):
         logits = inputs.student.response_logits(
             kept_batch.prompt_ids, kept_batch.prompt_mask, kept_states.z
         )
-        ones = torch.ones(rows.numel(), dtype=logits.dtype, device=logits.device)
-        loss, _ = dtm_loss(logits, kept_batch.responses, kept_states, ones, c=0.0)
-        return loss * (rows.numel() / kept.numel()), stats
+        weights = kept[rows].to(dtype=logits.dtype, device=logits.device)  # 1, or the stand-in's 0
+        loss, _ = dtm_loss(logits, kept_batch.responses, kept_states, weights, c=0.0)
+        return loss * (n_kept / kept.numel()), stats

@@ -27,9 +27,9 @@ from tiltmatch.dtm.states import (
     trajectory_states,
 )
 from tiltmatch.dtm.weights import (
-    clamp_rewards,
     effective_sample_size,
     group_baseline,
+    nonnegative_rewards,
     self_normalised_weights,
     tilt_weights,
 )
@@ -66,7 +66,7 @@ class DTMObjective(Objective):
 
     def begin_stage(self, phase: Phase, rewards: torch.Tensor) -> dict[str, float]:
         """Choose ``h`` from the stage's rollout rewards and report the resulting ESS."""
-        rewards = clamp_rewards(rewards)
+        rewards = nonnegative_rewards(rewards)
         phase.h = self.schedule.next_h(phase.a, rewards, phase.stage)
         w = self.sample_weights(rewards, phase.h)
         return {
@@ -84,7 +84,7 @@ class DTMObjective(Objective):
         return self.schedule.done(phase.a)
 
     def sample_weights(self, rewards: torch.Tensor, h: float) -> torch.Tensor:
-        """Per-sample weights ``w_h`` of ``[P, G]`` clamped rewards (section 5 variants)."""
+        """Per-sample weights ``w_h`` of ``[P, G]`` non-negative rewards (section 5 variants)."""
         cfg = self.config
         if cfg.self_normalise:
             return self_normalised_weights(rewards, h)
@@ -125,7 +125,7 @@ class DTMObjective(Objective):
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """The c-DTM loss of one micro-batch."""
         batch = inputs.batch
-        rewards = clamp_rewards(batch.grouped_rewards)
+        rewards = nonnegative_rewards(batch.grouped_rewards)
         w = self.sample_weights(rewards, inputs.phase.h).reshape(-1)
         if self.config.states == "block":
             block = inputs.student.family.block_size

@@ -16,8 +16,23 @@ Baseline = Literal["none", "mean", "min"]
 
 
 def clamp_rewards(rewards: torch.Tensor) -> torch.Tensor:
-    """Rewards clamped at 0, so that with ``b = 0`` and ``c <= 1`` targets stay non-negative."""
+    """Rewards clamped at 0 (changes the target for negative rewards; kept for comparison)."""
     return rewards.clamp(min=0.0)
+
+
+def nonnegative_rewards(rewards: torch.Tensor) -> torch.Tensor:
+    """``[P, G]`` rewards made non-negative by shifting each group up by its minimum where
+    that minimum is negative; groups with no negative reward are returned unchanged.
+
+    METHOD.md section 5 asks for rewards ``>= 0`` so that with ``b = 0`` and ``c <= 1``
+    every coefficient of the c-DTM target is non-negative. Clamping at 0 would do that
+    by changing the reward (every negative score of a reward model would become the
+    same 0). A per-prompt shift is a baseline ``b(c)`` instead, which leaves the
+    minimiser unchanged (section 4) and the ESS too; on rewards that are already
+    ``>= 0`` (every built-in task's, in [0, 1]) it is the identity, bit for bit.
+    """
+    low = rewards.min(dim=1, keepdim=True).values
+    return rewards - low.clamp(max=0.0)
 
 
 def group_baseline(rewards: torch.Tensor, kind: Baseline) -> torch.Tensor:

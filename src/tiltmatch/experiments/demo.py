@@ -26,7 +26,7 @@ from tiltmatch.tasks.base import Example
 from tiltmatch.tasks.maze.task import MazeTask, maze_of
 from tiltmatch.training.evaluation import sample_texts
 from tiltmatch.training.pretrain import PretrainConfig, pretrain
-from tiltmatch.training.runner import build_trainer, save_final
+from tiltmatch.training.runner import RUN_FILES, build_trainer, save_final
 from tiltmatch.training.trainer import Trainer
 
 #: How the shipped base model was made (``make base-maze`` runs the same recipe:
@@ -34,6 +34,47 @@ from tiltmatch.training.trainer import Trainer
 MAZE_BASE_SPEC = TinyModelSpec(hidden_size=96, num_layers=4, num_heads=4, intermediate_size=288)
 MAZE_BASE_RECIPE = PretrainConfig(steps=6000, batch_size=128, learning_rate=1e-3)
 CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
+
+
+#: What the demo writes into ``--out``: a run's files and the report (``--overwrite`` replaces
+#: exactly these; ``tiltmatch demo`` refuses a folder holding any of them without it).
+DEMO_FILES = (*RUN_FILES, "report.json", "report.md", "stages.png", "maze.png")
+
+
+#: Intra-op threads of the demo. A float sum split over N threads adds in another order than
+#: over M, so the trained weights differ bit for bit between thread counts (measured: 1, 2
+#: and 3 threads give three different results, README "Guarantees"); fixing the count makes
+#: the demo independent of how many cores a machine reports. 2 is what the 2-core
+#: development machine used by default for the published figures.
+DEMO_THREADS = 2
+
+
+def numerics_environment() -> dict[str, Any]:
+    """What decides the demo's floating-point results besides the code and the seed.
+
+    Recorded in report.json: runs agree bit for bit only where all of these agree.
+    """
+    import os
+
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl": torch.backends.mkl.is_available(),
+        "env": {
+            k: os.environ[k]
+            for k in (
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "ATEN_CPU_CAPABILITY",
+                "MKL_ENABLE_INSTRUCTIONS",
+                "MKL_CBWR",
+            )
+            if k in os.environ
+        },
+    }
 
 
 def demo_config_path() -> Path:
@@ -258,9 +299,12 @@ def run_demo(
     target_samples: int = 400,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return the report dict (also written as JSON)."""
+    import torch
+
     started = time.time()
-    out.mkdir(parents=True, exist_ok=True)
     config: RunConfig = build_config(config_path or demo_config_path(), overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(DEMO_THREADS)
     if config.task != "maze" or config.method != "dtm":
         raise ValueError("the demo runs DTM on the maze; use 'tiltmatch train' for other runs")
     task = MazeTask(**config.task_options)
@@ -324,6 +368,7 @@ def run_demo(
         "plots": [*plots, "maze.png"],
         "wall_seconds": time.time() - started,
         "config": config.model_dump(mode="json"),
+        "numerics": numerics_environment(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report))

@@ -19,6 +19,7 @@ not depend on how much padding its batch needed.
 
 from __future__ import annotations
 
+import inspect
 import json
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
+    Cache,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -45,6 +48,13 @@ from tiltmatch.models.family import (
     FAMILY_KEY,
     LLADA,
     family_of,
+)
+
+# transformers renamed the forward's ``past_key_values`` to ``cache`` during 5.x.
+CACHE_ARGUMENT = (
+    "cache"
+    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
+    else "past_key_values"
 )
 
 
@@ -138,27 +148,85 @@ class MaskedDenoiser(nn.Module):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_length: int,
+        cache: Cache | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, L, V]`` at the last ``response_length`` columns of ``input_ids``."""
+        """Logits ``[B, L, V]`` at the last ``response_length`` columns of ``input_ids``.
+
+        The sampler's hooks (:mod:`tiltmatch.sampling.sampler`): ``cache``, a transformers
+        ``Cache`` this forward reads (keys/values of columns not in ``input_ids``, whose
+        ``attention_mask`` columns come first) and extends in place; ``position_ids`` of the
+        columns of ``input_ids`` (needed when they are not the sequence's last ones);
+        ``logits_at``: a boolean ``[B, response_length]`` choosing the only response
+        columns projected onto the vocabulary (logits ``[n_chosen, V]``, row-major).
+        The family hook (:mod:`tiltmatch.models.family`): a shifted head reads each
+        response column from the column before it; a block model gets its
+        block-causal mask.
+        """
         family = self.family
-        if family.logit_shift and not bool(attention_mask[:, -response_length - 1].all()):
-            # A shifted head reads response position 0 from the token before it.
-            raise ValueError(
-                "a shifted-logit (Dream) denoiser needs a non-empty prompt in every row"
-            )
-        position_ids = self.position_ids(attention_mask)
+        width = input_ids.shape[1]
+        all_positions = self.position_ids(attention_mask)
+        if position_ids is None:
+            position_ids = all_positions[:, -width:]
+        if family.logit_shift:
+            if cache is not None:
+                raise NotImplementedError(
+                    "a shifted-logit (Dream) denoiser has no cached sampler mode yet: "
+                    "use sampler.mode=exact"
+                )
+            if not bool(attention_mask[:, -response_length - 1].all()):
+                # A shifted head reads response position 0 from the token before it.
+                raise ValueError(
+                    "a shifted-logit (Dream) denoiser needs a non-empty prompt in every row"
+                )
+        keep: int | torch.Tensor = response_length + family.extra_columns
+        if logits_at is not None:
+            before = logits_at.new_zeros((logits_at.shape[0], width - response_length))
+            keep = torch.cat([before, logits_at], dim=1)
+            if family.logit_shift:  # column c's logits come from column c - 1
+                keep = torch.cat([keep[:, 1:], keep.new_zeros((keep.shape[0], 1))], dim=1)
+        mask = family.attention(attention_mask, all_positions)
+        if mask.dim() == 4:  # the rows of this forward's query columns only
+            mask = mask[:, :, -width:, :]
         out = self.model(
             input_ids=input_ids,
-            attention_mask=family.attention(attention_mask, position_ids),
+            attention_mask=mask,
             position_ids=position_ids,
-            logits_to_keep=response_length + family.extra_columns,
-            use_cache=False,
+            logits_to_keep=keep,
+            use_cache=cache is not None,
+            **({CACHE_ARGUMENT: cache} if cache is not None else {}),
         )
+        if logits_at is not None:
+            return out.logits
         return family.response_logits(out.logits, response_length)
 
+    def check_positions(self, prompt_tokens: int, response_length: int) -> None:
+        """Refuse a prompt plus response longer than the model's positions.
+
+        Beyond ``max_position_embeddings`` RoPE runs at angles the model never saw in
+        training: no error from transformers, just quietly worse outputs.
+        """
+        config = getattr(self.model, "config", None)
+        limit = getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int) and prompt_tokens + response_length > limit:
+            raise ValueError(
+                f"a prompt of {prompt_tokens} tokens plus a {response_length}-token response "
+                f"needs {prompt_tokens + response_length} positions; the model has {limit} "
+                "(max_position_embeddings): shorten the prompt or the response"
+            )
+
     def response_logits(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, canvas: torch.Tensor
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        canvas: torch.Tensor,
+        cache: Cache | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, L, V]`` on the canvas ``z`` ``[B, L]`` that follows each prompt.
 
@@ -168,10 +236,13 @@ class MaskedDenoiser(nn.Module):
         column is attended to (mask tokens included: they are what the denoiser
         reads, METHOD.md section 1). The model call goes through ``self(...)``, so a
         subclass that routes its forward differently (a LoRA adapter view) is honoured.
+        ``cache``, ``logits_at``: the sampler's hooks of :meth:`forward`.
         """
         ids = torch.cat([prompt_ids, canvas], dim=1)
         mask = torch.cat([prompt_mask, torch.ones_like(canvas)], dim=1)
-        return self(ids, mask, canvas.shape[1])
+        if cache is None and logits_at is None:  # a subclass may take the three arguments only
+            return self(ids, mask, canvas.shape[1])
+        return self(ids, mask, canvas.shape[1], cache=cache, logits_at=logits_at)
 
     def session(self) -> AbstractContextManager[None]:
         """A context around many consecutive forwards of this denoiser alone (sampling).
@@ -183,6 +254,19 @@ class MaskedDenoiser(nn.Module):
 
 
 DENOISER_META = "tiltmatch.json"
+#: The files of a saved denoiser folder (``tiltmatch pretrain --out`` refuses to replace them).
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    DENOISER_META,
+)
+
+
+class ModelLoadError(ValueError):
+    """A model folder that cannot be loaded exactly as stored; the message names the folder
+    and what is wrong (a missing or unexpected tensor, a wrong shape, an unreadable file)."""
 
 
 def save_denoiser(
@@ -211,11 +295,119 @@ def load_denoiser(folder: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no denoiser checkpoint (config.json) in {folder}")
     meta_file = folder / DENOISER_META
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    # Llama, Qwen2 or Qwen3 by the config's model_type: transformers' own classes only.
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, trust_remote_code=False
-    )
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{meta_file} is not valid JSON ({err})") from None
+    check_stored_weights(folder)
+    try:
+        # Llama, Qwen2 or Qwen3 by the config's model_type: transformers' own classes only.
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, output_loading_info=True, trust_remote_code=False
+        )
+        model, info = loaded
+    except Exception as err:  # safetensors' and transformers' own error types for bad files
+        raise ModelLoadError(
+            f"cannot load the model in {folder}: {type(err).__name__}: {_one_line(err)}"
+        ) from None
+    check_loading_info(folder, info)
+    assert isinstance(model, PreTrainedModel)
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"the model in {folder} is causal; a denoiser needs is_causal=False")
     return model, meta
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    """Strict loading: refuse a folder whose weights do not match its config exactly.
+
+    ``from_pretrained`` initialises a missing tensor at random and drops an unexpected one
+    with a log warning; either would be a silent wrong model (a config claiming more layers
+    than are stored loads the extra layers random).
+    """
+    for kind, label in (
+        ("missing_keys", "lacks tensor"),
+        ("unexpected_keys", "holds unexpected tensor"),
+        ("mismatched_keys", "has a wrong-shaped tensor"),
+    ):
+        keys = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(kind) or [])
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise ModelLoadError(f"the model in {folder} {label} {keys[0]!r}{more}")
+    if errors := info.get("error_msgs"):
+        raise ModelLoadError(f"cannot load the model in {folder}: {_one_line(errors[0])}")
+
+
+def _stored_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a folder's safetensors (one file or an index), headers only."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted({folder / Path(str(name)).name for name in weight_map.values()})
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise ModelLoadError(f"{index} is not a safetensors index (no weight_map)") from None
+    else:
+        files = [folder / "model.safetensors"]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        if not file.is_file():
+            raise ModelLoadError(f"the model in {folder} has no weights file {file.name}")
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                    shapes[key] = tuple(f.get_slice(key).get_shape())
+        except Exception as err:  # safetensors' own error type for truncated or garbage bytes
+            raise ModelLoadError(
+                f"{file} is not a readable safetensors file ({_one_line(err)})"
+            ) from None
+    return shapes
+
+
+def check_stored_weights(folder: Path) -> None:
+    """Strict loading, before anything is loaded: the stored tensors are exactly the ones
+    ``config.json`` describes, with the same shapes (read from the file headers).
+
+    ``from_pretrained`` alone would initialise a missing tensor at random, and a config
+    claiming more layers than are stored would load with random extra layers.
+    """
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as err:
+        raise ModelLoadError(f"{folder / 'config.json'} is unreadable ({_one_line(err)})") from None
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # a config whose sizes do not make a model
+        raise ModelLoadError(
+            f"{folder / 'config.json'} does not describe a model ({_one_line(err)})"
+        ) from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = _stored_shapes(folder)
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)  # shares the embedding's storage
+        stored.pop("lm_head.weight", None)
+    if missing := sorted(expected.keys() - stored.keys()):
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelLoadError(
+            f"the model in {folder} lacks tensor {missing[0]!r}{more} that its config.json "
+            "describes"
+        )
+    if extra := sorted(stored.keys() - expected.keys()):
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise ModelLoadError(
+            f"the model in {folder} holds unexpected tensor {extra[0]!r}{more} (not in its "
+            "config.json's architecture)"
+        )
+    for key in sorted(expected):
+        if expected[key] != stored[key]:
+            raise ModelLoadError(
+                f"the model in {folder}: tensor {key!r} has shape {list(stored[key])}, its "
+                f"config.json needs {list(expected[key])}"
+            )

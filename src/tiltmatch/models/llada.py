@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -311,8 +313,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"missing file: {path}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a JSON object")
@@ -530,7 +532,17 @@ def load_llada(
         if model_type == "llama"
         else llada_key_to_llama
     )
-    _stream_weights(model, folder, rename, dtype, device)
+    try:
+        _stream_weights(model, folder, rename, dtype, device)
+    except (ValueError, FileNotFoundError):
+        raise  # already one line naming the file and the tensor
+    except Exception as err:  # safetensors' error type for bad bytes; a wrong-shaped tensor
+        from tiltmatch.models.denoiser import ModelLoadError
+
+        text = " ".join(str(err).split())[:300]
+        raise ModelLoadError(
+            f"cannot load the weights in {folder} ({type(err).__name__}: {text})"
+        ) from None
     model.eval()
     tokenizer = _load_tokenizer(folder)
     return model, tokenizer, read_special_ids(folder, tokenizer)
@@ -541,6 +553,7 @@ def convert_llada(
     dst: str | Path,
     dtype: torch.dtype = torch.bfloat16,
     max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
 ) -> Path:
     """Write ``src`` (a LLaDA checkpoint) to ``dst`` in Llama format; returns ``dst``.
 
@@ -548,16 +561,31 @@ def convert_llada(
     the tokenizer files, and ``tiltmatch.json`` with the special ids, so that
     :func:`load_llada` (or plain ``LlamaForCausalLM.from_pretrained`` followed by
     ``config.is_causal=False``) reads it without any conversion. The model is
-    materialised once, on the CPU.
+    materialised once, on the CPU. The result is written into a temporary sibling
+    folder and renamed into place, so a killed conversion leaves no half model; a
+    non-empty ``dst`` is refused unless ``overwrite``, which replaces it whole.
     """
     dst = Path(dst)
-    if dst.exists() and any(dst.iterdir()):
-        raise FileExistsError(f"{dst} exists and is not empty")
+    if dst.exists() and not dst.is_dir():
+        raise FileExistsError(f"{dst} exists and is not a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise FileExistsError(f"{dst} exists and is not empty; pass --overwrite to replace it")
     model, tokenizer, ids = load_llada(src, dtype=dtype, device="cpu")
-    dst.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dst, max_shard_size=max_shard_size)
-    tokenizer.save_pretrained(dst)
-    (dst / SPECIAL_IDS_FILE).write_text(json.dumps(ids.to_json(), indent=2) + "\n")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SPECIAL_IDS_FILE).write_text(json.dumps(ids.to_json(), indent=2) + "\n")
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
@@ -575,13 +603,20 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("dst", help="output folder (must be empty or absent)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
     parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty DST (refused without it)"
+    )
     parser.set_defaults(func=_run_convert)
     return parser
 
 
 def _run_convert(args: argparse.Namespace) -> int:
     out = convert_llada(
-        args.src, args.dst, dtype=torch_dtype(args.dtype), max_shard_size=args.max_shard_size
+        args.src,
+        args.dst,
+        dtype=torch_dtype(args.dtype),
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}")
     return 0

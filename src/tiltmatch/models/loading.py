@@ -17,7 +17,13 @@ from transformers import PreTrainedModel
 
 from tiltmatch.config import ModelConfig
 from tiltmatch.models.codecs import CharTokenizer, PromptCodec
-from tiltmatch.models.denoiser import DENOISER_META, TinyModelSpec, load_denoiser, tiny_denoiser
+from tiltmatch.models.denoiser import (
+    DENOISER_META,
+    ModelLoadError,
+    TinyModelSpec,
+    load_denoiser,
+    tiny_denoiser,
+)
 from tiltmatch.models.dtypes import torch_dtype
 from tiltmatch.models.family import BLOCK_DIFFUSION, DREAM, LLADA
 from tiltmatch.tasks.base import Task
@@ -59,7 +65,8 @@ def load_model_and_codec(
     if config.base is None:
         if task.alphabet is None:
             raise ValueError(
-                f"task {task.name!r} needs a pretrained model with a tokenizer: set model.base"
+                f"task {task.name!r} needs a pretrained model with a tokenizer: set model.base "
+                "(or, for a fresh character-level model, the task's alphabet option)"
             )
         codec = CharTokenizer(task.alphabet)
         spec = TinyModelSpec(
@@ -124,7 +131,11 @@ def load_model_folder(
 ) -> tuple[PreTrainedModel, PromptCodec]:
     """Load a model folder: a character-level denoiser, or a LLaDA / Dream / SDAR checkpoint."""
     meta_file = path / DENOISER_META
-    if meta_file.is_file() and "alphabet" in json.loads(meta_file.read_text()):
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{meta_file} is not valid JSON ({err})") from None
+    if isinstance(meta, dict) and "alphabet" in meta:
         model, meta = load_denoiser(path)
         codec = CharTokenizer(meta["alphabet"])
         if (

@@ -54,6 +54,7 @@ class RolloutWorker:
         chunk_size: int = 256,
     ) -> None:
         self.task, self.codec = task, codec
+        self.reward = task.reward_function()
         self.response_length = response_length
         self.sampling = sampling
         self.record_states = record_states
@@ -70,13 +71,8 @@ class RolloutWorker:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Responses ``[N, L]`` (and visited canvases) for ``prompts``, in chunks."""
         config = self.sampling
-        if temperature is not None:
-            config = SamplingConfig(
-                steps=config.steps,
-                block_length=config.block_length,
-                remasking=config.remasking,
-                temperature=temperature,
-            )
+        if temperature is not None:  # every other field kept (mode, cache, threshold, ...)
+            config = config.model_copy(update={"temperature": temperature})
         outs, visits = [], []
         for lo in range(0, len(prompts), self.chunk_size):
             out = generate(
@@ -87,6 +83,7 @@ class RolloutWorker:
                 generator,
                 record_states=self.record_states,
                 forbidden_token_ids=self.forbidden,
+                eos_token_id=self.codec.eos_token_id,
             )
             outs.append(out.responses)
             if out.visited is not None:
@@ -99,12 +96,9 @@ class RolloutWorker:
         return [self.codec.decode_response(row.tolist()) for row in responses]
 
     def score(self, responses: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
-        """Rewards of responses to their examples (task rewards, checked to lie in [0, 1])."""
-        texts = self.decode(responses)
-        return torch.tensor(
-            [self.task.checked_reward(t, e) for t, e in zip(texts, examples, strict=True)],
-            dtype=torch.float32,
-        )
+        """Rewards ``[N]`` of responses to their examples: one call of the task's batched
+        reward (:mod:`tiltmatch.rewards`), checked to be finite numbers."""
+        return self.reward(self.decode(responses), examples)
 
     def rollout(
         self,

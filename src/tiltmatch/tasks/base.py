@@ -14,7 +14,10 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from tiltmatch.rewards import RewardFunction
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Example:
 
 
 class RewardError(ValueError):
-    """A reward function raised, or returned something that is not a finite number in [0, 1]."""
+    """A reward function raised, or returned something outside its contract (a finite number;
+    a built-in task's reward also in [0, 1])."""
 
 
 class Task(ABC):
@@ -56,6 +60,13 @@ class Task(ABC):
     @abstractmethod
     def reward(self, response: str, example: Example) -> float:
         """Reward of a decoded response, in [0, 1]."""
+
+    def reward_function(self) -> RewardFunction:
+        """The batched reward the trainer calls (:mod:`tiltmatch.rewards`): by default this
+        task's own :meth:`reward`, one response at a time."""
+        from tiltmatch.rewards import TaskReward
+
+        return TaskReward(self)
 
     def demonstration(self, example: Example, rng: random.Random) -> str:
         """A demonstration response for SFT of a base model (synthetic tasks only)."""

@@ -8,6 +8,7 @@ a reference of 1000. Reward 1 for a match, else 0 (METHOD.md section 1).
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from fractions import Fraction
@@ -42,21 +43,39 @@ _DECORATIONS = ("\\$", "$", "\\%", "%", "\\!", "\\,", "\\;", "\\ ", "{,}")
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{[^{}]*\}")
 
 
+# A model may write any number of digits; Fraction() of 5,000 digits hits Python's int-string
+# limit (ValueError) and float() of 400 overflows. A number this long is never a GSM8K answer.
+MAX_DIGITS = 100
+
+
+class _TooLong(Exception):
+    """A number with more than :data:`MAX_DIGITS` digits: it matches no reference."""
+
+
 def _value(number: str) -> Fraction:
-    return Fraction(number.replace(",", ""))
+    digits = number.replace(",", "")
+    if len(digits) > MAX_DIGITS:
+        raise _TooLong
+    return Fraction(digits)
 
 
 def _match_value(m: re.Match[str]) -> float | None:
-    if m.group("fn") is not None:
-        num, den = _value(m.group("fn")), _value(m.group("fd"))
-        sign = -1 if m.group("sign") else 1
-    else:
-        num = _value(m.group("num"))
-        den = _value(m.group("den")) if m.group("den") is not None else Fraction(1)
-        sign = 1
+    try:
+        if m.group("fn") is not None:
+            num, den = _value(m.group("fn")), _value(m.group("fd"))
+            sign = -1 if m.group("sign") else 1
+        else:
+            num = _value(m.group("num"))
+            den = _value(m.group("den")) if m.group("den") is not None else Fraction(1)
+            sign = 1
+    except _TooLong:
+        return math.nan  # a number, but one equal to nothing (nan compares unequal)
     if den == 0:
         return None
-    return float(sign * num / den)
+    try:
+        return float(sign * num / den)
+    except OverflowError:
+        return math.nan
 
 
 def parse_number(text: str) -> float | None:
@@ -113,7 +132,8 @@ def reference_answer(solution: str) -> str:
     if "####" not in solution:
         raise ValueError("the solution has no '#### <number>' final answer")
     answer = solution.rsplit("####", 1)[1].strip().replace(",", "")
-    if parse_number(answer) is None:
+    value = parse_number(answer)
+    if value is None or math.isnan(value):
         raise ValueError(f"the final answer {answer!r} after '####' is not a number")
     return answer
 

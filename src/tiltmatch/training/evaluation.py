@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.sampling.rollouts import RolloutWorker
 from tiltmatch.tasks.base import Example
+
+#: ``sample(examples, seed)``: the sampled texts of each example (one list per example)
+SampleTexts = Callable[[Sequence[Example], int], list[list[str]]]
+#: ``spread(examples, sample, seed)``: the texts of every example, ``sample`` drawing each
+#: process's share (:meth:`~tiltmatch.training.parallel.Parallelism.sample_shares`)
+Spread = Callable[[Sequence[Example], SampleTexts, int], list[list[str]]]
 
 
 def sample_texts(
@@ -41,9 +47,19 @@ def evaluate(
     samples_per_example: int,
     temperature: float,
     seed: int,
+    spread: Spread | None = None,
 ) -> dict[str, float]:
-    """The task's metrics over ``samples_per_example`` samples of each example."""
-    texts = sample_texts(worker, denoiser, examples, samples_per_example, temperature, seed)
+    """The task's metrics over ``samples_per_example`` samples of each example.
+
+    ``spread``: how the sampling is shared out over processes
+    (:meth:`~tiltmatch.training.parallel.Parallelism.sample_shares`, collective);
+    by default every example is sampled here.
+    """
+
+    def sample(share: Sequence[Example], share_seed: int) -> list[list[str]]:
+        return sample_texts(worker, denoiser, share, samples_per_example, temperature, share_seed)
+
+    texts = sample(examples, seed) if spread is None else spread(examples, sample, seed)
     flat_texts = [t for group in texts for t in group]
     flat_examples = [e for e in examples for _ in range(samples_per_example)]
     return worker.task.metrics(flat_texts, flat_examples)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import Cache, PreTrainedModel
 
 from tiltmatch.config import LoRAConfig, RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
@@ -94,9 +94,19 @@ class AdapterDenoiser(MaskedDenoiser):
         self.frozen = frozen
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_length: int,
+        cache: Cache | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, L, V]`` on the response positions, through this view's adapter."""
+        """Logits ``[B, L, V]`` on the response positions, through this view's adapter.
+
+        ``cache``, ``position_ids``, ``logits_at``: the sampler's hooks, as in
+        :meth:`MaskedDenoiser.forward` (a cache holds this adapter's keys and values).
+        """
         owner = self._owner
         if owner._pinned is not None and owner._pinned != (self.adapter,):
             raise RuntimeError(
@@ -105,15 +115,21 @@ class AdapterDenoiser(MaskedDenoiser):
             )
         if not self.frozen:
             owner._select(self.adapter)
-            return super().forward(input_ids, attention_mask, response_length)
+            return super().forward(
+                input_ids, attention_mask, response_length, cache, position_ids, logits_at
+            )
         if owner._pinned is not None and not self.model.training:  # inside session()
             with torch.no_grad():
-                return super().forward(input_ids, attention_mask, response_length)
+                return super().forward(
+                    input_ids, attention_mask, response_length, cache, position_ids, logits_at
+                )
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), self._owner._using(self.adapter):
-                return super().forward(input_ids, attention_mask, response_length)
+                return super().forward(
+                    input_ids, attention_mask, response_length, cache, position_ids, logits_at
+                )
         finally:
             self.model.train(was_training)
 

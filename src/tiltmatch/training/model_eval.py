@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from tiltmatch.config import parse_task_options
@@ -22,15 +23,23 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate ``args.model`` on ``args.task``; write ``outputs.jsonl`` and ``metrics.json``."""
     task = get_task(args.task, **parse_task_options(args.task_option))
     path = resolve_model_path(args.model)
-    model, codec = load_model_folder(path, task)
-    model.to(args.device)
-    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
     gen_length = args.gen_length or task.response_length
     block = args.block_length or gen_length
     steps = args.steps or gen_length
-    sampling = SamplingConfig(
-        steps=steps, block_length=block, remasking=args.remasking, temperature=args.temperature
-    )
+    try:
+        sampling = SamplingConfig(
+            steps=steps,
+            block_length=block,
+            remasking=args.remasking,
+            temperature=args.temperature,
+            mode=getattr(args, "sampler", "exact"),
+        )
+    except ValidationError as err:  # one line for the CLI, not pydantic's report
+        messages = (str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+        raise ValueError("; ".join(messages)) from None
+    model, codec = load_model_folder(path, task)  # after the settings are known to be usable
+    model.to(args.device)
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
     examples = task.examples(args.split, args.limit, args.seed)
     rows = [(e, k) for e in examples for k in range(args.samples)]
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -41,7 +50,13 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         chunk = rows[lo : lo + args.batch_size]
         prompts = [codec.encode_prompt(e.prompt) for e, _ in chunk]
         out = generate(
-            denoiser, prompts, gen_length, sampling, generator, forbidden_token_ids=forbidden
+            denoiser,
+            prompts,
+            gen_length,
+            sampling,
+            generator,
+            forbidden_token_ids=forbidden,
+            eos_token_id=codec.eos_token_id,
         )
         responses += [codec.decode_response(r.tolist()) for r in out.responses.cpu()]
     seconds = time.time() - started
@@ -58,6 +73,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             "block_length": block,
             "steps": steps,
             "temperature": args.temperature,
+            "sampler": sampling.mode,
             "seconds": seconds,
         }
     )

@@ -70,7 +70,6 @@ The DeepSpeed launch is refused in :func:`~tiltmatch.training.distributed.proces
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.sampling.rollouts import RolloutWorker
 from tiltmatch.tasks.base import Example
 from tiltmatch.training.checkpoint import save_checkpoint
 from tiltmatch.training.distributed import (
@@ -96,18 +93,20 @@ from tiltmatch.training.distributed import (
     shard,
     unshard,
 )
-from tiltmatch.training.evaluation import evaluate, sample_texts
+from tiltmatch.training.evaluation import SampleTexts
 from tiltmatch.training.pair import DenoiserPair
 
 #: a checkpoint's tensor groups: group name -> parameter name -> tensor
 WeightGroups = dict[str, dict[str, torch.Tensor]]
 
 
-class Parallelism(ABC):
+class Parallelism:
     """What the trainer asks of the processes it runs on (one, or several in lockstep).
 
-    Methods documented "collective" must be called by every rank, in the same
-    order; the trainer does so.
+    Each method's body here is the one-process action (:class:`SingleProcess`);
+    :class:`DataParallel` and :class:`Sharded` override what must agree across
+    processes. Methods documented "collective" must be called by every rank, in
+    the same order; the trainer does so.
     """
 
     #: this process's rank and the number of processes
@@ -123,25 +122,28 @@ class Parallelism(ABC):
         """The seed of this process's own randomness (rollouts, states, evaluation)."""
         return rank_seed(seed, self.rank)
 
-    @abstractmethod
     def prepare(self, pair: DenoiserPair, seed: int) -> None:
-        """Once, before training: seed this process, check the replicas, place the weights."""
+        """Once, before training: seed this process, check the replicas, place the weights.
 
-    @abstractmethod
+        On one process nothing: the run's seed is set and the weights are where the
+        runner put them.
+        """
+
     def training_share(self, examples: Sequence[Example]) -> list[Example]:
-        """This process's share of the training prompt pool."""
+        """This process's share of the training prompt pool (on one process, all of it)."""
+        return list(examples)
 
-    @abstractmethod
     def all_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
         """The buffer rewards ``[P, G]`` of every process, so that all choose the same ``h``."""
+        return rewards
 
-    @abstractmethod
     def synchronise(
         self, parameters: Iterable[nn.Parameter], loss: float, extras: dict[str, float]
     ) -> tuple[float, dict[str, float]]:
-        """Average the student's gradients, the logged loss and the diagnostics (collective)."""
+        """Average the student's gradients, the logged loss and the diagnostics (collective);
+        on one process there is nothing to average."""
+        return loss, extras
 
-    @abstractmethod
     def write_checkpoint(
         self,
         path: Path,
@@ -150,15 +152,17 @@ class Parallelism(ABC):
         shared: dict[str, Any],
         meta: dict[str, Any],
     ) -> Path:
-        """Write the checkpoint folder (collective).
+        """Write the checkpoint folder (collective); on one process, with everything in it.
 
         ``own``: this process's private state (its buffer and RNG); ``shared``:
         state every process holds alike (optimiser, LR schedule).
         """
+        return save_checkpoint(path, tensors, {**own, **shared}, meta)
 
-    @abstractmethod
     def own_state(self, objects: dict[str, Any]) -> dict[str, Any]:
-        """This process's ``own`` state, out of a checkpoint's objects."""
+        """This process's ``own`` state, out of a checkpoint's objects: on one process the
+        top-level buffer and RNG states (a data-parallel checkpoint's are rank 0's)."""
+        return objects
 
     def localise_weights(self, groups: WeightGroups, pair: DenoiserPair) -> WeightGroups:
         """Checkpointed weights as this process holds them: whole, unless sharded."""
@@ -175,66 +179,19 @@ class Parallelism(ABC):
         None (collective)."""
         return None
 
-    @abstractmethod
-    def evaluate(
-        self,
-        worker: RolloutWorker,
-        denoiser: MaskedDenoiser,
-        examples: Sequence[Example],
-        samples_per_example: int,
-        temperature: float,
-        seed: int,
-    ) -> dict[str, float]:
-        """The task's held-out metrics over all ``examples`` (collective)."""
+    def sample_shares(
+        self, examples: Sequence[Example], sample: SampleTexts, seed: int
+    ) -> list[list[str]]:
+        """The sampled texts of every example, in order (collective).
+
+        ``sample(share, seed)`` samples a share of the examples; on one process
+        the share is all of them, drawn with ``seed``.
+        """
+        return sample(examples, seed)
 
 
 class SingleProcess(Parallelism):
-    """One process: nothing to share, every step is the plain action."""
-
-    def prepare(self, pair: DenoiserPair, seed: int) -> None:
-        """Nothing: the run's seed is set and the weights are where the runner put them."""
-
-    def training_share(self, examples: Sequence[Example]) -> list[Example]:
-        """The whole pool."""
-        return list(examples)
-
-    def all_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
-        """This process's rewards are all of them."""
-        return rewards
-
-    def synchronise(
-        self, parameters: Iterable[nn.Parameter], loss: float, extras: dict[str, float]
-    ) -> tuple[float, dict[str, float]]:
-        """Nothing to average."""
-        return loss, extras
-
-    def write_checkpoint(
-        self,
-        path: Path,
-        tensors: WeightGroups,
-        own: dict[str, Any],
-        shared: dict[str, Any],
-        meta: dict[str, Any],
-    ) -> Path:
-        """One checkpoint folder with everything in it."""
-        return save_checkpoint(path, tensors, {**own, **shared}, meta)
-
-    def own_state(self, objects: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint's top-level buffer and RNG states (a data-parallel checkpoint's
-        are rank 0's)."""
-        return objects
-
-    def evaluate(
-        self,
-        worker: RolloutWorker,
-        denoiser: MaskedDenoiser,
-        examples: Sequence[Example],
-        samples_per_example: int,
-        temperature: float,
-        seed: int,
-    ) -> dict[str, float]:
-        """Sample every example here."""
-        return evaluate(worker, denoiser, examples, samples_per_example, temperature, seed)
+    """One process: nothing to share, every step is the plain action (:class:`Parallelism`'s)."""
 
 
 class DataParallel(Parallelism):
@@ -274,23 +231,25 @@ class DataParallel(Parallelism):
     def synchronise(
         self, parameters: Iterable[nn.Parameter], loss: float, extras: dict[str, float]
     ) -> tuple[float, dict[str, float]]:
-        """Average the student's gradients over ranks (one bucketed all-reduce); combine the
-        logged scalars."""
+        """Average the student's gradients over ranks; combine the logged scalars."""
+        self._average_gradients(parameters)
+        numbers = {k: float(v) for k, v in extras.items() if isinstance(v, int | float)}
+        combined = reduce_scalars({**numbers, "loss": loss}, self.context.device)
+        loss = combined.pop("loss")
+        return loss, {**extras, **combined}
+
+    def _average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
+        """The gradients' mean over ranks, in one bucketed all-reduce."""
         grads = []
         for p in parameters:
             if p.grad is None:  # unused on this rank: DDP counts it as a zero gradient
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
         all_reduce_mean_(grads)
-        return self._combine_scalars(loss, extras)
 
-    def _combine_scalars(
-        self, loss: float, extras: dict[str, float]
-    ) -> tuple[float, dict[str, float]]:
-        numbers = {k: float(v) for k, v in extras.items() if isinstance(v, int | float)}
-        combined = reduce_scalars({**numbers, "loss": loss}, self.context.device)
-        loss = combined.pop("loss")
-        return loss, {**extras, **combined}
+    def _whole(self, obj: Any) -> Any:
+        """``obj`` with whole tensors, as the checkpoint holds them: as it is (replicas)."""
+        return obj
 
     def write_checkpoint(
         self,
@@ -301,6 +260,7 @@ class DataParallel(Parallelism):
         meta: dict[str, Any],
     ) -> Path:
         """Rank 0 writes the shared state once, plus every rank's own state under ``ranks``."""
+        tensors, shared = self._whole(tensors), self._whole(shared)
         ranks = gather_object_to_main(own)
         if self.is_main:
             meta = {**meta, "world_size": self.world_size}
@@ -323,21 +283,15 @@ class DataParallel(Parallelism):
             )
         return ranks[self.rank]
 
-    def evaluate(
-        self,
-        worker: RolloutWorker,
-        denoiser: MaskedDenoiser,
-        examples: Sequence[Example],
-        samples_per_example: int,
-        temperature: float,
-        seed: int,
-    ) -> dict[str, float]:
-        """Held-out metrics over all examples, each rank sampling its share of them.
+    def sample_shares(
+        self, examples: Sequence[Example], sample: SampleTexts, seed: int
+    ) -> list[list[str]]:
+        """The texts of every example, each rank sampling its share (seeded per rank).
 
         Every rank runs the same forwards (a sharded forward is collective under
         FSDP): a share shorter than the longest is padded with copies of its
         first example (or of the set's first), whose samples are dropped before
-        scoring.
+        the shares are joined.
         """
         rank, world = self.rank, self.world_size
         shares = [shard(examples, r, world) for r in range(world)]
@@ -346,19 +300,9 @@ class DataParallel(Parallelism):
         padded = mine + filler * (max(len(s) for s in shares) - len(mine))
         texts: list[list[str]] = []
         if padded:
-            texts = sample_texts(
-                worker,
-                denoiser,
-                padded,
-                samples_per_example,
-                temperature,
-                seed=rank_seed(seed, rank),
-            )
+            texts = sample(padded, rank_seed(seed, rank))
         gathered = all_gather_object(texts)
-        groups = unshard([t[: len(shares[r])] for r, t in enumerate(gathered)])
-        flat_texts = [t for group in groups for t in group]
-        flat_examples: list[Example] = [e for e in examples for _ in range(samples_per_example)]
-        return worker.task.metrics(flat_texts, flat_examples)
+        return unshard([t[: len(shares[r])] for r, t in enumerate(gathered)])
 
     @torch.no_grad()
     def _check_replicas_agree(self, pair: DenoiserPair) -> None:
@@ -390,24 +334,12 @@ class Sharded(DataParallel):
         """Shard every model of the pair, once the whole weights were checked to agree."""
         pair.apply_sharding(lambda module: shard_module(module, self.settings))
 
-    def synchronise(
-        self, parameters: Iterable[nn.Parameter], loss: float, extras: dict[str, float]
-    ) -> tuple[float, dict[str, float]]:
-        """The logged scalars only: ``fully_shard`` reduce-scattered (and averaged) the
-        gradients in backward."""
-        return self._combine_scalars(loss, extras)
+    def _average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
+        """Nothing: ``fully_shard`` reduce-scattered (and averaged) them in backward."""
 
-    def write_checkpoint(
-        self,
-        path: Path,
-        tensors: WeightGroups,
-        own: dict[str, Any],
-        shared: dict[str, Any],
-        meta: dict[str, Any],
-    ) -> Path:
-        """Gather every shard (all ranks), then write the single checkpoint as DDP does."""
-        whole, shared = full_tensors(tensors), full_tensors(shared)
-        return super().write_checkpoint(path, whole, own, shared, meta)
+    def _whole(self, obj: Any) -> Any:
+        """Every shard gathered into the whole tensor on the CPU (collective)."""
+        return full_tensors(obj)
 
     def localise_weights(self, groups: WeightGroups, pair: DenoiserPair) -> WeightGroups:
         """This rank's shards of the checkpointed weights."""

@@ -31,7 +31,8 @@ from tiltmatch.objective import Objective, Phase
 from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer, RolloutBatch, RolloutWorker
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks.base import Example, Task
-from tiltmatch.training.checkpoint import load_checkpoint
+from tiltmatch.training.checkpoint import CheckpointError, load_checkpoint
+from tiltmatch.training.evaluation import evaluate
 from tiltmatch.training.pair import DenoiserPair
 from tiltmatch.training.parallel import Parallelism, SingleProcess
 from tiltmatch.training.update import optimizer_update
@@ -249,13 +250,14 @@ class Trainer:
         at stage ends).
         """
         ec = self.config.eval
-        return self.parallel.evaluate(
+        return evaluate(
             self.worker,
             denoiser or self.pair.student,
             self.eval_examples,
             ec.samples_per_example,
             ec.temperature,
             seed=self.config.seed + 777,
+            spread=self.parallel.sample_shares,
         )
 
     def wall_seconds(self) -> float:
@@ -293,7 +295,22 @@ class Trainer:
 
     def load(self, path: str | Path | None = None) -> None:
         """Restore the training state from a checkpoint folder (default ``out_dir/checkpoint``)."""
-        tensors, objects, meta = load_checkpoint(path or self.out_dir / CHECKPOINT)
+        path = Path(path or self.out_dir / CHECKPOINT)
+        tensors, objects, meta = load_checkpoint(path)
+        _check_pieces(path, tensors, set(self.pair.state_dict()), objects, meta)
+        try:
+            self._restore(tensors, objects, meta)
+        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as err:
+            # A piece of the right name but the wrong content (another run's optimizer, a
+            # truncated buffer, a phase from another version): say which checkpoint.
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:300]})"
+            ) from None
+
+    def _restore(
+        self, tensors: dict[str, Any], objects: dict[str, Any], meta: dict[str, Any]
+    ) -> None:
         own = self.parallel.own_state(objects)  # this process's buffer and RNG
         self.pair.load_state_dict(self.parallel.localise_weights(tensors, self.pair))
         self.buffer.load_state_dict(own["buffer"])
@@ -358,7 +375,34 @@ class Trainer:
         from tiltmatch.training.runlog import RunLog
 
         (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
-        return RunLog(self.out_dir, quiet=self.quiet)
+        config = self.config.model_dump(mode="json")
+        return RunLog(
+            self.out_dir, quiet=self.quiet, report_to=self.config.train.report_to, config=config
+        )
+
+
+def _check_pieces(
+    path: Path,
+    tensors: dict[str, Any],
+    groups: set[str],
+    objects: dict[str, Any],
+    meta: dict[str, Any],
+) -> None:
+    """Every piece :meth:`Trainer.save` writes is there, and no weight group it does not."""
+    if missing := sorted(groups - tensors.keys()):
+        raise CheckpointError(f"checkpoint {path} lacks {missing[0]}.safetensors")
+    if extra := sorted(tensors.keys() - groups):
+        raise CheckpointError(
+            f"checkpoint {path} holds {extra[0]}.safetensors, which this run has no model for"
+        )
+    for name in ("buffer", "rng"):
+        if name not in objects:
+            raise CheckpointError(f"checkpoint {path} lacks {name}.pt")
+    if ("optimizer" in objects) != ("scheduler" in objects):
+        raise CheckpointError(f"checkpoint {path} has one of optimizer.pt/scheduler.pt only")
+    for key in ("phase", "stage_stats", "history", "wall_seconds"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path}: meta.json lacks {key!r}")
 
 
 def _constant(step: int) -> float:

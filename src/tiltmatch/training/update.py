@@ -9,6 +9,7 @@ update a run makes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ def optimizer_update(
         loss, extras = objective.loss(inputs)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite loss {float(loss)} at stage {phase.stage}, "
+                f"non-finite loss {float(loss.detach())} at stage {phase.stage}, "
                 f"update {phase.step}: lower the learning rate or the tilt increment h"
             )
         (loss / accumulation_steps).backward()
@@ -66,8 +67,26 @@ def optimizer_update(
     total, extras = parallel.synchronise(pair.trainable_parameters(), total, extras)
     params = [p for p in pair.trainable_parameters() if p.grad is not None]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    if not math.isfinite(grad_norm):  # the step would write NaN into every weight
+        raise FloatingPointError(
+            f"non-finite gradient norm {grad_norm} at stage {phase.stage}, update "
+            f"{phase.step}: stopped before the step, so no checkpoint or log holds its "
+            "weights; lower train.learning_rate or the tilt increment h"
+        )
     optimizer.step()
+    _check_finite_weights(params, phase)
     if scheduler is not None:
         scheduler.step()
     pair.after_update()
     return UpdateResult(total, grad_norm, extras)
+
+
+def _check_finite_weights(params: list[torch.nn.Parameter], phase: Phase) -> None:
+    """Stop the run before a non-finite weight reaches a log line or a checkpoint."""
+    # Under FSDP a parameter is a DTensor: each process checks the shard it holds.
+    local = [getattr(p, "to_local", p.detach)().detach() for p in params]
+    if local and not bool(torch.stack([torch.isfinite(t).all() for t in local]).all()):
+        raise FloatingPointError(
+            f"non-finite weights after update {phase.step} of stage {phase.stage}: "
+            "stopped before they reached a checkpoint or a log line; lower train.learning_rate"
+        )

@@ -1,0 +1,952 @@
+"""Capacity plan for LLaDA-8B without a GPU: peak memory and FLOPs of one update, simulated.
+
+Builds LLaDA-8B-Instruct's exact architecture (a bidirectional ``LlamaForCausalLM`` from
+:func:`tiltmatch.models.llada.llada_config_to_llama`: vocabulary 126464, hidden 4096,
+MLP 12288, 32 heads) on the meta device and materialises it as PyTorch fake tensors
+(``FakeTensorMode``) on the CPU: every tensor has its shape, dtype and storage size but
+no data, so an 8B update "runs" in seconds on a laptop. Through the package's own code
+(:class:`tiltmatch.training.lora.LoRAPair`, the objectives of ``tiltmatch.dtm.objective``
+and ``tiltmatch.baselines.diffu_grpo`` built by ``make_objective``, and the trainer's one
+update :func:`tiltmatch.training.update.optimizer_update`) it measures, for one update:
+
+- **peak memory per GPU**: a ``TorchDispatchMode`` (:class:`DeviceMemory`) sees every
+  tensor an operator returns, counts each storage once while it is alive (weak
+  references), rounds it as the CUDA caching allocator does (512-byte blocks; the
+  "reserved" estimate also rounds to its 2 MiB / 20 MiB segments) and records the
+  peak. PyTorch's own ``MemTracker`` rounds only for ``device.type == "cuda"`` and
+  fake CUDA tensors fail here (CPU-only torch), so this is a CUDA-free equivalent;
+- **FLOPs** with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and the
+  attention kernels; elementwise work is not counted).
+
+What CUDA would do differently is forced: attention runs the kernels CUDA's SDPA
+picks for bf16 with head dim 128 (flash attention without a mask, memory-efficient
+attention with one) through their ATen ops, whose fake implementations allocate what
+the kernels return (output and log-sum-exp, no ``[B, H, T, T]`` score tensor); AdamW
+is the fused kernel (no foreach temporaries). Data-dependent steps keep real values:
+rollouts, masks and states are small real CPU tensors (they would be on the GPU too,
+and are counted), so boolean indexing by the SAR loss mask gives the true number of
+loss positions; only reading a scalar out of a fake tensor (a logged loss) returns 0.
+
+Layers are identical, so the model is simulated at 1 and 2 decoder layers and every
+figure is extrapolated linearly to 32 (``fixed + 32 x per-layer``); ``--check-layers 32``
+runs one configuration at full depth to check the extrapolation.
+
+Not simulated (say so wherever the numbers are used): bitsandbytes' 4-bit kernels
+(the 4-bit rows model the NF4 storage only: 0.5 byte per weight plus the double
+quantisation constants, and one dequantised weight as transient), the attention
+kernels' internal workspace, NCCL buffers, the CUDA context, fragmentation beyond the
+segment rounding, and FSDP's collectives (the FSDP rows are per-rank shard arithmetic
+plus simulated activations).
+
+    python benchmarks/capacity_plan.py --out runs/capacity/plan.json   # the full plan
+    python benchmarks/capacity_plan.py --tiny --out /tmp/plan.json     # the code path, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import platform
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tiltmatch.config import RunConfig
+from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.llada import llada_config_to_llama
+from tiltmatch.objective import Phase
+from tiltmatch.sampling.rollouts import RolloutBatch
+from tiltmatch.sampling.sampler import SamplingConfig, generate
+from tiltmatch.training.lora import LoRAPair
+from tiltmatch.training.pair import CopiedPair
+from tiltmatch.training.runner import make_objective
+from tiltmatch.training.update import optimizer_update
+
+GIB = 2**30
+MIB = 2**20
+H100_BF16_DENSE_FLOPS = 989e12  # H100 SXM bf16 dense tensor-core peak
+H100_MEMORY_GIB = 79.6  # what an "80 GB" H100 offers (nvidia-smi: 81559 MiB)
+FIT_FRACTION = 0.9  # a peak fits when at most 90% of it: context, NCCL, fragmentation
+
+# LLaDA-8B-Instruct's config.json, the keys that decide the architecture (checked and
+# mapped by llada_config_to_llama to a LlamaConfig with is_causal=False).
+LLADA_8B: dict[str, Any] = {
+    "block_type": "llama",
+    "activation_type": "silu",
+    "layer_norm_type": "rms",
+    "layer_norm_with_affine": True,
+    "bias_for_layer_norm": False,
+    "rms_norm_eps": 1e-5,
+    "rope": True,
+    "rope_theta": 500000.0,
+    "alibi": False,
+    "include_bias": False,
+    "include_qkv_bias": False,
+    "attention_layer_norm": False,
+    "input_emb_norm": False,
+    "scale_logits": False,
+    "block_group_size": 1,
+    "weight_tying": False,
+    "attention_dropout": 0.0,
+    "residual_dropout": 0.0,
+    "embedding_dropout": 0.0,
+    "d_model": 4096,
+    "n_layers": 32,
+    "n_heads": 32,
+    "n_kv_heads": 32,
+    "mlp_hidden_size": 12288,
+    "vocab_size": 126464,
+    "embedding_size": 126464,
+    "max_sequence_length": 4096,
+    "mask_token_id": 126336,
+    "eos_token_id": 126081,
+    "pad_token_id": 126081,
+}
+# The same code path at a toy size (the CPU test).
+TINY = LLADA_8B | {
+    "d_model": 64,
+    "n_layers": 2,
+    "n_heads": 4,
+    "n_kv_heads": 4,
+    "mlp_hidden_size": 192,
+    "vocab_size": 512,
+    "embedding_size": 512,
+    "mask_token_id": 500,
+    "eos_token_id": 501,
+    "pad_token_id": 501,
+}
+
+
+# ----- the device memory model ----------------------------------------------------------------
+
+
+def allocator_block(nbytes: int) -> int:
+    """Bytes the CUDA caching allocator hands out for a request: a multiple of 512, at least 512."""
+    return max(512, -(-nbytes // 512) * 512)
+
+
+def segment_class(block: int) -> str:
+    """The allocator's pool for a block: small (<= 1 MiB, 2 MiB segments), mid (<= 10 MiB,
+    20 MiB segments) or large (its own segment, rounded to 2 MiB)."""
+    if block <= MIB:
+        return "small"
+    return "mid" if block <= 10 * MIB else "large"
+
+
+def reserved_estimate(small: int, mid: int, large: int) -> int:
+    """Segments the allocator would hold for these live blocks, without fragmentation:
+    the small pool packed into 2 MiB segments, the mid pool into 20 MiB ones, each large
+    block in its own segment (already rounded to 2 MiB in ``large``)."""
+    return -(-small // (2 * MIB)) * 2 * MIB + -(-mid // (20 * MIB)) * 20 * MIB + large
+
+
+def _is_real_bool(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor) and t.dtype == torch.bool
+
+
+def _expand_bool_indices(indices: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Real boolean indices as the long indices they select (their values are known)."""
+    out: list[torch.Tensor | None] = []
+    for index in indices:
+        if _is_real_bool(index):
+            assert index is not None
+            out.extend(index.nonzero().unbind(1))
+        else:
+            out.append(index)
+    return out
+
+
+def _fake_operand(args: tuple[Any, ...]) -> bool:
+    # index(self, indices) and index_put(self, indices, values): self or values is fake
+    return any(isinstance(a, FakeTensor) for a in (args[0], *args[2:3]))
+
+
+_INDEX_OPS = {
+    torch.ops.aten.index.Tensor,
+    torch.ops.aten.index_put.default,
+    torch.ops.aten.index_put_.default,
+    torch.ops.aten._index_put_impl_.default,
+}
+_REAL_LIMIT = 256 * MIB  # no real tensor this large may appear: it would be an 8B-sized one
+
+
+class DeviceMemory(TorchDispatchMode):
+    """Live device memory of every storage created while active, with allocator rounding.
+
+    Storages are counted once (views share them), from the operator that creates them
+    until their last reference goes (a weak-reference finaliser). ``register`` adds
+    tensors that existed before (weights, inputs). Also lets the package's code run on
+    fake tensors: a real boolean index (a loss mask) becomes the long indices it selects,
+    and reading a fake scalar gives 0 (``True`` for a boolean: a checked loss is finite).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, tuple[int, str]] = {}
+        self.live = {"small": 0, "mid": 0, "large": 0}
+        self.peak = 0
+        self.peak_reserved = 0
+        self.marks: dict[str, int] = {}
+
+    # -- accounting
+    @property
+    def allocated(self) -> int:
+        """Bytes in live blocks now."""
+        return sum(self.live.values())
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._live:
+            return
+        block = allocator_block(storage.nbytes())
+        if not isinstance(t, FakeTensor) and block > _REAL_LIMIT:
+            raise RuntimeError(f"a real tensor of {block / GIB:.1f} GiB escaped the fake mode")
+        kind = segment_class(block)
+        if kind == "large":
+            block = -(-block // (2 * MIB)) * 2 * MIB
+        self._live[key] = (block, kind)
+        self.live[kind] += block
+        weakref.finalize(storage, self._free, key)
+        self._update_peak()
+
+    def _free(self, key: int) -> None:
+        block, kind = self._live.pop(key)
+        self.live[kind] -= block
+
+    def _update_peak(self) -> None:
+        self.peak = max(self.peak, self.allocated)
+        self.peak_reserved = max(
+            self.peak_reserved,
+            reserved_estimate(self.live["small"], self.live["mid"], self.live["large"]),
+        )
+
+    def register(self, tensors: Iterator[torch.Tensor] | list[torch.Tensor]) -> None:
+        """Count tensors that already exist (weights, buffers, inputs)."""
+        for t in tensors:
+            self._track(t)
+
+    def reset_peak(self) -> None:
+        """Start a new peak from what is live now."""
+        self.peak = self.allocated
+        self.peak_reserved = reserved_estimate(
+            self.live["small"], self.live["mid"], self.live["large"]
+        )
+
+    # -- dispatch
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        if func in _INDEX_OPS and _fake_operand(args) and any(_is_real_bool(i) for i in args[1]):
+            args = (args[0], _expand_bool_indices(list(args[1])), *args[2:])
+        if func is torch.ops.aten._local_scalar_dense.default and isinstance(args[0], FakeTensor):
+            return True if args[0].dtype == torch.bool else 0
+        out = func(*args, **kwargs)
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self._track(t)
+        return out
+
+
+# ----- attention as CUDA runs it --------------------------------------------------------------
+
+
+KERNELS = {"flash": 0, "memory-efficient": 0}  # calls of each, for the record
+
+
+def cuda_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention`` through the kernel CUDA's SDPA would pick.
+
+    bf16, head dim 128, no dropout: flash attention when there is no mask, the
+    memory-efficient kernel (additive bias) with one. Their fake implementations
+    allocate the output and the log-sum-exp only, as the kernels do; the CPU's math
+    path would instead keep the ``[B, H, T, T]`` scores.
+    """
+    KERNELS["flash" if attn_mask is None else "memory-efficient"] += 1
+    if enable_gqa or dropout_p:
+        raise NotImplementedError("the capacity model covers LLaDA's attention only")
+    if attn_mask is None:
+        out = torch.ops.aten._scaled_dot_product_flash_attention(
+            query, key, value, 0.0, is_causal, False, scale=scale
+        )
+        return out[0]
+    if attn_mask.dtype == torch.bool:
+        bias = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device)
+        attn_mask = bias.masked_fill(~attn_mask, float("-inf"))
+    out = torch.ops.aten._scaled_dot_product_efficient_attention(
+        query,
+        key,
+        value,
+        attn_mask.expand(-1, query.shape[1], -1, -1),
+        True,
+        0.0,
+        is_causal,
+        scale=scale,
+    )
+    return out[0]
+
+
+@contextlib.contextmanager
+def cuda_attention() -> Iterator[None]:
+    """Route transformers' SDPA attention to :func:`cuda_sdpa` for the duration."""
+    original = torch.nn.functional.scaled_dot_product_attention
+    torch.nn.functional.scaled_dot_product_attention = cuda_sdpa  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+# ----- building -------------------------------------------------------------------------------
+
+
+def llama_config(arch: dict[str, Any], layers: int) -> LlamaConfig:
+    """The bidirectional Llama config of ``arch`` with ``layers`` decoder layers."""
+    config = llada_config_to_llama(arch | {"n_layers": layers})
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def meta_model(config: LlamaConfig, dtype: torch.dtype) -> LlamaForCausalLM:
+    """The model on the meta device in ``dtype``, frozen, in eval mode (no storage yet)."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model.to(dtype=dtype)  # type: ignore[call-arg]
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+@dataclass(frozen=True)
+class Case:
+    """One simulated update: method, parameter setup and micro-batch."""
+
+    name: str
+    method: str  # "dtm" (c-DTM, SAR states, block 32) or "diffu-grpo"
+    setup: str  # "lora-bf16", "lora-4bit" (storage model) or "fsdp8-full"
+    rows: int  # completions per micro-batch
+    group: int  # completions per prompt in the micro-batch (1: single completions)
+    accumulation: int  # micro-batches per optimiser update
+    checkpointing: bool = True
+    ema: bool = False  # the Countdown recipe's EMA teacher (a float32 copy of the adapter)
+    prompt_length: int = 200
+    response_length: int = 256
+
+
+def run_config(case: Case, lora_r: int) -> RunConfig:
+    """The run configuration the package builds its objective from."""
+    return RunConfig.model_validate(
+        {
+            "method": case.method,
+            "seed": 0,
+            "model": {"dtype": "bfloat16", "gradient_checkpointing": case.checkpointing},
+            "lora": {"r": lora_r},  # alpha 64, dropout 0.05, all projections: the defaults
+            "dtm": {"c": 1.0, "states": "sar", "sar_block_length": 32},
+            "train": {
+                "learning_rate": 3e-6,
+                "adam_betas": [0.9, 0.99],
+                "weight_decay": 0.1,
+                "num_generations": case.group,
+                "prompts_per_batch": case.rows // case.group,
+                "buffer_prompts": case.rows // case.group,
+                "refresh_prompts": 0,
+                "gradient_accumulation_steps": case.accumulation,
+            },
+        }
+    )
+
+
+def rollout_batch(case: Case, arch: dict[str, Any], seed: int = 0) -> RolloutBatch:
+    """Real random rollouts: prompts of ``prompt_length`` tokens, responses, rewards."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = min(arch["mask_token_id"], arch["pad_token_id"])
+    ids = torch.randint(0, vocab, (case.rows, case.prompt_length), generator=generator)
+    responses = torch.randint(0, vocab, (case.rows, case.response_length), generator=generator)
+    rewards = torch.rand(case.rows, generator=generator)
+    return RolloutBatch(ids, torch.ones_like(ids), responses, rewards, case.group)
+
+
+@dataclass
+class Measured:
+    """What one simulation at a given depth measured."""
+
+    layers: int
+    peak_bytes: int
+    peak_reserved_bytes: int
+    static_bytes: int  # weights, adapters, optimiser state before the update
+    flops_micro: int  # FLOPs of one micro-batch (forwards and backward)
+    seconds: float
+
+
+def simulate_update(
+    case: Case, arch: dict[str, Any], layers: int, lora_r: int, count_flops: bool = False
+) -> Measured:
+    """One update of ``case`` (two micro-batches, so the peak sees accumulated gradients).
+
+    Memory and FLOPs come from separate runs (``count_flops``): ``FlopCounterMode`` keeps
+    references to tensors saved under activation checkpointing, which would inflate the
+    memory figure.
+    """
+    start = time.perf_counter()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    config = llama_config(arch, layers)
+    run = run_config(case, lora_r)
+    mask_id, pad_id = arch["mask_token_id"], arch["pad_token_id"]
+    objective = make_objective(run, mask_id)
+    memory = DeviceMemory()
+    full = case.setup == "fsdp8-full"
+    model = meta_model(config, torch.bfloat16)
+    if full:  # the full model gets its fake storage before the pair copies it
+        with mode:
+            model.to_empty(device="cpu")
+    if full:
+        model.requires_grad_(True)
+        if case.checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        with mode:
+            pair: Any = CopiedPair(
+                MaskedDenoiser(model, mask_id, pad_id), keep_reference=objective.needs_reference
+            )
+        # FSDP reduce-scatters each layer's gradient during backward and frees the
+        # unsharded one: drop it as soon as it is accumulated (the shard is arithmetic).
+        for p in pair.student.parameters():
+            p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+    else:
+        # PEFT injects the adapters on the meta device; the pair's own sharding hook then
+        # gives the one PEFT model (base and both adapters) its fake storage.
+        with torch.device("meta"):
+            pair = LoRAPair(
+                model,
+                mask_id,
+                pad_id,
+                run.lora,
+                ema_decay=0.95 if case.ema else None,
+                gradient_checkpointing=case.checkpointing,
+            )
+        with mode:
+            pair.apply_sharding(lambda m: m.to_empty(device="cpu"))
+    params = list(pair.trainable_parameters())
+    with mode:
+        optimizer = torch.optim.AdamW(
+            params, lr=3e-6, betas=(0.9, 0.99), weight_decay=0.1, fused=True
+        )
+        if not full:  # the moments exist from the first update on: make them now
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    models = [pair.student.model, pair.teacher.model]
+    if objective.needs_reference:
+        models.append(pair.reference().model)
+    batch = rollout_batch(case, arch)
+    phase = Phase(a=0.0, h=5.0, begun=True)
+    objective.begin_stage(phase, batch.grouped_rewards)
+    generator = torch.Generator().manual_seed(1)
+    flops = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
+    with memory, cuda_attention():
+        for m in models:
+            memory.register(m.parameters())
+            memory.register(m.buffers())
+        memory.register([batch.prompt_ids, batch.prompt_mask, batch.responses, batch.rewards])
+        if case.ema and not full:
+            memory.register(list(pair.state_dict()["ema"].values()))
+        for state in optimizer.state.values():
+            memory.register([t for t in state.values() if isinstance(t, torch.Tensor)])
+        static = memory.allocated
+        memory.reset_peak()
+        with flops:
+            optimizer_update(
+                objective,
+                pair,
+                optimizer,
+                lambda: batch,
+                phase,
+                generator,
+                1.0,
+                accumulation_steps=2,
+            )
+    return Measured(
+        layers=layers,
+        peak_bytes=memory.peak,
+        peak_reserved_bytes=memory.peak_reserved,
+        static_bytes=static,
+        flops_micro=flops.get_total_flops() // 2 if isinstance(flops, FlopCounterMode) else 0,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def simulate_sampler(
+    arch: dict[str, Any],
+    layers: int,
+    rows: int,
+    prompt_length: int,
+    response_length: int,
+    block_length: int,
+    count_flops: bool = False,
+) -> dict[str, int]:
+    """The package's sampler (:func:`generate`, as it is) on the bare bf16 base, all fake.
+
+    One step per block (the peak of a step does not depend on how many there are):
+    the peak of a denoiser forward alone, the peak of a whole sampler step (the logits
+    work after the forward), and the FLOPs of one forward.
+    """
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    model = meta_model(llama_config(arch, layers), torch.bfloat16)
+    with mode:
+        model.to_empty(device="cpu")
+    denoiser = MaskedDenoiser(model, arch["mask_token_id"], arch["pad_token_id"])
+    vocab = min(arch["mask_token_id"], arch["pad_token_id"])
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, vocab, (rows, prompt_length), generator=generator).tolist()
+    memory = DeviceMemory()
+    out: dict[str, int] = {}
+    with memory, cuda_attention(), mode:
+        memory.register(model.parameters())
+        memory.register(model.buffers())
+        static = memory.allocated
+        ids = torch.zeros((rows, prompt_length + response_length), dtype=torch.long)
+        attention = torch.ones_like(ids)
+        memory.reset_peak()
+        if count_flops:
+            with FlopCounterMode(display=False) as flops, torch.no_grad():
+                denoiser(ids, attention, response_length)
+            out["flops_forward"] = flops.get_total_flops()
+        else:
+            with torch.no_grad():
+                denoiser(ids, attention, response_length)
+            out["peak_forward_bytes"] = memory.peak
+            del ids, attention
+            memory.reset_peak()
+            steps = response_length // block_length
+            config = SamplingConfig(steps=steps, block_length=block_length, temperature=1.0)
+            generate(denoiser, prompts, response_length, config, generator)
+            out["peak_step_bytes"] = memory.peak
+    out["static_bytes"] = static
+    return out
+
+
+# ----- depth extrapolation and arithmetic -----------------------------------------------------
+
+
+def extrapolate(one: float, two: float, layers: int) -> dict[str, float]:
+    """``fixed + layers x per_layer`` from the values at 1 and 2 layers (identical layers)."""
+    per_layer = two - one
+    fixed = one - per_layer
+    return {"fixed": fixed, "per_layer": per_layer, "total": fixed + layers * per_layer}
+
+
+def decoder_layer_params(arch: dict[str, Any]) -> dict[str, int]:
+    """Parameter counts of one decoder layer (linear weights, norms) and of the rest."""
+    d, m, heads, kv = arch["d_model"], arch["mlp_hidden_size"], arch["n_heads"], arch["n_kv_heads"]
+    head_dim = d // heads
+    linear = 2 * d * d + 2 * d * kv * head_dim + 3 * d * m
+    vocab = arch["embedding_size"]
+    return {"linear": linear, "norms": 2 * d, "embedding": vocab * d, "lm_head": vocab * d}
+
+
+def total_params(arch: dict[str, Any]) -> int:
+    """Parameters of the whole model."""
+    p = decoder_layer_params(arch)
+    return (
+        arch["n_layers"] * (p["linear"] + p["norms"])
+        + p["embedding"]
+        + p["lm_head"]
+        + arch["d_model"]
+    )
+
+
+# NF4 with double quantisation: 4 bits per weight, one 8-bit absmax per 64 weights and
+# one float32 second-level constant per 256 absmax blocks (bitsandbytes' layout).
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+
+def four_bit_adjustment(arch: dict[str, Any]) -> dict[str, float]:
+    """Bytes a 4-bit base saves against bf16: decoder linear weights to NF4 (embedding and
+    output projection stay bf16, as transformers leaves them), plus one dequantised
+    weight (the largest) alive at a time as bitsandbytes' matmul makes it."""
+    p = decoder_layer_params(arch)
+    linear = arch["n_layers"] * p["linear"]
+    largest = arch["d_model"] * arch["mlp_hidden_size"]
+    return {
+        "bf16_linear_bytes": 2.0 * linear,
+        "nf4_linear_bytes": NF4_BYTES_PER_PARAM * linear,
+        "dequantised_transient_bytes": 2.0 * largest,
+    }
+
+
+def fsdp_rank_bytes(
+    arch: dict[str, Any], ranks: int, needs_reference: bool, ema: bool
+) -> dict[str, float]:
+    """Per-rank static bytes of full fine-tuning under FSDP (``fully_shard`` per layer).
+
+    As the package shards (``tiltmatch.training.parallel.Sharded``: no mixed-precision
+    policy, parameters in the load dtype, bf16): the student's parameters, gradients
+    and both AdamW moments, 8 bytes per parameter, the teacher's (and the reference's,
+    the EMA's) 2 bytes, each over ``ranks``; plus the unsharded working set: the root
+    unit (embedding, output projection) and two decoder layers (the one running and
+    the one prefetched), all-gathered in bf16.
+    """
+    n = total_params(arch)
+    p = decoder_layer_params(arch)
+    copies = 1 + int(needs_reference) + int(ema)
+    return {
+        "student_shard": 8.0 * n / ranks,
+        "frozen_shards": 2.0 * copies * n / ranks,
+        "unsharded_root": 2.0 * (p["embedding"] + p["lm_head"]),
+        "unsharded_layers": 2.0 * 2 * (p["linear"] + p["norms"]),
+    }
+
+
+# ----- the plan -------------------------------------------------------------------------------
+
+
+def recipe_cases() -> list[Case]:
+    """The measured updates: each recipe's micro-batch, the old 72-row one, both methods,
+    LoRA on bf16 with and without checkpointing, LoRA on 4-bit, full fine-tuning on 8."""
+    batches = [
+        ("Sudoku", 4, 1, 16, False),  # 4 single completions, 16 micro-batches per update
+        ("Countdown", 12, 1, 8, True),  # 12 single completions, 8 micro-batches, EMA teacher
+        ("old 12x6", 72, 6, 1, True),  # 12 prompts x 6 completions as one micro-batch
+    ]
+    cases = []
+    for method in ("dtm", "diffu-grpo"):
+        for label, rows, group, accumulation, ema in batches:
+            ema = ema and method == "dtm"  # diffu-GRPO's old policy is the previous model
+            for setup, ckpt in (("lora-bf16", True), ("lora-bf16", False), ("fsdp8-full", True)):
+                cases.append(Case(f"{label}", method, setup, rows, group, accumulation, ckpt, ema))
+    return cases
+
+
+def fits(peak_bytes: float) -> bool:
+    """Whether a peak fits one 80 GB H100 with 10% left for context, NCCL and fragmentation."""
+    return peak_bytes <= FIT_FRACTION * H100_MEMORY_GIB * GIB
+
+
+def plan_case(
+    case: Case,
+    arch: dict[str, Any],
+    lora_r: int,
+    utilisation: float,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Every figure of one case at full depth, from the 1- and 2-layer simulations."""
+    layers = arch["n_layers"]
+    mem = [simulate_update(case, arch, n, lora_r) for n in (1, 2)]
+    flo = [simulate_update(case, arch, n, lora_r, count_flops=True) for n in (1, 2)]
+    peak = extrapolate(mem[0].peak_bytes, mem[1].peak_bytes, layers)
+    reserved = extrapolate(mem[0].peak_reserved_bytes, mem[1].peak_reserved_bytes, layers)
+    static = extrapolate(mem[0].static_bytes, mem[1].static_bytes, layers)
+    flops_micro = extrapolate(flo[0].flops_micro, flo[1].flops_micro, layers)["total"]
+    flops_update = flops_micro * case.accumulation
+    rows: list[dict[str, Any]] = []
+    base = {
+        "case": asdict(case),
+        "peak_bytes": peak,
+        "peak_reserved_bytes": reserved,
+        "static_bytes": static,
+        "flops_per_micro_batch": flops_micro,
+        "flops_per_update": flops_update,
+        "seconds_per_update": flops_update / (H100_BF16_DENSE_FLOPS * utilisation),
+        "simulation_seconds": sum(m.seconds for m in mem + flo),
+    }
+    if case.setup == "fsdp8-full":
+        objective_reference = make_objective(run_config(case, lora_r), 0).needs_reference
+        shards = fsdp_rank_bytes(arch, 8, objective_reference, case.ema)
+        activations = peak["total"] - static["total"]
+        base["fsdp_rank_bytes"] = shards | {"activations": activations}
+        base["gpu_peak_bytes"] = activations + sum(shards.values())
+        base["gpus"] = 8
+        rows.append(base)
+    else:
+        base["gpu_peak_bytes"] = peak["total"]
+        base["gpus"] = 1
+        rows.append(base)
+        if case.checkpointing:  # the same update on a 4-bit base (storage model)
+            adj = four_bit_adjustment(arch)
+            saved = adj["bf16_linear_bytes"] - adj["nf4_linear_bytes"]
+            four = dict(base)
+            four["case"] = asdict(replace(case, setup="lora-4bit"))
+            four["gpu_peak_bytes"] = peak["total"] - saved + adj["dequantised_transient_bytes"]
+            four["four_bit"] = adj
+            rows.append(four)
+    for r in rows:
+        r["fits_one_80gb"] = fits(r["gpu_peak_bytes"])
+    c = case
+    progress(
+        f"{c.method} {c.name} {c.setup} ckpt={c.checkpointing}: "
+        f"{base['gpu_peak_bytes'] / GIB:.1f} GiB, {flops_update / 1e12:.0f} TFLOP/update"
+    )
+    return {"rows": rows}
+
+
+def largest_fitting(
+    method: str, arch: dict[str, Any], lora_r: int, checkpointing: bool, limit: int
+) -> dict[str, Any]:
+    """The largest micro-batch (single completions) of a LoRA bf16 update that fits,
+    by bisection on the extrapolated peak."""
+    layers = arch["n_layers"]
+
+    def peak(rows: int) -> float:
+        case = Case("sweep", method, "lora-bf16", rows, 1, 1, checkpointing)
+        one, two = (simulate_update(case, arch, n, lora_r).peak_bytes for n in (1, 2))
+        return extrapolate(one, two, layers)["total"]
+
+    # The peak is linear in the rows (every tensor that grows has a row dimension): predict
+    # the largest fitting micro-batch from two probes, then walk to it one row at a time.
+    seen = {rows: peak(rows) for rows in (4, 16)}
+    slope = (seen[16] - seen[4]) / 12
+    budget = FIT_FRACTION * H100_MEMORY_GIB * GIB
+    guess = max(1, min(limit, int((budget - seen[4]) / slope) + 4))
+    seen.setdefault(guess, peak(guess))
+    while fits(seen[guess]) and guess < limit:
+        guess += 1
+        seen.setdefault(guess, peak(guess))
+    while not fits(seen[guess]) and guess > 1:
+        guess -= 1
+        seen.setdefault(guess, peak(guess))
+    lo = guess if fits(seen[guess]) else 0
+    if lo + 1 not in seen and lo < limit:
+        seen[lo + 1] = peak(lo + 1)
+    return {
+        "method": method,
+        "checkpointing": checkpointing,
+        "largest_rows": lo,
+        "peak_gib_at_largest": seen.get(lo, 0.0) / GIB,
+        "peak_gib_one_more": seen.get(lo + 1, float("nan")) / GIB,
+        "probed": {str(k): v / GIB for k, v in sorted(seen.items())},
+    }
+
+
+def check_depth(case: Case, arch: dict[str, Any], lora_r: int) -> dict[str, Any]:
+    """One case simulated at full depth against its 1/2-layer extrapolation."""
+    one, two = (simulate_update(case, arch, n, lora_r) for n in (1, 2))
+    full = simulate_update(case, arch, arch["n_layers"], lora_r)
+    predicted = extrapolate(one.peak_bytes, two.peak_bytes, arch["n_layers"])["total"]
+    return {
+        "case": asdict(case),
+        "layers": arch["n_layers"],
+        "simulated_peak_gib": full.peak_bytes / GIB,
+        "extrapolated_peak_gib": predicted / GIB,
+        "simulated_static_gib": full.static_bytes / GIB,
+        "seconds": full.seconds,
+    }
+
+
+# ----- reporting ------------------------------------------------------------------------------
+
+_SETUPS = {
+    "lora-bf16": "LoRA r=128, bf16 base",
+    "lora-4bit": "LoRA r=128, 4-bit base (storage model)",
+    "fsdp8-full": "full FT, FSDP 8 ranks (per rank)",
+}
+_METHODS = {"dtm": "c-DTM (SAR, block 32)", "diffu-grpo": "diffu-GRPO (beta_KL 0.04)"}
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The plan as Markdown tables."""
+    s = record["settings"]
+    lines = [
+        f"Updates: prompt {s['prompt_length']} + response {s['response_length']} tokens; "
+        f"peak per GPU in GiB (allocated, 512 B blocks); fits = at most "
+        f"{FIT_FRACTION:.0%} of {H100_MEMORY_GIB} GiB; time at {s['utilisation']:.0%} of "
+        f"{H100_BF16_DENSE_FLOPS / 1e12:.0f} TFLOP/s.",
+        "",
+        "| method | micro-batch (rows x accumulation) | setup | checkpointing | peak GiB/GPU "
+        "| reserved GiB (est.) | fits one 80 GB | GPUs | TFLOP / micro-batch | TFLOP / update "
+        "| s / update |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for entry in record["cases"]:
+        for r in entry["rows"]:
+            c = r["case"]
+            reserved = "-"
+            if c["setup"] == "lora-bf16":  # the 4-bit and FSDP rows are partly arithmetic
+                reserved = f"{r['peak_reserved_bytes']['total'] / GIB:.1f}"
+            lines.append(
+                f"| {_METHODS[c['method']]} | {c['name']}: {c['rows']} x {c['accumulation']} "
+                f"| {_SETUPS[c['setup']]} | {'on' if c['checkpointing'] else 'off'} "
+                f"| {r['gpu_peak_bytes'] / GIB:.1f} | {reserved} "
+                f"| {'yes' if r['fits_one_80gb'] else 'no'} "
+                f"| {r['gpus']} | {r['flops_per_micro_batch'] / 1e12:.0f} "
+                f"| {r['flops_per_update'] / 1e12:.0f} | {r['seconds_per_update']:.1f} |"
+            )
+    if record.get("sweep"):
+        lines += [
+            "",
+            "| method (LoRA bf16) | checkpointing | largest micro-batch that fits | peak GiB "
+            "| peak GiB with one more row |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for w in record["sweep"]:
+            lines.append(
+                f"| {_METHODS[w['method']]} | {'on' if w['checkpointing'] else 'off'} "
+                f"| {w['largest_rows']} | {w['peak_gib_at_largest']:.1f} "
+                f"| {w['peak_gib_one_more']:.1f} |"
+            )
+    smp = record.get("sampler")
+    if smp:
+        lines += [
+            "",
+            f"Sampler (the package's `generate` as it is, bare bf16 base, {smp['rows']} rows of "
+            f"{s['prompt_length']} + {s['response_length']}): one step's forward peaks at "
+            f"{smp['peak_forward_gib']:.1f} GiB, the whole step (float64 logits, Gumbel noise, "
+            f"softmax) at {smp['peak_step_gib']:.1f} GiB; one forward "
+            f"{smp['tflops_forward']:.0f} TFLOP, a rollout of {s['response_length']} tokens in "
+            f"{smp['steps']} steps {smp['tflops_rollout']:.0f} TFLOP = "
+            f"{smp['gflops_per_rollout_token']:.0f} GFLOP per generated token, "
+            f"{smp['seconds_per_rollout']:.1f} s per batch at the stated utilisation.",
+        ]
+    for chk in record.get("depth_checks", []):
+        c = chk["case"]
+        lines.append(
+            f"\nDepth check ({c['method']}, {c['rows']} rows, {c['setup']}, checkpointing "
+            f"{'on' if c['checkpointing'] else 'off'}): simulated at {chk['layers']} layers "
+            f"{chk['simulated_peak_gib']:.2f} GiB, extrapolated from 1 and 2 layers "
+            f"{chk['extrapolated_peak_gib']:.2f} GiB."
+        )
+    return "\n".join(lines)
+
+
+def sampler_record(
+    arch: dict[str, Any], args: argparse.Namespace, prompt: int, response: int, block: int
+) -> dict[str, Any]:
+    """The sampler step's peaks and the FLOPs of a rollout, at full depth."""
+    rows = args.sampler_rows
+    smp = [simulate_sampler(arch, n, rows, prompt, response, block) for n in (1, 2)]
+    smp_flops = [
+        simulate_sampler(arch, n, rows, prompt, response, block, count_flops=True) for n in (1, 2)
+    ]
+    layers = arch["n_layers"]
+    fwd = extrapolate(smp_flops[0]["flops_forward"], smp_flops[1]["flops_forward"], layers)
+    rollout = fwd["total"] * args.sampler_steps
+    return {
+        "rows": rows,
+        "steps": args.sampler_steps,
+        "peak_forward_gib": extrapolate(
+            smp[0]["peak_forward_bytes"], smp[1]["peak_forward_bytes"], layers
+        )["total"]
+        / GIB,
+        "peak_step_gib": extrapolate(smp[0]["peak_step_bytes"], smp[1]["peak_step_bytes"], layers)[
+            "total"
+        ]
+        / GIB,
+        "tflops_forward": fwd["total"] / 1e12,
+        "tflops_rollout": rollout / 1e12,
+        "gflops_per_rollout_token": rollout / (rows * response) / 1e9,
+        "seconds_per_rollout": rollout / (H100_BF16_DENSE_FLOPS * args.utilisation),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="JSON record to write")
+    parser.add_argument("--tiny", action="store_true", help="the toy model (the CPU test)")
+    parser.add_argument("--utilisation", type=float, default=0.4, help="of the bf16 peak")
+    parser.add_argument("--sampler-rows", type=int, default=32)
+    parser.add_argument("--sampler-steps", type=int, default=128)
+    parser.add_argument("--no-sweep", action="store_true", help="skip the largest-batch sweep")
+    parser.add_argument("--no-sampler", action="store_true", help="skip the sampler step")
+    parser.add_argument("--sweep-limit", type=int, default=512)
+    parser.add_argument(
+        "--check-layers", action="store_true", help="check the extrapolation at full depth once"
+    )
+    parser.add_argument("--only", nargs="*", default=None, help="case names to run (e.g. Sudoku)")
+    parser.add_argument("--methods", nargs="*", choices=sorted(_METHODS), default=sorted(_METHODS))
+    parser.add_argument(
+        "--table-from",
+        type=Path,
+        nargs="+",
+        help="print the tables of JSON records written by --out (sweeps of later ones added)",
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.utilisation <= 1:
+        parser.error(f"--utilisation must be in (0, 1], got {args.utilisation}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.table_from:
+        first, *more = (json.loads(path.read_text()) for path in args.table_from)
+        for other in more:
+            first.setdefault("sweep", []).extend(other.get("sweep", []))
+            first.setdefault("depth_checks", []).extend(other.get("depth_checks", []))
+        print(markdown(first))
+        return 0
+    arch = TINY if args.tiny else LLADA_8B
+    lora_r = 4 if args.tiny else 128
+    prompt, response, block = (20, 64, 16) if args.tiny else (200, 256, 32)
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    cases = [
+        replace(c, prompt_length=prompt, response_length=response)
+        for c in recipe_cases()
+        if (args.only is None or c.name in args.only) and c.method in args.methods
+    ]
+    record: dict[str, Any] = {
+        "model": "toy" if args.tiny else "LLaDA-8B-Instruct architecture",
+        "architecture": arch,
+        "total_params": total_params(arch),
+        "settings": {
+            "prompt_length": prompt,
+            "response_length": response,
+            "lora_r": lora_r,
+            "lora_alpha": 64,
+            "utilisation": args.utilisation,
+            "h100_bf16_flops": H100_BF16_DENSE_FLOPS,
+            "h100_memory_gib": H100_MEMORY_GIB,
+            "fit_fraction": FIT_FRACTION,
+        },
+        "cases": [plan_case(c, arch, lora_r, args.utilisation, progress) for c in cases],
+    }
+    if not args.no_sampler:
+        record["sampler"] = sampler_record(arch, args, prompt, response, block)
+        progress(f"sampler: {record['sampler']}")
+    if args.out:  # what is done so far, in case a later part fails
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if not args.no_sweep:
+        record["sweep"] = [
+            largest_fitting(m, arch, lora_r, ck, args.sweep_limit)
+            for m in args.methods
+            for ck in (True, False)
+        ]
+    if args.check_layers:
+        chk = Case("Countdown", "dtm", "lora-bf16", 12, 1, 8, True, True, prompt, response)
+        record["depth_checks"] = [check_depth(chk, arch, lora_r)]
+    record["attention_kernel_calls"] = dict(KERNELS)
+    record["machine"] = f"{platform.machine()} CPU, torch {torch.__version__}, no GPU"
+    record["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    record["wall_seconds"] = time.perf_counter() - started
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(markdown(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""The Python API, in TRL's idiom: ``DTMConfig`` + ``DTMTrainer`` (and the baselines' trainers).
+
+::
+
+    from tiltmatch import DTMConfig, DTMTrainer
+
+    def brevity(prompts, completions, **columns):
+        return [-len(c) / 10 for c in completions]
+
+    args = DTMConfig(output_dir="runs/mine", num_generations=4, max_completion_length=16)
+    trainer = DTMTrainer(model="shipped:maze", reward_funcs=brevity,
+                         train_dataset="prompts.jsonl", args=args)
+    trainer.train()
+    trainer.save_model()        # runs/mine/final: safetensors (or the LoRA adapter) + README.md
+
+Everything is built from the same pieces as ``tiltmatch train`` (one validated
+:class:`~tiltmatch.config.RunConfig` underneath, :func:`tiltmatch.training.runner.build_trainer`,
+the same trainer, checkpoints and logs), so a run made here is a run like any other.
+Names are TRL's where they mean the same thing (``num_generations``, ``learning_rate``,
+``per_device_train_batch_size`` = completions per micro-batch, ``max_completion_length``,
+``reward_weights``, ``report_to``, ``output_dir``); DTM's own settings keep METHOD.md's
+symbols (``a_end``, ``h``, ``steps_per_h``, ``c``, ``rho``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tiltmatch.config import ConfigError, LoRAConfig, RunConfig, TrainConfig, build_config
+from tiltmatch.models.codecs import PromptCodec
+from tiltmatch.rewards import RewardFunction, make_reward
+from tiltmatch.tasks import get_task
+from tiltmatch.tasks.base import Task
+from tiltmatch.tasks.dataset import DatasetTask
+
+
+@dataclass
+class DTMConfig:
+    """Training arguments (TRL's ``GRPOConfig`` idiom). ``None`` means tiltmatch's default
+    (the matching field of :class:`~tiltmatch.config.RunConfig`).
+
+    ``per_device_train_batch_size`` counts completions, as in TRL: it must be a multiple
+    of ``num_generations`` (whole groups of a prompt's completions per micro-batch).
+    ``run_overrides`` sets any other RunConfig field by its dotted name
+    (``{"dtm.sar_block_length": 8}``).
+    """
+
+    output_dir: str = "runs/dtm"
+    method: str = "dtm"
+    seed: int = 0
+    # optimisation
+    learning_rate: float | None = None
+    final_learning_rate: float | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    adam_beta1: float | None = None
+    adam_beta2: float | None = None
+    max_grad_norm: float | None = None
+    per_device_train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    # rollouts
+    num_generations: int | None = None
+    max_completion_length: int = 32
+    temperature: float | None = None
+    diffusion_steps: int | None = None
+    block_length: int | None = None
+    remasking: str | None = None
+    buffer_prompts: int | None = None
+    refresh_prompts: int | None = None
+    refresh_every: int | None = None
+    max_prompts: int | None = None
+    # rewards
+    reward_weights: list[float] | None = None
+    reward_scale: float | None = None
+    reward_device: str = "cpu"
+    # DTM (METHOD.md sections 4-6)
+    a_end: float | None = None
+    h: float | None = None
+    schedule: str | None = None
+    steps_per_h: int | None = None
+    c: float | None = None
+    baseline: str | None = None
+    rho: float | None = None
+    h_max: float | None = None
+    states: str | None = None
+    teacher_update: str | None = None
+    max_stages: int | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+    # evaluation, logging, checkpoints
+    eval_prompts: int | None = None
+    eval_samples_per_prompt: int | None = None
+    eval_temperature: float | None = None
+    eval_every_stage: bool | None = None
+    save_steps: int | None = None
+    report_to: str | list[str] = "tensorboard"
+    disable_tqdm: bool = False
+    # the model
+    alphabet: str | None = None
+    model_init_kwargs: dict[str, Any] = field(default_factory=dict)
+    run_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_run_config(
+        self,
+        task: str = "dataset",
+        task_options: dict[str, Any] | None = None,
+        base: str | None = None,
+        lora: LoRAConfig | None = None,
+    ) -> RunConfig:
+        """The validated :class:`RunConfig` these arguments stand for."""
+        generations = self.num_generations or TrainConfig().num_generations
+        prompts_per_batch = None
+        if self.per_device_train_batch_size is not None:
+            if self.per_device_train_batch_size % generations:
+                raise ConfigError(
+                    f"per_device_train_batch_size {self.per_device_train_batch_size} is not a "
+                    f"multiple of num_generations {generations} (micro-batches hold whole groups)"
+                )
+            prompts_per_batch = self.per_device_train_batch_size // generations
+        betas = None
+        if self.adam_beta1 is not None or self.adam_beta2 is not None:
+            default = TrainConfig().adam_betas
+            betas = [self.adam_beta1 or default[0], self.adam_beta2 or default[1]]
+        sections: dict[str, dict[str, Any]] = {
+            "model": {"base": base, **self.model_init_kwargs},
+            "sampler": {
+                "steps": self.diffusion_steps,
+                "block_length": self.block_length,
+                "remasking": self.remasking,
+                "temperature": self.temperature,
+            },
+            "dtm": {
+                "a_end": self.a_end,
+                "h": self.h,
+                "schedule": self.schedule,
+                "steps_per_h": self.steps_per_h,
+                "c": self.c,
+                "baseline": self.baseline,
+                "rho": self.rho,
+                "h_max": self.h_max,
+                "states": self.states,
+                "teacher_update": self.teacher_update,
+            },
+            "train": {
+                "learning_rate": self.learning_rate,
+                "final_learning_rate": self.final_learning_rate,
+                "warmup_fraction": self.warmup_ratio,
+                "weight_decay": self.weight_decay,
+                "adam_betas": betas,
+                "max_grad_norm": self.max_grad_norm,
+                "num_generations": self.num_generations,
+                "prompts_per_batch": prompts_per_batch,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                "buffer_prompts": self.buffer_prompts,
+                "refresh_prompts": self.refresh_prompts,
+                "refresh_every": self.refresh_every,
+                "train_examples": self.max_prompts,
+                "reward_scale": self.reward_scale,
+                "max_stages": self.max_stages,
+                "checkpoint_every": self.save_steps,
+                "report_to": self.report_to,
+            },
+            "eval": {
+                "examples": self.eval_prompts,
+                "samples_per_example": self.eval_samples_per_prompt,
+                "temperature": self.eval_temperature,
+                "every_stage": self.eval_every_stage,
+            },
+        }
+        data: dict[str, Any] = {
+            "task": task,
+            "task_options": task_options or {},
+            "method": self.method,
+            "method_options": dict(self.method_options),
+            "seed": self.seed,
+        }
+        for name, values in sections.items():
+            data[name] = {k: v for k, v in values.items() if v is not None}
+        if lora is not None:
+            data["lora"] = lora.model_dump()
+        overrides = [f"{k}={json.dumps(v)}" for k, v in self.run_overrides.items()]
+        config = build_config(None, overrides, base=data)
+        length = self.max_completion_length
+        if length % config.sampler.block_length:
+            raise ConfigError(
+                f"max_completion_length {length} is not a multiple of block_length "
+                f"{config.sampler.block_length}"
+            )
+        if config.sampler.steps % (length // config.sampler.block_length):
+            raise ConfigError(
+                f"diffusion_steps {config.sampler.steps} is not a multiple of the "
+                f"{length // config.sampler.block_length} blocks of the completion"
+            )
+        return config
+
+
+@dataclass
+class TrainOutput:
+    """What :meth:`DTMTrainer.train` returns (TRL's shape, plus the per-stage history)."""
+
+    global_step: int
+    training_loss: float
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def _lora_config(peft_config: Any) -> LoRAConfig | None:
+    """Our :class:`LoRAConfig` from one, a dict, or a ``peft.LoraConfig``."""
+    if peft_config is None or isinstance(peft_config, LoRAConfig):
+        return peft_config
+    if isinstance(peft_config, dict):
+        return LoRAConfig.model_validate(peft_config)
+    fields = {
+        "r": getattr(peft_config, "r", None),
+        "alpha": getattr(peft_config, "lora_alpha", None),
+        "dropout": getattr(peft_config, "lora_dropout", None),
+        "target_modules": getattr(peft_config, "target_modules", None),
+    }
+    if isinstance(fields["target_modules"], set):
+        fields["target_modules"] = sorted(fields["target_modules"])
+    return LoRAConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+def _describe_reward(reward: RewardFunction) -> list[str]:
+    functions = getattr(reward, "functions", [reward])
+    return [f"{type(f).__name__} {f.name!r}" for f in functions]
+
+
+class DTMTrainer:
+    """Fine-tune a masked diffusion model on a prompt dataset with DTM (METHOD.md 4-6).
+
+    ``model``: a model folder (``save_pretrained`` layout: a tiltmatch denoiser or a
+    LLaDA/Llama-format checkpoint), ``"shipped:maze"``, a loaded bidirectional
+    ``PreTrainedModel`` with its codec as ``processing_class``, or None for a fresh tiny
+    character-level model over ``args.alphabet`` (default: the prompts' characters).
+    ``reward_funcs``: one or a list of functions ``f(prompts, completions, **columns)``,
+    ``"file.py:fn"`` references, reward model folders or loaded reward models
+    (with their tokenizers in ``reward_processing_classes``), weighted by
+    ``args.reward_weights``. ``train_dataset`` / ``eval_dataset``: a ``datasets.Dataset``,
+    a list of rows, a JSONL/CSV/Parquet path or a hub name, with a ``prompt`` column.
+    Or ``task``: a built-in task name, ``module:Class``, or a :class:`Task`, with its own
+    prompts and reward (then no ``reward_funcs``).
+    """
+
+    method = "dtm"
+
+    def __init__(
+        self,
+        model: Any = None,
+        reward_funcs: Any = None,
+        args: DTMConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: PromptCodec | None = None,
+        reward_processing_classes: Any = None,
+        peft_config: Any = None,
+        task: str | Task | None = None,
+    ) -> None:
+        from tiltmatch.training.runner import build_trainer
+
+        self.args = args if args is not None else DTMConfig()
+        if type(self) is not DTMTrainer or self.args.method == "dtm":
+            self.args.method = self.method
+        args = self.args
+        reward = None
+        if reward_funcs is not None:
+            tokenizers = reward_processing_classes
+            if tokenizers is not None and not isinstance(tokenizers, list | tuple):
+                tokenizers = [tokenizers]
+            reward = make_reward(
+                reward_funcs,
+                args.reward_weights,
+                args.reward_device,
+                dict(enumerate(tokenizers)) if tokenizers is not None else None,
+            )
+        elif args.reward_weights is not None:
+            raise ConfigError("reward_weights given without reward_funcs")
+        task_obj = self._task(task, reward, train_dataset, eval_dataset)
+        base, loaded = None, None
+        if model is None:
+            if isinstance(task_obj, DatasetTask) and task_obj.alphabet is None:
+                task_obj.alphabet = args.alphabet or task_obj.prompt_alphabet()  # type: ignore[misc]
+        elif isinstance(model, str | Path):
+            base = str(model)
+        else:
+            if processing_class is None or not isinstance(processing_class, PromptCodec):
+                raise ValueError(
+                    "a loaded model needs its codec as processing_class (a "
+                    "tiltmatch.models.codecs.CharTokenizer, or LLaDACodec.from_pretrained(folder))"
+                )
+            loaded = (model, processing_class)
+        self.config = args.to_run_config(
+            task_obj.name if task is not None else "dataset",
+            self._task_options(task_obj, task),
+            base,
+            _lora_config(peft_config),
+        )
+        self.output_dir = Path(args.output_dir)
+        self.trainer, self.task, self.codec = build_trainer(
+            self.config, self.output_dir, quiet=args.disable_tqdm, task=task_obj, loaded=loaded
+        )
+        self.reward = self.trainer.worker.reward
+        self.train_output: TrainOutput | None = None
+
+    def _task(self, task: Any, reward: RewardFunction | None, train: Any, eval_: Any) -> Task:
+        args = self.args
+        if task is not None:
+            if train is not None:
+                raise ValueError("pass either task or train_dataset, not both")
+            if reward is not None:
+                raise ValueError(
+                    "a task brings its own reward: pass reward_funcs with a train_dataset "
+                    "instead (a Dataset of the task's prompts)"
+                )
+            return get_task(task) if isinstance(task, str) else task
+        if train is None:
+            raise ValueError("train_dataset is required (a Dataset, a JSONL/CSV/Parquet path)")
+        if reward is None:
+            raise ValueError("reward_funcs is required with a train_dataset")
+        return DatasetTask(
+            train=train,
+            eval=eval_,
+            rewards=reward,
+            response_length=args.max_completion_length,
+            alphabet=args.alphabet,
+        )
+
+    def _task_options(self, task_obj: Task, task: Any) -> dict[str, Any]:
+        """A JSON-able description of the task for the resolved config and the model card."""
+        if isinstance(task, str):
+            return {}
+        if isinstance(task_obj, DatasetTask):
+            return {
+                "train": task_obj.train_label,
+                "eval": task_obj.eval_label,
+                "rewards": _describe_reward(task_obj.reward_fn),
+                "reward_weights": self.args.reward_weights,
+                "response_length": task_obj.response_length,
+                "alphabet": task_obj.alphabet,
+            }
+        return {"task": f"{type(task_obj).__module__}:{type(task_obj).__name__}"}
+
+    # -- TRL's verbs ----------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: bool | str | None = None) -> TrainOutput:
+        """Train to the end of the annealing path (or the baseline's budget).
+
+        A folder that already holds a run is continued only with
+        ``resume_from_checkpoint`` (True: ``output_dir/checkpoint``; or a path), never
+        overwritten.
+        """
+        from tiltmatch.training.trainer import CHECKPOINT
+
+        checkpoint = self.output_dir / CHECKPOINT
+        if resume_from_checkpoint:
+            path = checkpoint if resume_from_checkpoint is True else Path(resume_from_checkpoint)
+            self.trainer.load(path)
+        elif checkpoint.exists():
+            raise FileExistsError(
+                f"{self.output_dir} already holds a run; pass resume_from_checkpoint=True to "
+                "continue it or choose another output_dir"
+            )
+        history = self.trainer.train()
+        final = dict(history[-1]) if history else {}
+        if self.trainer.parallel.is_main:
+            (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+        self.train_output = TrainOutput(
+            global_step=self.trainer.phase.updates,
+            training_loss=float(final.get("loss", float("nan"))),
+            metrics=final,
+            history=history,
+        )
+        return self.train_output
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of the current student (``eval_`` prefixed, as in the run log)."""
+        return {f"eval_{k}": v for k, v in self.trainer.evaluate().items()}
+
+    def save_model(self, output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+        """Save the student (safetensors, or the LoRA adapter) with a model card README.md.
+
+        Default folder: ``output_dir/final``. Written to a temporary sibling and renamed
+        into place; an existing folder is replaced only with ``overwrite=True``.
+        """
+        from tiltmatch.training.runner import save_final
+
+        folder = Path(output_dir) if output_dir is not None else self.output_dir / "final"
+        if folder.exists() and not overwrite:
+            raise FileExistsError(f"{folder} exists; pass overwrite=True to replace it")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            parallel = self.trainer.parallel
+            whole = parallel.student_weights_to_save(self.trainer.pair)  # collective (FSDP)
+            if not parallel.is_main:  # one writer under a multi-process launch
+                return folder
+            save_final(self.trainer, self.codec, tmp, whole)
+            (tmp / "README.md").write_text(self.model_card())
+            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    def model_card(self) -> str:
+        """A README.md: the method, the data, the rewards, the resolved config, the metrics."""
+        options = self.config.task_options
+        metrics = self.train_output.metrics if self.train_output is not None else {}
+        lines = [
+            "---",
+            "library_name: tiltmatch",
+            f"tags: [tiltmatch, masked-diffusion, {self.config.method}]",
+            "---",
+            "",
+            f"# {self.output_dir.name}",
+            "",
+            f"Fine-tuned with tiltmatch's `{self.config.method}` "
+            f"({'Discrete Tilt Matching' if self.config.method == 'dtm' else 'a baseline'}) "
+            f"on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
+            "",
+            "## Data",
+            "",
+        ]
+        if isinstance(self.task, DatasetTask):
+            lines += [
+                f"- training prompts: {options.get('train')} "
+                f"({len(self.task.train_examples)} rows, {len(self.trainer.pool.examples)} used)",
+                "- evaluation prompts: "
+                + (
+                    f"{options.get('eval')} ({len(self.trainer.eval_examples)} used)"
+                    if not self.task.evaluates_on_training_prompts
+                    else f"none given: the first {len(self.trainer.eval_examples)} training "
+                    "prompts (the eval metrics are not held out)"
+                ),
+                f"- rewards: {', '.join(options.get('rewards', []))}"
+                + (
+                    f", weights {options['reward_weights']}"
+                    if options.get("reward_weights")
+                    else ""
+                ),
+            ]
+        else:
+            lines.append(f"- task: `{self.config.task}` {self.config.task_options or ''}")
+        lines += [
+            f"- rollouts sampled: {self.trainer.phase.rollouts}; optimiser updates: "
+            f"{self.trainer.phase.updates}",
+            "",
+            "## Final metrics",
+            "",
+        ]
+        if metrics:
+            lines += ["| metric | value |", "| --- | --- |"]
+            lines += [
+                f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                for k, v in metrics.items()
+            ]
+        else:
+            lines.append("(not trained yet)")
+        lines += [
+            "",
+            "## Configuration",
+            "",
+            "```yaml",
+            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False).rstrip(),
+            "```",
+            "",
+            "Training arguments:",
+            "",
+            "```yaml",
+            yaml.safe_dump(_plain(asdict(self.args)), sort_keys=False).rstrip(),
+            "```",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """A YAML-safe copy (anything unusual as its repr)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+class DiffuGRPOTrainer(DTMTrainer):
+    """diffu-GRPO (d1) with the same data, rewards and machinery (``args.method_options``)."""
+
+    method = "diffu-grpo"
+
+
+class WD1Trainer(DTMTrainer):
+    """wd1 (weighted policy optimisation) with the same data, rewards and machinery."""
+
+    method = "wd1"
+
+
+class RejectionTrainer(DTMTrainer):
+    """Rejection-sampling fine-tuning (best of each group) with the same machinery."""
+
+    method = "rejection"
+
+
+__all__ = [
+    "DTMConfig",
+    "DTMTrainer",
+    "DiffuGRPOTrainer",
+    "RejectionTrainer",
+    "TrainOutput",
+    "WD1Trainer",
+]

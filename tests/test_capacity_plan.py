@@ -1,0 +1,162 @@
+"""The capacity plan's code path (benchmarks/capacity_plan.py) on a toy config, on the CPU.
+
+What is checked is what the 8B figures rest on: the memory model counts storages
+once and frees them, rounds as the CUDA allocator does, and sees no ``[B, H, T, T]``
+score tensor in attention; the FLOP count of a forward equals the hand count of its
+matrix products; the 1/2-layer extrapolation predicts a deeper model's peak; and the
+script runs end to end, writing its JSON record and table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "capacity_plan.py"
+
+
+@pytest.fixture(scope="module")
+def plan() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tiltmatch_capacity_plan", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_allocator_rounding(plan: ModuleType) -> None:
+    assert plan.allocator_block(1) == 512
+    assert plan.allocator_block(512) == 512
+    assert plan.allocator_block(513) == 1024
+    assert plan.segment_class(2**20) == "small"
+    assert plan.segment_class(2**20 + 512) == "mid"
+    assert plan.segment_class(11 * 2**20) == "large"
+    mib = 2**20
+    # 3 MiB of small blocks need two 2 MiB segments, 5 MiB of mid ones one 20 MiB segment.
+    assert plan.reserved_estimate(3 * mib, 5 * mib, 12 * mib) == (4 + 20 + 12) * mib
+
+
+def test_memory_counts_storages_once_and_frees_them(plan: ModuleType) -> None:
+    mode = FakeTensorMode()
+    memory = plan.DeviceMemory()
+    with memory, mode:
+        a = torch.empty(1000, dtype=torch.float32)  # 4000 B -> 4096
+        view = a[10:20]  # same storage: not counted again
+        b = torch.empty(2**20, dtype=torch.bfloat16)  # 2 MiB: a mid-pool block
+        assert memory.allocated == 4096 + 2 * 2**20
+        del a, view
+        assert memory.allocated == 2 * 2**20
+        del b
+        assert memory.allocated == 0
+    assert memory.peak == 4096 + 2 * 2**20
+
+
+def test_attention_keeps_no_score_tensor(plan: ModuleType) -> None:
+    mode = FakeTensorMode()
+    memory = plan.DeviceMemory()
+    b, h, t, d = 2, 16, 512, 64
+    with memory, mode, plan.cuda_attention():
+        q = torch.empty(b, h, t, d, dtype=torch.bfloat16)
+        start = memory.allocated
+        memory.reset_peak()
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        flash = memory.peak - start
+        mask = torch.ones(b, 1, t, t, dtype=torch.bool)
+        start = memory.allocated
+        memory.reset_peak()
+        masked = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+        efficient = memory.peak - start
+    assert out.shape == masked.shape == q.shape
+    scores = b * h * t * t * 2  # what the math path would keep, in bf16
+    # flash: the output and the float32 log-sum-exp (and a few scalars: the RNG seed and
+    # offset), nothing of size T x T
+    assert q.numel() * 2 + b * h * t * 4 <= flash <= q.numel() * 2 + b * h * t * 4 + 4 * 512
+    # memory-efficient with a mask: the additive bias is [B, 1, T, T], not one per head
+    assert efficient < q.numel() * 2 + scores / h * 3
+
+
+def test_forward_flops_equal_the_hand_count(plan: ModuleType) -> None:
+    arch = plan.TINY
+    rows, prompt, response = 3, 20, 64
+    out = plan.simulate_sampler(arch, 2, rows, prompt, response, 16, count_flops=True)
+    d, m, v, layers = arch["d_model"], arch["mlp_hidden_size"], arch["embedding_size"], 2
+    t = prompt + response
+    linear = rows * t * 2 * (4 * d * d + 3 * d * m)  # q, k, v, o and the gated MLP
+    attention = 4 * rows * t * t * d  # scores and the weighted sum, all heads
+    logits = 2 * rows * response * d * v  # only the response positions reach the vocabulary
+    assert out["flops_forward"] == layers * (linear + attention) + logits
+
+
+@pytest.mark.slow
+def test_extrapolation_predicts_a_deeper_model(plan: ModuleType) -> None:
+    arch = plan.TINY | {"n_layers": 3}
+    for setup in ("lora-bf16", "fsdp8-full"):
+        case = plan.Case("t", "dtm", setup, 4, 1, 2, True, False, 20, 64)
+        one, two, three = (plan.simulate_update(case, arch, n, 4) for n in (1, 2, 3))
+        predicted = plan.extrapolate(one.peak_bytes, two.peak_bytes, 3)["total"]
+        assert one.peak_bytes < two.peak_bytes < three.peak_bytes
+        # identical layers: linear up to the allocator's 512-byte rounding
+        assert abs(predicted - three.peak_bytes) <= 4 * 512
+        assert three.peak_bytes > three.static_bytes
+
+
+def test_fsdp_and_four_bit_arithmetic(plan: ModuleType) -> None:
+    arch = plan.LLADA_8B
+    n = plan.total_params(arch)
+    assert 8.0e9 < n < 8.1e9  # LLaDA-8B
+    shards = plan.fsdp_rank_bytes(arch, 8, needs_reference=True, ema=False)
+    assert shards["student_shard"] == 8 * n / 8
+    assert shards["frozen_shards"] == 2 * 2 * n / 8  # teacher and reference
+    adj = plan.four_bit_adjustment(arch)
+    assert adj["nf4_linear_bytes"] / adj["bf16_linear_bytes"] == pytest.approx(0.2578, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_script_end_to_end(
+    plan: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "plan.json"
+    argv = [
+        "--tiny",
+        "--only",
+        "Sudoku",
+        "--methods",
+        "dtm",
+        "--no-sweep",
+        "--sampler-steps",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert plan.main(argv) == 0
+    record = json.loads(out.read_text())
+    rows = [r for entry in record["cases"] for r in entry["rows"]]
+    setups = {(r["case"]["method"], r["case"]["setup"], r["case"]["checkpointing"]) for r in rows}
+    assert setups == {
+        ("dtm", "lora-bf16", True),
+        ("dtm", "lora-4bit", True),
+        ("dtm", "lora-bf16", False),
+        ("dtm", "fsdp8-full", True),
+    }
+    for r in rows:
+        assert r["gpu_peak_bytes"] > 0 and r["flops_per_update"] > 0
+        assert r["flops_per_update"] == r["flops_per_micro_batch"] * r["case"]["accumulation"]
+    assert record["sampler"]["peak_step_gib"] > record["sampler"]["peak_forward_gib"]
+    table = capsys.readouterr().out
+    assert "| c-DTM (SAR, block 32) | Sudoku: 4 x 16 |" in table
+
+
+def test_bad_utilisation_is_one_line(plan: ModuleType) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        plan.main(["--tiny", "--utilisation", "2"])
+    assert exit_info.value.code == 2
