@@ -219,7 +219,6 @@ FSDP_ENV = {
     "ACCELERATE_USE_FSDP": "true",
     "FSDP_VERSION": "2",
     "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-    "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer",
     "FSDP_RESHARD_AFTER_FORWARD": "true",
 }
 
@@ -396,7 +395,8 @@ def test_fsdp_config_file_gives_the_tested_settings(monkeypatch) -> None:
     for key, value in env.items():
         if key.startswith(("FSDP_", "ACCELERATE_")):
             monkeypatch.setenv(key, value)
-    assert fsdp_settings_from_env() == FSDPSettings(True, ("LlamaDecoderLayer",))
+    # No class named: each model's own decoder layers (models.family.decoder_layer_classes).
+    assert fsdp_settings_from_env() == FSDPSettings(True, ())
     monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")  # ZeRO-2-like
     assert not fsdp_settings_from_env().reshard_after_forward
 
@@ -434,6 +434,25 @@ def test_a_4bit_base_is_not_sharded(monkeypatch, tmp_path) -> None:
     sets = [*TINY, f"model.base={tmp_path}", "model.load_in_4bit=true", "lora.r=4"]
     with pytest.raises(ValueError, match=r"load_in_4bit.*ddp\.yaml"):
         runner.build_trainer(build_config(overrides=sets), tmp_path / "run")
+
+
+def test_layer_classes_default_to_the_models_own(monkeypatch) -> None:
+    """No class named: every family's decoder layers become the FSDP units."""
+    import tiltmatch.training.parallel as parallel
+
+    wrapped: list[str] = []
+    monkeypatch.setattr(
+        "torch.distributed.fsdp.fully_shard", lambda m, **_: wrapped.append(type(m).__name__)
+    )
+    for family in ("llada", "dream", "block_diffusion"):
+        spec = TinyModelSpec(16, 2, 2, 32, family=family)
+        model = tiny_denoiser(11, spec, seed=0)
+        wrapped.clear()
+        parallel.shard_module(model, FSDPSettings(True, ()))
+        layer = {"llada": "LlamaDecoderLayer", "dream": "Qwen2DecoderLayer"}.get(
+            family, "Qwen3DecoderLayer"
+        )
+        assert wrapped == [layer, layer, type(model).__name__]
 
 
 def test_layer_class_must_match_a_module() -> None:
@@ -488,7 +507,7 @@ def test_accelerate_config_files_are_valid(name) -> None:
     if name == "fsdp.yaml":
         fsdp = raw["fsdp_config"]
         assert fsdp["fsdp_version"] == 2  # fully_shard, what tiltmatch.training.parallel runs
-        assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+        assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp  # taken from the model
     if name == "deepspeed_zero2.yaml":
         assert raw["deepspeed_config"]["zero_stage"] == 2
 

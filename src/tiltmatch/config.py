@@ -63,6 +63,12 @@ class ModelConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
+    family: Literal["llada", "dream", "block_diffusion"] = Field(
+        "llada",
+        description="architecture of a tiny model built from these sizes (a base folder's "
+        "family is read from its files): tiltmatch.models.family",
+    )
+    block_size: int = Field(4, ge=1, description="block size of a tiny block diffusion model")
     # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by
     # tiltmatch.models.quantisation and tiltmatch.training.lora.
     dtype: DTypeName = Field(
@@ -119,7 +125,8 @@ class DTMConfig(_Strict):
     baseline: Literal["none", "mean", "min"] = "none"
     self_normalise: bool = False
     first_order: bool = Field(False, description="use w_h - 1 ~ h (r - b) (comparison only)")
-    states: Literal["random", "sar", "trajectory"] = "random"
+    # "block": block diffusion models only (the model's blocks; docs/families.md)
+    states: Literal["random", "sar", "trajectory", "block"] = "random"
     sar_block_length: int = Field(4, ge=1)
     inverse_t_weight: bool = True
     schedule: Literal["fixed", "geometric", "adaptive", "none"] = "fixed"

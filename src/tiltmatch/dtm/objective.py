@@ -19,7 +19,13 @@ from tiltmatch.dtm.schedule import (
     NoAnnealing,
     TiltSchedule,
 )
-from tiltmatch.dtm.states import States, random_mask_states, sar_states, trajectory_states
+from tiltmatch.dtm.states import (
+    States,
+    block_states,
+    random_mask_states,
+    sar_states,
+    trajectory_states,
+)
 from tiltmatch.dtm.weights import (
     effective_sample_size,
     group_baseline,
@@ -95,6 +101,8 @@ class DTMObjective(Objective):
     def states(self, batch: RolloutBatch, generator: torch.Generator) -> States:
         """The masked states the loss covers for this batch (section 6)."""
         cfg = self.config
+        if cfg.states == "block":
+            raise ValueError("dtm.states=block needs the model's blocks: see block_states_of")
         if cfg.states == "random":
             return random_mask_states(
                 batch.responses, self.mask_token_id, generator, cfg.inverse_t_weight
@@ -105,12 +113,25 @@ class DTMObjective(Objective):
             raise ValueError("trajectory states need rollouts recorded with their visited states")
         return trajectory_states(batch.responses, batch.visited, self.mask_token_id, generator)
 
+    def block_states_of(
+        self, batch: RolloutBatch, generator: torch.Generator, block_size: int | None
+    ) -> States:
+        """Block diffusion states in the denoiser's own blocks (docs/families.md)."""
+        if block_size is None:
+            raise ValueError("dtm.states=block needs a block diffusion model")
+        lengths = batch.prompt_mask.sum(1)
+        return block_states(batch.responses, lengths, block_size, self.mask_token_id, generator)
+
     def loss(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """The c-DTM loss of one micro-batch."""
         batch = inputs.batch
         rewards = nonnegative_rewards(batch.grouped_rewards)
         w = self.sample_weights(rewards, inputs.phase.h).reshape(-1)
-        states = self.states(batch, inputs.generator)
+        if self.config.states == "block":
+            block = inputs.student.family.block_size
+            states = self.block_states_of(batch, inputs.generator, block)
+        else:
+            states = self.states(batch, inputs.generator)
         student_logits = inputs.student.response_logits(
             batch.prompt_ids, batch.prompt_mask, states.z
         )

@@ -95,6 +95,46 @@ def sar_states(
     return States(z=z, loss_mask=active_masked, position_weight=weight)
 
 
+def block_states(
+    x: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    block_size: int,
+    mask_token_id: int,
+    generator: torch.Generator,
+) -> States:
+    """Block diffusion states: the active block partly masked given the finished ones.
+
+    Blocks are the model's (``block_size`` tokens counted from each row's first
+    prompt token, so a response may start inside a block; ``prompt_lengths``:
+    ``[B]`` real prompt tokens per row). Per row: an active block uniformly among
+    the blocks the response touches, ``n ~ U{1..m}`` of its ``m`` response
+    positions masked at random, earlier blocks clean, later blocks fully masked.
+    The loss covers the masked positions of the active block, normalised by
+    their count: state-level matching inside the active block conditioned on
+    the finished ones (docs/families.md).
+    """
+    batch, length = x.shape
+    device = x.device
+    offset = (prompt_lengths.to(device).long() % block_size)[:, None]
+    block_of = (offset + torch.arange(length, device=device)[None, :]) // block_size  # [B, L]
+    num_blocks = block_of[:, -1] + 1
+    u = torch.rand(batch, generator=generator, device=device)
+    active = (u * num_blocks).long().clamp(max=num_blocks - 1)
+    in_active = block_of == active[:, None]
+    size = in_active.sum(1)
+    n = (torch.rand(batch, generator=generator, device=device) * size).long().clamp(
+        max=size - 1
+    ) + 1
+    scores = torch.rand((batch, length), generator=generator, device=device)
+    scores = torch.where(in_active, scores, torch.full_like(scores, 2.0))
+    rank = scores.argsort(dim=1).argsort(dim=1)  # active positions first, in random order
+    active_masked = in_active & (rank < n[:, None])
+    masked = active_masked | (block_of > active[:, None])
+    z = torch.where(masked, torch.full_like(x, mask_token_id), x)
+    weight = active_masked.float() / n[:, None].float()
+    return States(z=z, loss_mask=active_masked, position_weight=weight)
+
+
 def trajectory_states(
     x: torch.Tensor, visited: torch.Tensor, mask_token_id: int, generator: torch.Generator
 ) -> States:

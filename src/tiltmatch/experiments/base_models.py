@@ -22,6 +22,7 @@ benchmark's fallback all read it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -121,10 +122,28 @@ def measure(folder: Path, recipe: BaseRecipe, seed: int = 12345) -> dict[str, fl
         return evaluate(worker, denoiser, examples, recipe.eval_samples, sampling.temperature, seed)
 
 
-def ensure_base(task_name: str, out: str | Path, quiet: bool = True) -> Path:
-    """The cached base of ``task_name`` under ``out``; pretrain and measure it if absent."""
+def ensure_base(
+    task_name: str,
+    out: str | Path,
+    quiet: bool = True,
+    family: str = "llada",
+    steps: int | None = None,
+) -> Path:
+    """The cached base of ``task_name`` under ``out``; pretrain and measure it if absent.
+
+    ``family``: the recipe's model size with that family's architecture, cached
+    as ``<task>-<family>`` (the default family keeps the plain ``<task>`` folder);
+    ``steps``: pretraining steps instead of the recipe's (``...-steps<N>``).
+    """
     recipe = RECIPES[task_name]
     folder = Path(out) / task_name
+    if family != "llada":
+        recipe = dataclasses.replace(recipe, spec=dataclasses.replace(recipe.spec, family=family))
+        folder = Path(out) / f"{task_name}-{family}"
+    if steps is not None:  # a shorter (or longer) pretraining, cached apart
+        pretraining = dataclasses.replace(recipe.pretrain, steps=steps)
+        recipe = dataclasses.replace(recipe, pretrain=pretraining)
+        folder = folder.with_name(f"{folder.name}-steps{steps}")
     task = get_task(recipe.task, **recipe.task_options)
     options = _resolved_options(task)
     if (folder / "config.json").is_file() and (folder / METRICS_FILE).is_file():

@@ -175,15 +175,28 @@ class TaskSetup:
     sampler: dict[str, Any]
     base_heldout: dict[str, float] = field(default_factory=dict)
     max_train_examples: int | None = None  # distinct training prompts the task can generate
+    family: str = "llada"  # the base's model family (tiltmatch.models.family)
 
 
 # ----- configuration -----------------------------------------------------------------------
 
 
 def task_setups(
-    tasks: Sequence[str], size: BenchSize, bases: Path, quiet: bool = True
+    tasks: Sequence[str],
+    size: BenchSize,
+    bases: Path,
+    quiet: bool = True,
+    family: str | None = None,
+    base_steps: int | None = None,
 ) -> dict[str, TaskSetup]:
-    """Task options, base model and sampler of each task (pretraining missing bases)."""
+    """Task options, base model and sampler of each task (pretraining missing bases).
+
+    ``family``: pretrain every base (the maze's too, by its fallback recipe) with
+    that family's architecture (``docs/families.md``); None keeps the default
+    bases (the shipped maze base). ``base_steps``: pretraining steps of every
+    base instead of its recipe's (a smaller, cheaper benchmark; cached apart).
+    """
+    arch = family or "llada"
     from tiltmatch.config import build_config
     from tiltmatch.experiments import base_models as recipes
     from tiltmatch.experiments.demo import demo_config_path
@@ -200,28 +213,28 @@ def task_setups(
             shipped = shipped_model_dir("maze")
             if size.fresh_models:
                 base = None
-            elif (shipped / "config.json").is_file():
+            elif family is None and base_steps is None and (shipped / "config.json").is_file():
                 base = str(shipped)
             else:
-                base = str(recipes.ensure_base("maze", bases, quiet=quiet))
+                base = str(recipes.ensure_base("maze", bases, quiet, arch, base_steps))
         else:
             # The shipped base of the recipe (the same weights on every machine) while its
             # recorded task options still match the task's; else the recipe's cache.
             options, sampler = dict(recipe.task_options), dict(recipe.sampler)
-            packaged = recipes.shipped_base(name)
+            packaged = recipes.shipped_base(name) if family is None and base_steps is None else None
             if size.fresh_models:
                 base = None
             elif packaged is not None:
                 base = str(packaged)
             else:
-                base = str(recipes.ensure_base(name, bases, quiet))
+                base = str(recipes.ensure_base(name, bases, quiet, arch, base_steps))
         heldout: dict[str, float] = {}
         if base is not None and (Path(base) / recipes.METRICS_FILE).is_file():
             heldout = json.loads((Path(base) / recipes.METRICS_FILE).read_text())["heldout"]
         # Small tasks (single-digit countdown) cannot generate many distinct prompts: the RL
         # pool is then capped at the SFT pool's size.
         cap = None if name == "maze" else recipe.pretrain.train_examples
-        out[name] = TaskSetup(name, options, base, sampler, heldout, cap)
+        out[name] = TaskSetup(name, options, base, sampler, heldout, cap, arch)
     return out
 
 
@@ -244,6 +257,12 @@ def check_budget(size: BenchSize) -> None:
         raise ValueError(f"budget {size.budget} is not a multiple of {ppb} prompts x G {g}")
 
 
+def dtm_states_for(family: str) -> str:
+    """DTM's states for a base of ``family``: a block diffusion model matches states
+    inside its active block (docs/families.md); the others random masks."""
+    return "block" if family == "block_diffusion" else "random"
+
+
 def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[str, Any]:
     """The :class:`~tiltmatch.config.RunConfig` fields of one run."""
     check_budget(size)
@@ -251,6 +270,7 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
     model: dict[str, Any] = {"base": setup.base}
     if setup.base is None:  # micro: a fresh one-layer model
         model.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+        model["family"] = setup.family
     is_dtm = spec.method == "dtm"
     method_options: dict[str, Any] = {} if is_dtm else {"max_rollouts": size.budget}
     return {
@@ -263,7 +283,7 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
         "sampler": setup.sampler,
         "dtm": {
             "c": 1.0,
-            "states": "random",
+            "states": dtm_states_for(setup.family),
             "schedule": "fixed",
             "h": size.a_end / size.dtm_stages,
             "a_end": size.a_end,
@@ -881,7 +901,8 @@ def report_markdown(
         f"(G = {size.num_generations}, {size.prompts_per_batch} prompts per update), "
         f"learning-rate sweep {', '.join(f'{lr:g}' for lr in size.learning_rates)} on seed 0; "
         f"DTM: {size.dtm_stages} stages x {size.dtm_steps_per_h} updates, a_end = {size.a_end:g}, "
-        f"c = 1, random states; held-out: {size.eval_examples} prompts x {size.eval_samples} "
+        f"c = 1, {summary.get('dtm_states', 'random')} states; held-out: "
+        f"{size.eval_examples} prompts x {size.eval_samples} "
         f"samples at temperature 1.",
         "",
     ]
@@ -997,6 +1018,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run in this process (no per-run fork; peak memory is cumulative)",
     )
+    p.add_argument(
+        "--family",
+        choices=("llada", "dream", "block_diffusion"),
+        help="pretrain every base (the maze's by its recipe) with this model family",
+    )
+    p.add_argument(
+        "--base-steps", type=int, help="pretraining steps of every base (default: its recipe's)"
+    )
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -1024,7 +1053,9 @@ def main(argv: list[str]) -> int:
     started = time.time()
     date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
     command = "tiltmatch bench " + " ".join(argv)
-    setups = task_setups(args.tasks, size, Path(args.bases), quiet=args.quiet)
+    setups = task_setups(
+        args.tasks, size, Path(args.bases), args.quiet, args.family, args.base_steps
+    )
     if args.remasking is not None:
         for setup in setups.values():
             setup.sampler = {**setup.sampler, "remasking": args.remasking}
@@ -1051,6 +1082,9 @@ def main(argv: list[str]) -> int:
     summary = summarise(results, sweep, size)
     summary["size"] = dataclasses.asdict(size)
     summary["bases"] = {t: {"base": s.base, "heldout": s.base_heldout} for t, s in setups.items()}
+    if args.family is not None:  # the model family of every base, and DTM's states for it
+        summary["family"] = args.family
+        summary["dtm_states"] = dtm_states_for(args.family)
     seconds = time.time() - started
     summary.update(command=command, date=date, machine=machine_line(), wall_seconds=seconds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -2,10 +2,12 @@
 
 METHOD.md section 1: a masked diffusion model is a denoiser ``mu_theta(v | z, i)``,
 the softmax of the logits at a masked position ``i`` of the partly masked
-response ``z``. Every denoiser here is a transformers model with bidirectional
+response ``z``. Every denoiser here is a transformers model with non-causal
 attention: a ``LlamaForCausalLM`` whose config says ``is_causal=False`` has
 exactly LLaDA's architecture, whether tiny (built from a config for CPU work)
-or LLaDA-8B itself.
+or LLaDA-8B itself; Dream is such a ``Qwen2ForCausalLM``, block diffusion (SDAR)
+such a ``Qwen3ForCausalLM`` with a block-causal mask. What differs between the
+families is one hook read from the config (:mod:`tiltmatch.models.family`).
 
 Batch layout used throughout the package: each row is a **left-padded prompt
 followed by a response of fixed length L**, so the response occupies the last L
@@ -26,7 +28,27 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Cache, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    Cache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from tiltmatch.models.family import (
+    BLOCK_DIFFUSION,
+    BLOCK_SIZE_KEY,
+    DREAM,
+    FAMILY_KEY,
+    LLADA,
+    family_of,
+)
 
 # transformers renamed the forward's ``past_key_values`` to ``cache`` during 5.x.
 CACHE_ARGUMENT = (
@@ -45,42 +67,67 @@ class TinyModelSpec:
     num_heads: int = 4
     intermediate_size: int = 384
     max_positions: int = 256
+    #: the model family (tiltmatch.models.family): "llada", "dream" or "block_diffusion"
+    family: str = LLADA
+    #: block size of a block diffusion model
+    block_size: int = 4
 
 
 def tiny_denoiser(
     vocab_size: int, spec: TinyModelSpec | None = None, seed: int = 0
-) -> LlamaForCausalLM:
-    """A freshly initialised tiny ``LlamaForCausalLM`` with bidirectional attention."""
+) -> PreTrainedModel:
+    """A freshly initialised tiny denoiser of ``spec.family``'s architecture.
+
+    LLaDA: a bidirectional ``LlamaForCausalLM``; Dream: a bidirectional
+    ``Qwen2ForCausalLM`` (q/k/v biases, shifted logits); block diffusion: a
+    ``Qwen3ForCausalLM`` (q/k norms) with block-causal attention.
+    """
     spec = spec or TinyModelSpec()
-    # ``is_causal`` is not a declared LlamaConfig field (mypy), but transformers' masking
+    # ``is_causal`` is not a declared config field (mypy), but transformers' masking
     # reads it from the config: passed through ``**`` as an extra attribute.
-    bidirectional: dict[str, Any] = {"is_causal": False}
-    config = LlamaConfig(
+    extras: dict[str, Any] = {"is_causal": False}
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_heads,
+        head_dim=spec.hidden_size // spec.num_heads,  # Qwen3's default would be 128
         max_position_embeddings=spec.max_positions,
-        **bidirectional,  # LLaDA's architecture: a Llama without the causal mask
         tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
         rms_norm_eps=1e-5,
+    )
+    config: LlamaConfig | Qwen2Config | Qwen3Config
+    if spec.family == LLADA:  # LLaDA's architecture: a Llama without the causal mask
+        config = LlamaConfig(**common, **extras, attention_bias=False, mlp_bias=False)
+    elif spec.family == DREAM:
+        extras[FAMILY_KEY] = DREAM
+        config = Qwen2Config(**common, **extras, use_sliding_window=False, pad_token_id=None)
+    elif spec.family == BLOCK_DIFFUSION:
+        extras |= {FAMILY_KEY: BLOCK_DIFFUSION, BLOCK_SIZE_KEY: spec.block_size}
+        config = Qwen3Config(
+            **common, **extras, use_sliding_window=False, attention_bias=False, pad_token_id=None
+        )
+    else:
+        raise ValueError(f"unknown model family {spec.family!r}")
+    model_class = {LLADA: LlamaForCausalLM, DREAM: Qwen2ForCausalLM}.get(
+        spec.family, Qwen3ForCausalLM
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
     return model
 
 
 class MaskedDenoiser(nn.Module):
     """``mu_theta(. | z, i)`` on response positions, from a bidirectional transformers model.
 
-    Holds the mask and padding token ids. ``forward`` returns logits for the last
-    ``response_length`` columns only: the vocabulary projection over a long
-    prompt is most of the memory of a large model (METHOD.md section 6).
+    Holds the mask and padding token ids and the model's family
+    (:mod:`tiltmatch.models.family`: a shifted head, a block-causal mask).
+    ``forward`` returns logits for the last ``response_length`` columns only: the
+    vocabulary projection over a long prompt is most of the memory of a large
+    model (METHOD.md section 6).
     """
 
     def __init__(self, model: PreTrainedModel, mask_token_id: int, pad_token_id: int) -> None:
@@ -91,6 +138,7 @@ class MaskedDenoiser(nn.Module):
                 "config.is_causal=False"
             )
         self.model = model
+        self.family = family_of(model.config)
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
 
@@ -116,23 +164,46 @@ class MaskedDenoiser(nn.Module):
         columns of ``input_ids`` (needed when they are not the sequence's last ones);
         ``logits_at``: a boolean ``[B, response_length]`` choosing the only response
         columns projected onto the vocabulary (logits ``[n_chosen, V]``, row-major).
+        The family hook (:mod:`tiltmatch.models.family`): a shifted head reads each
+        response column from the column before it; a block model gets its
+        block-causal mask.
         """
+        family = self.family
         width = input_ids.shape[1]
+        all_positions = self.position_ids(attention_mask)
         if position_ids is None:
-            position_ids = self.position_ids(attention_mask)[:, -width:]
-        keep: int | torch.Tensor = response_length
+            position_ids = all_positions[:, -width:]
+        if family.logit_shift:
+            if cache is not None:
+                raise NotImplementedError(
+                    "a shifted-logit (Dream) denoiser has no cached sampler mode yet: "
+                    "use sampler.mode=exact"
+                )
+            if not bool(attention_mask[:, -response_length - 1].all()):
+                # A shifted head reads response position 0 from the token before it.
+                raise ValueError(
+                    "a shifted-logit (Dream) denoiser needs a non-empty prompt in every row"
+                )
+        keep: int | torch.Tensor = response_length + family.extra_columns
         if logits_at is not None:
             before = logits_at.new_zeros((logits_at.shape[0], width - response_length))
             keep = torch.cat([before, logits_at], dim=1)
+            if family.logit_shift:  # column c's logits come from column c - 1
+                keep = torch.cat([keep[:, 1:], keep.new_zeros((keep.shape[0], 1))], dim=1)
+        mask = family.attention(attention_mask, all_positions)
+        if mask.dim() == 4:  # the rows of this forward's query columns only
+            mask = mask[:, :, -width:, :]
         out = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             position_ids=position_ids,
             logits_to_keep=keep,
             use_cache=cache is not None,
             **({CACHE_ARGUMENT: cache} if cache is not None else {}),
         )
-        return out.logits if logits_at is not None else out.logits[:, -response_length:]
+        if logits_at is not None:
+            return out.logits
+        return family.response_logits(out.logits, response_length)
 
     def check_positions(self, prompt_tokens: int, response_length: int) -> None:
         """Refuse a prompt plus response longer than the model's positions.
@@ -218,7 +289,7 @@ def save_denoiser(
     return folder
 
 
-def load_denoiser(folder: str | Path) -> tuple[LlamaForCausalLM, dict[str, Any]]:
+def load_denoiser(folder: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     """Load a denoiser saved by :func:`save_denoiser`; a missing folder is a clear error."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -230,8 +301,9 @@ def load_denoiser(folder: str | Path) -> tuple[LlamaForCausalLM, dict[str, Any]]
         raise ModelLoadError(f"{meta_file} is not valid JSON ({err})") from None
     check_stored_weights(folder)
     try:
-        loaded: Any = LlamaForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, output_loading_info=True
+        # Llama, Qwen2 or Qwen3 by the config's model_type: transformers' own classes only.
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, output_loading_info=True, trust_remote_code=False
         )
         model, info = loaded
     except Exception as err:  # safetensors' and transformers' own error types for bad files
@@ -239,7 +311,7 @@ def load_denoiser(folder: str | Path) -> tuple[LlamaForCausalLM, dict[str, Any]]
             f"cannot load the model in {folder}: {type(err).__name__}: {_one_line(err)}"
         ) from None
     check_loading_info(folder, info)
-    assert isinstance(model, LlamaForCausalLM)
+    assert isinstance(model, PreTrainedModel)
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"the model in {folder} is causal; a denoiser needs is_causal=False")
     return model, meta
@@ -306,12 +378,12 @@ def check_stored_weights(folder: Path) -> None:
     claiming more layers than are stored would load with random extra layers.
     """
     try:
-        config = LlamaConfig.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as err:
         raise ModelLoadError(f"{folder / 'config.json'} is unreadable ({_one_line(err)})") from None
     try:
         with torch.device("meta"):
-            skeleton = LlamaForCausalLM(config)
+            skeleton = AutoModelForCausalLM.from_config(config)
     except Exception as err:  # a config whose sizes do not make a model
         raise ModelLoadError(
             f"{folder / 'config.json'} does not describe a model ({_one_line(err)})"

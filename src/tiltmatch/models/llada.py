@@ -44,7 +44,13 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from tiltmatch.models.dtypes import DTYPE_NAMES, torch_dtype
 
@@ -316,15 +322,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_special_ids(
-    folder: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
+    folder: str | Path,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    mask_token: str = MASK_TOKEN,
+    end_of_turn_token: str = END_OF_TURN_TOKEN,
 ) -> LLaDASpecialIds:
     """The special ids of a checkpoint folder (LLaDA or converted), never hard-coded.
 
     A ``tiltmatch.json`` holding the mask, EOS and pad ids (as :func:`convert_llada`
     writes it) is authoritative; one without them (``tiltmatch.models.denoiser.save_denoiser``
     writes other metadata under the same name) is passed over. Otherwise: the mask
-    id from ``config.json`` (``mask_token_id``) or the tokenizer's ``<|mdm_mask|>``,
-    which must agree when both exist; EOS from ``config.json``, then
+    id from ``config.json`` (``mask_token_id``), then ``generation_config.json``, or the
+    tokenizer's ``mask_token`` (LLaDA's ``<|mdm_mask|>`` by default), which must agree
+    when both exist; EOS from ``config.json``, then
     ``generation_config.json``, then the tokenizer; pad from ``config.json``,
     then the tokenizer, then EOS; end-of-turn and BOS from the tokenizer.
     """
@@ -336,21 +346,22 @@ def read_special_ids(
     cfg = _read_json(folder / CONFIG_FILE)
     tok = tokenizer if tokenizer is not None else _load_tokenizer(folder)
     vocab = tok.get_vocab()
+    gen_path = folder / GENERATION_CONFIG_FILE
+    gen = _read_json(gen_path) if gen_path.is_file() else {}
 
-    mask, tok_mask = _opt_int(cfg.get("mask_token_id")), vocab.get(MASK_TOKEN)
+    mask = _first_id(cfg.get("mask_token_id"), gen.get("mask_token_id"))
+    tok_mask = vocab.get(mask_token)
     if mask is not None and tok_mask is not None and mask != tok_mask:
         raise ValueError(
             f"{folder / CONFIG_FILE} says mask_token_id = {mask} but the tokenizer's "
-            f"{MASK_TOKEN} is {tok_mask}"
+            f"{mask_token} is {tok_mask}"
         )
     mask = _first_id(mask, tok_mask)
     if mask is None:
         raise ValueError(
-            f"no mask token id: {folder / CONFIG_FILE} has no mask_token_id and the tokenizer "
-            f"has no {MASK_TOKEN}"
+            f"no mask token id: {folder} has no mask_token_id in its configs and the tokenizer "
+            f"has no {mask_token}"
         )
-    gen_path = folder / GENERATION_CONFIG_FILE
-    gen = _read_json(gen_path) if gen_path.is_file() else {}
     eos = _first_id(cfg.get("eos_token_id"), gen.get("eos_token_id"), tok.eos_token_id)
     if eos is None:
         raise ValueError(f"no end-of-sequence token id in {folder}'s config or tokenizer")
@@ -359,7 +370,7 @@ def read_special_ids(
         mask_token_id=int(mask),
         eos_token_id=int(eos),
         pad_token_id=eos if pad is None else pad,
-        eot_token_id=vocab.get(END_OF_TURN_TOKEN),
+        eot_token_id=vocab.get(end_of_turn_token),
         bos_token_id=tok.bos_token_id,
     )
 
@@ -418,7 +429,7 @@ def _llama_identity(expected: set[str]) -> Callable[[str], str | None]:
 
 
 def _stream_weights(
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     folder: Path,
     rename: Callable[[str], str | None],
     dtype: torch.dtype,
@@ -456,14 +467,28 @@ def _stream_weights(
         model.tie_weights()
     # Non-persistent buffers (RoPE inverse frequencies) were created on the meta
     # device with the model: build them again for real.
-    rotary = model.model.rotary_emb
-    model.model.rotary_emb = type(rotary)(config=model.config).to(device)
+    backbone = model.get_decoder()  # Llama, Qwen2 and Qwen3 keep RoPE on the backbone
+    rotary = backbone.rotary_emb
+    backbone.rotary_emb = type(rotary)(config=model.config).to(device)
     if meta := [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]:
         raise RuntimeError(f"tensors left uninitialised after loading: {meta[:8]}")
 
 
+#: remote tokenizer classes that are renamed copies of a transformers class (Dream's
+#: ``tokenization_dream.DreamTokenizer`` is Qwen2's tokenizer under another name)
+NATIVE_TOKENIZER_ALIASES = {"DreamTokenizer": "Qwen2Tokenizer"}
+
+
 def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    # Never remote code: LLaDA's tokenizer is a plain fast tokenizer (tokenizer.json).
+    # Never remote code: LLaDA's tokenizer is a plain fast tokenizer (tokenizer.json);
+    # a remote class that only renames a native one is loaded as the native class.
+    tok_cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = _read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
+    native = NATIVE_TOKENIZER_ALIASES.get(str(tok_cfg.get("tokenizer_class")))
+    if native is not None:
+        import transformers
+
+        return getattr(transformers, native).from_pretrained(str(folder))
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
 
 

@@ -1,10 +1,16 @@
-"""Finding a model and its tokenizer: a shipped base, a saved denoiser, or a LLaDA checkpoint."""
+"""Finding a model and its tokenizer: a shipped base, a saved denoiser, or a released checkpoint.
+
+A checkpoint folder's family is decided once, here, from its ``config.json``
+(``model_type`` / ``architectures`` / ``dllm_family``): LLaDA, Dream or block
+diffusion (SDAR / TraDo); each family's room in ``tiltmatch.models`` loads it.
+"""
 
 from __future__ import annotations
 
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -19,6 +25,7 @@ from tiltmatch.models.denoiser import (
     tiny_denoiser,
 )
 from tiltmatch.models.dtypes import torch_dtype
+from tiltmatch.models.family import BLOCK_DIFFUSION, DREAM, LLADA
 from tiltmatch.tasks.base import Task
 
 SHIPPED_PREFIX = "shipped:"
@@ -67,6 +74,8 @@ def load_model_and_codec(
             num_layers=config.num_layers,
             num_heads=config.num_heads,
             intermediate_size=config.intermediate_size,
+            family=config.family,
+            block_size=config.block_size,
         )
         return tiny_denoiser(codec.vocab_size, spec, seed=seed), codec
     path = resolve_model_path(config.base)
@@ -79,12 +88,48 @@ def load_model_and_codec(
     return load_model_folder(path, task, dtype=torch_dtype(config.dtype))
 
 
+def checkpoint_family(cfg: dict[str, Any]) -> str:
+    """The family of a released or converted checkpoint's ``config.json`` dict."""
+    from tiltmatch.models.block_diffusion import is_block_diffusion_config
+    from tiltmatch.models.dream import is_dream_config
+
+    if is_dream_config(cfg):
+        return DREAM
+    if is_block_diffusion_config(cfg):
+        return BLOCK_DIFFUSION
+    if cfg.get("model_type") in ("llada", "llama") or "d_model" in cfg:
+        return LLADA
+    raise ValueError(
+        f"config.json: model_type {cfg.get('model_type')!r} (architectures "
+        f"{cfg.get('architectures')}) is none of the supported families: LLaDA ('llada', "
+        "'llama'), Dream ('Dream'), block diffusion ('sdar')"
+    )
+
+
+def _load_family(
+    family: str, path: Path, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PromptCodec]:
+    from tiltmatch.models.llada import LLaDACodec, load_llada
+
+    if family == DREAM:
+        from tiltmatch.models.dream import dream_codec, load_dream
+
+        dream, tok, ids = load_dream(path, dtype=dtype)
+        return dream, dream_codec(tok, ids, dream.config.vocab_size)
+    if family == BLOCK_DIFFUSION:
+        from tiltmatch.models.block_diffusion import block_codec, load_block_diffusion
+
+        sdar, tok, ids = load_block_diffusion(path, dtype=dtype)
+        return sdar, block_codec(tok, ids, sdar.config.vocab_size)
+    llada, tokenizer, special_ids = load_llada(path, dtype=dtype)
+    # The codec's vocabulary is the width of the logits (the embedding rows).
+    return llada, LLaDACodec(tokenizer, special_ids, llada.config.vocab_size)
+
+
 def load_model_folder(
     path: Path, task: Task | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PromptCodec]:
-    """Load a model folder: a character-level denoiser or a LLaDA/Llama checkpoint."""
-    from tiltmatch.models.llada import LLaDACodec, load_llada
-
+    """Load a model folder: a character-level denoiser, or a LLaDA / Dream / SDAR checkpoint."""
     meta_file = path / DENOISER_META
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
@@ -103,6 +148,7 @@ def load_model_folder(
                 f"lacks characters of task {task.name!r}"
             )
         return model, codec
-    llada, tokenizer, special_ids = load_llada(path, dtype=dtype)
-    # The codec's vocabulary is the width of the logits (the embedding rows).
-    return llada, LLaDACodec(tokenizer, special_ids, llada.config.vocab_size)
+    from tiltmatch.models.llada import CONFIG_FILE, _read_json
+
+    family = checkpoint_family(_read_json(path / CONFIG_FILE))
+    return _load_family(family, path, dtype)

@@ -29,7 +29,8 @@ def load_4bit_base(
     compute_dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cuda",
 ) -> PreTrainedModel:
-    """A Llama-format checkpoint (e.g. written by ``tiltmatch convert-llada``) with NF4 weights.
+    """A Llama / Qwen2 / Qwen3-format checkpoint (``tiltmatch convert-llada``, or a saved
+    Dream / block diffusion denoiser) with NF4 weights.
 
     Linear layers are quantised to 4-bit NF4 (double quantisation) by
     bitsandbytes at load time and compute in ``compute_dtype``; transformers
@@ -43,27 +44,28 @@ def load_4bit_base(
             "model.load_in_4bit needs the bitsandbytes package (and a CUDA GPU), which is not "
             "installed: pip install bitsandbytes, or set model.load_in_4bit=false"
         )
-    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
     folder = Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in {folder}")
     model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "llama":
+    if model_type not in ("llama", "qwen2", "qwen3"):
         raise ValueError(
             f"{folder} holds a {model_type!r} checkpoint; a 4-bit base is loaded from a "
-            f"Llama-format folder: run 'tiltmatch convert-llada {folder} DST' once and use DST"
+            "transformers-format folder (llama / qwen2 / qwen3): run 'tiltmatch convert-llada "
+            f"{folder} DST' once for LLaDA, or save a Dream / SDAR model with save_pretrained"
         )
-    config = LlamaConfig.from_pretrained(folder)
-    config.is_causal = False  # LLaDA's attention is bidirectional
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    config.is_causal = False  # every denoiser family's attention is non-causal (models.family)
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
     )
-    model = LlamaForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         folder,
         config=config,
         quantization_config=quantization,

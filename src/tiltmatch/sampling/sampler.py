@@ -25,7 +25,7 @@ to the distribution DTM's target is defined by.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +55,11 @@ class SampleOutput:
 
     responses: torch.Tensor
     visited: torch.Tensor | None = None
+
+
+#: decoders of the model families that cannot take the common sampler, by family name
+#: (``tiltmatch.sampling.families`` registers them; the package imports it)
+FAMILY_DECODERS: dict[str, Callable[..., SampleOutput]] = {}
 
 
 def left_pad(
@@ -120,8 +125,24 @@ def generate(
 
     ``forbidden_token_ids`` are never produced (the mask token always is, and
     the caller may add padding or other specials). ``eos_token_id``: the
-    end-of-text token, needed by ``config.early_finish``.
+    end-of-text token, needed by ``config.early_finish``. A model family that needs
+    its own decoding (block diffusion) is handed to its decoder in
+    :data:`FAMILY_DECODERS` (registered by :mod:`tiltmatch.sampling.families`).
     """
+    family = denoiser.family
+    if family.block_size is not None or family.name in FAMILY_DECODERS:
+        decode = FAMILY_DECODERS.get(family.name)
+        if decode is None:  # never silently decode a block model by the common order
+            raise RuntimeError(f"no decoder registered for model family {family.name!r}")
+        return decode(
+            denoiser,
+            prompts,
+            response_length,
+            config,
+            generator,
+            record_states,
+            forbidden_token_ids,
+        )
     if response_length % config.block_length:
         raise ValueError(
             f"response length {response_length} is not a multiple of block length "

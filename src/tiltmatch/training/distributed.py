@@ -30,8 +30,9 @@ T = TypeVar("T")
 BUCKET_BYTES = 256 * 2**20
 
 
-#: what ``fully_shard`` wraps when the accelerate config names no layer class
-DEFAULT_LAYER_CLASSES: tuple[str, ...] = ("LlamaDecoderLayer",)
+#: what ``fully_shard`` wraps when the accelerate config names no layer class: empty means
+#: the model's own decoder layers (``tiltmatch.models.family.decoder_layer_classes``)
+DEFAULT_LAYER_CLASSES: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

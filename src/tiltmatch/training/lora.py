@@ -36,6 +36,7 @@ from transformers import Cache, PreTrainedModel
 
 from tiltmatch.config import LoRAConfig, RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.family import lora_target_modules
 from tiltmatch.training.pair import DenoiserPair
 
 STUDENT, TEACHER = "student", "teacher"
@@ -157,7 +158,7 @@ class AdapterDenoiser(MaskedDenoiser):
 class LoRAPair(DenoiserPair):
     """Student and teacher as two LoRA adapters on one frozen base model.
 
-    ``model``: the base (a bidirectional ``LlamaForCausalLM``, already in its
+    ``model``: the base (any family's transformers model, already in its
     dtype and on its device; PEFT injects the adapters into it in place).
     ``ema_decay``: when set, the teacher becomes an EMA of the student at each
     phase boundary instead of the student itself (the EMA is kept as plain
@@ -186,6 +187,8 @@ class LoRAPair(DenoiserPair):
         model.requires_grad_(False)
         if gradient_checkpointing:
             enable_activation_checkpointing(model)
+        # Family-aware: a target name that matches no module of this architecture is refused.
+        lora_target_modules(model, list(settings.target_modules))
         lora = peft_lora_config(settings)
         self.peft_model = peft.get_peft_model(model, lora, adapter_name=STUDENT)
         self.peft_model.add_adapter(TEACHER, lora)

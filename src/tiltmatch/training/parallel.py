@@ -374,7 +374,10 @@ def shard_module(module: nn.Module, settings: FSDPSettings) -> None:
     """``fully_shard`` every layer of the named classes, then the root (in place)."""
     from torch.distributed.fsdp import fully_shard
 
-    wanted = set(settings.layer_classes)
+    from tiltmatch.models.family import decoder_layer_classes
+
+    # No class named by the launch: the model's own decoder layers (_no_split_modules).
+    wanted = set(settings.layer_classes or decoder_layer_classes(module))
     layers = [m for m in module.modules() if type(m).__name__ in wanted]
     if not layers:
         found = sorted({type(m).__name__ for m in module.modules() if "Layer" in type(m).__name__})

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tiltmatch.dtm.loss import dtm_loss
-from tiltmatch.dtm.states import random_mask_states
+from tiltmatch.dtm.states import block_states, random_mask_states
 from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, save_denoiser, tiny_denoiser
 from tiltmatch.sampling.sampler import left_pad
@@ -92,7 +92,13 @@ def pretrain(
             ]
         )
         prompt_ids, prompt_mask = left_pad([prompts[i] for i in rows], codec.pad_token_id)
-        states = random_mask_states(x, codec.mask_token_id, generator, inverse_t_weight=True)
+        if denoiser.family.block_size is None:
+            states = random_mask_states(x, codec.mask_token_id, generator, inverse_t_weight=True)
+        else:  # block diffusion SFT: one active block given clean earlier blocks (as SDAR)
+            lengths = prompt_mask.sum(1)
+            states = block_states(
+                x, lengths, denoiser.family.block_size, codec.mask_token_id, generator
+            )
         logits = denoiser.response_logits(prompt_ids, prompt_mask, states.z)
         loss, _ = dtm_loss(logits, x, states, torch.ones(x.shape[0]), c=0.0)
         optimizer.zero_grad(set_to_none=True)

@@ -204,6 +204,26 @@ def make_pair(config: RunConfig, model: PreTrainedModel, codec: PromptCodec) -> 
     )
 
 
+def check_family_states(config: RunConfig, model: PreTrainedModel) -> None:
+    """Refuse DTM states a block diffusion model cannot match (docs/families.md).
+
+    A block-causal denoiser can represent the tilted posterior only at states
+    whose later blocks are fully masked: block states and the block sampler's
+    own canvases are such states, random masks are not.
+    """
+    from tiltmatch.models.family import family_of
+
+    block_model = family_of(model.config).block_size is not None
+    states = config.dtm.states
+    if config.method == "dtm" and block_model and states not in ("block", "trajectory"):
+        raise ValueError(
+            f"dtm.states={states!r} with a block diffusion model: use dtm.states=block "
+            "or trajectory (states whose later blocks are masked; see docs/families.md)"
+        )
+    if config.method == "dtm" and not block_model and states == "block":
+        raise ValueError("dtm.states=block is for block diffusion models (model.family)")
+
+
 def build_trainer(
     config: RunConfig,
     out_dir: Path,
@@ -239,6 +259,7 @@ def build_trainer(
     # Under FSDP the pair stays on the CPU until sharded: fully_shard moves one layer at a
     # time to the GPU and shards it, so no GPU ever holds the whole student, teacher and
     # reference copies at once.
+    check_family_states(config, model)
     pair = make_pair(config, model, codec)
     objective = make_objective(config, codec.mask_token_id)
     parallel = make_parallel(context)  # one process, data-parallel or sharded
