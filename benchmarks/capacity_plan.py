@@ -58,7 +58,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DynamicOutputShapeException,
+    FakeTensor,
+    FakeTensorMode,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -539,8 +543,13 @@ def simulate_sampler(
             memory.reset_peak()
             steps = response_length // block_length
             config = SamplingConfig(steps=steps, block_length=block_length, temperature=1.0)
-            generate(denoiser, prompts, response_length, config, generator)
-            out["peak_step_bytes"] = memory.peak
+            try:
+                generate(denoiser, prompts, response_length, config, generator)
+                out["peak_step_bytes"] = memory.peak
+            except DynamicOutputShapeException:
+                # The lean-logits sampler picks the open positions by boolean indexing, a
+                # data-dependent shape that plain fake tensors cannot carry.
+                out["peak_step_bytes"] = -1
     out["static_bytes"] = static
     return out
 
@@ -809,8 +818,14 @@ def markdown(record: dict[str, Any]) -> str:
             "",
             f"Sampler (the package's `generate` as it is, bare bf16 base, {smp['rows']} rows of "
             f"{s['prompt_length']} + {s['response_length']}): one step's forward peaks at "
-            f"{smp['peak_forward_gib']:.1f} GiB, the whole step (float64 logits, Gumbel noise, "
-            f"softmax) at {smp['peak_step_gib']:.1f} GiB; one forward "
+            f"{smp['peak_forward_gib']:.1f} GiB, the whole step (logits work on the open "
+            f"positions) at "
+            + (
+                "(not simulated: the lean-logits step indexes by data)"
+                if smp["peak_step_gib"] is None
+                else f"{smp['peak_step_gib']:.1f} GiB"
+            )
+            + "; one forward "
             f"{smp['tflops_forward']:.0f} TFLOP, a rollout of {s['response_length']} tokens in "
             f"{smp['steps']} steps {smp['tflops_rollout']:.0f} TFLOP = "
             f"{smp['gflops_per_rollout_token']:.0f} GFLOP per generated token, "
@@ -846,9 +861,10 @@ def sampler_record(
             smp[0]["peak_forward_bytes"], smp[1]["peak_forward_bytes"], layers
         )["total"]
         / GIB,
-        "peak_step_gib": extrapolate(smp[0]["peak_step_bytes"], smp[1]["peak_step_bytes"], layers)[
-            "total"
-        ]
+        # None: the step (lean logits) could not be simulated; see simulate_sampler.
+        "peak_step_gib": None
+        if min(smp[0]["peak_step_bytes"], smp[1]["peak_step_bytes"]) < 0
+        else extrapolate(smp[0]["peak_step_bytes"], smp[1]["peak_step_bytes"], layers)["total"]
         / GIB,
         "tflops_forward": fwd["total"] / 1e12,
         "tflops_rollout": rollout / 1e12,

@@ -151,8 +151,12 @@ def test_script_end_to_end(
     for r in rows:
         assert r["gpu_peak_bytes"] > 0 and r["flops_per_update"] > 0
         assert r["flops_per_update"] == r["flops_per_micro_batch"] * r["case"]["accumulation"]
-    assert record["sampler"]["peak_step_gib"] > record["sampler"]["peak_forward_gib"]
+    # The lean-logits sampler's step indexes the open positions by data, which fake tensors
+    # cannot carry: the step's peak is then recorded as not simulated, the forward's is.
+    assert record["sampler"]["peak_forward_gib"] > 0
+    assert record["sampler"]["peak_step_gib"] is None
     table = capsys.readouterr().out
+    assert "not simulated: the lean-logits step" in table
     assert "| c-DTM (SAR, block 32) | Sudoku: 4 x 16 |" in table
 
 
