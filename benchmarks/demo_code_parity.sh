@@ -9,8 +9,8 @@ root=$(git rev-parse --show-toplevel) py=${PYTHON:-$root/.venv/bin/python}
 work=$(mktemp -d)
 for rev in "$old" "$new"; do
     git -C "$root" worktree add -q --detach "$work/$rev" "$rev"
-    config=$(cd "$work/$rev" && ls src/tiltmatch/experiments/configs/demo_maze.yaml \
-        src/tiltmatch/configs/demo_maze.yaml 2>/dev/null | head -1)
+    config=src/tiltmatch/experiments/configs/demo_maze.yaml  # the layout of this round
+    [ -f "$work/$rev/$config" ] || config=src/tiltmatch/configs/demo_maze.yaml  # before it
     (cd "$work/$rev" && PYTHONPATH=src OMP_NUM_THREADS=$threads "$py" -m tiltmatch.cli train \
         --config "$config" --out "$work/run-$rev" --quiet --set dtm.steps_per_h=30 \
         --set dtm.a_end=2.0 --set train.buffer_prompts=32 --set train.refresh_prompts=8 \
