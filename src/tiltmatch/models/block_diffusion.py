@@ -28,13 +28,9 @@ from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
 from tiltmatch.models.family import BLOCK_DIFFUSION, BLOCK_SIZE_KEY, FAMILY_KEY
 from tiltmatch.models.llada import (
-    CONFIG_FILE,
     LLaDACodec,
     LLaDASpecialIds,
-    _load_tokenizer,
-    _read_json,
-    _resolve_folder,
-    _stream_weights,
+    load_native_checkpoint,
     read_special_ids,
 )
 
@@ -139,20 +135,17 @@ def load_block_diffusion(
     attn_implementation: str = "sdpa",
 ) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerBase, LLaDASpecialIds]:
     """An SDAR / TraDo checkpoint folder as ``(Qwen3ForCausalLM, tokenizer, special ids)``."""
-    folder = _resolve_folder(path)
-    cfg = _read_json(folder / CONFIG_FILE)
-    if not is_block_diffusion_config(cfg):
-        raise ValueError(f"{folder / CONFIG_FILE} is not an SDAR (block diffusion) config")
-    config = sdar_config_to_qwen3(cfg)
-    config._attn_implementation = attn_implementation
-    with torch.device("meta"):
-        model = Qwen3ForCausalLM(config)
-    expected = set(model.state_dict().keys())
-    _stream_weights(
-        model, folder, lambda k: k if k in expected else None, dtype, torch.device(device)
+    model, tokenizer, folder = load_native_checkpoint(
+        path,
+        is_block_diffusion_config,
+        sdar_config_to_qwen3,
+        Qwen3ForCausalLM,
+        "an SDAR (block diffusion)",
+        dtype,
+        device,
+        attn_implementation,
     )
-    model.eval()
-    tokenizer = _load_tokenizer(folder)
+    assert isinstance(model, Qwen3ForCausalLM)
     return model, tokenizer, read_block_special_ids(folder, tokenizer)
 
 

@@ -31,13 +31,9 @@ from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from tiltmatch.models.family import DREAM, FAMILY_KEY
 from tiltmatch.models.llada import (
-    CONFIG_FILE,
     LLaDACodec,
     LLaDASpecialIds,
-    _load_tokenizer,
-    _read_json,
-    _resolve_folder,
-    _stream_weights,
+    load_native_checkpoint,
     read_special_ids,
 )
 
@@ -134,20 +130,17 @@ def load_dream(
     saved from such a model (``model_type`` "qwen2" with ``dllm_family`` "dream").
     Built on the meta device and filled shard by shard; returned in eval mode.
     """
-    folder = _resolve_folder(path)
-    cfg = _read_json(folder / CONFIG_FILE)
-    if not is_dream_config(cfg):
-        raise ValueError(f"{folder / CONFIG_FILE} is not a Dream config")
-    config = dream_config_to_qwen2(cfg)
-    config._attn_implementation = attn_implementation
-    with torch.device("meta"):
-        model = Qwen2ForCausalLM(config)
-    expected = set(model.state_dict().keys())
-    _stream_weights(
-        model, folder, lambda k: k if k in expected else None, dtype, torch.device(device)
+    model, tokenizer, folder = load_native_checkpoint(
+        path,
+        is_dream_config,
+        dream_config_to_qwen2,
+        Qwen2ForCausalLM,
+        "a Dream",
+        dtype,
+        device,
+        attn_implementation,
     )
-    model.eval()
-    tokenizer = _load_tokenizer(folder)
+    assert isinstance(model, Qwen2ForCausalLM)
     return model, tokenizer, read_dream_special_ids(folder, tokenizer)
 
 

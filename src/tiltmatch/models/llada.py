@@ -48,6 +48,7 @@ from transformers import (
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -490,6 +491,36 @@ def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 
         return getattr(transformers, native).from_pretrained(str(folder))
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+
+
+def load_native_checkpoint(
+    path: str | Path,
+    is_family: Callable[[dict[str, Any]], bool],
+    to_config: Callable[[dict[str, Any]], PretrainedConfig],
+    model_class: type[PreTrainedModel],
+    what: str,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    attn_implementation: str,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
+    """A released folder whose keys are already a native transformers class's (Dream's
+    Qwen2, SDAR's Qwen3): config checked and mapped, model built on the meta device and
+    filled shard by shard (strictly: :func:`_stream_weights`), in eval mode, with its
+    tokenizer. Returns the folder too, for the family's special-id reader."""
+    folder = _resolve_folder(path)
+    cfg = _read_json(folder / CONFIG_FILE)
+    if not is_family(cfg):
+        raise ValueError(f"{folder / CONFIG_FILE} is not {what} config")
+    config = to_config(cfg)
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        model = model_class(config)
+    expected = set(model.state_dict().keys())
+    _stream_weights(
+        model, folder, lambda k: k if k in expected else None, dtype, torch.device(device)
+    )
+    model.eval()
+    return model, _load_tokenizer(folder), folder
 
 
 def load_llada(
