@@ -65,6 +65,7 @@ def test_demo_writes_report_and_plots(tmp_path: Path) -> None:
 
     assert saved["numerics"]["threads"] == DEMO_THREADS
     assert saved["numerics"]["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX")
+    assert saved["numerics"]["packages"]["transformers"]  # the versions that decide rounding
     for name in ("report.md", "stages.png", "maze.png", "config.yaml", "final/model.safetensors"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "stages.png").stat().st_size > 1000

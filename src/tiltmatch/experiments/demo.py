@@ -60,11 +60,24 @@ def numerics_environment() -> dict[str, Any]:
     Recorded in report.json: runs agree bit for bit only where all of these agree.
     """
     import os
+    from importlib import metadata
 
     import torch
 
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
     return {
         "torch": torch.__version__,
+        # Only torch is pinned: a fresh setup may resolve other versions of these, which
+        # changed the demo's rounding between Nov 29 and Dec 1 2026 (BENCHMARKS.md).
+        "packages": {
+            name: version(name)
+            for name in ("transformers", "numpy", "accelerate", "peft", "safetensors")
+        },
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkl": torch.backends.mkl.is_available(),
