@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from tiltmatch.experiments.demo import run_demo
+from tiltmatch.experiments.demo import TINY_OVERRIDES, run_demo
 
 REQUIRED = (
     "base_reward",
@@ -24,19 +24,7 @@ REQUIRED = (
 
 
 def test_demo_writes_report_and_plots(tmp_path: Path) -> None:
-    overrides = [
-        "dtm.a_end=2",
-        "dtm.h=1",
-        "dtm.steps_per_h=3",
-        "train.buffer_prompts=4",
-        "train.prompts_per_batch=2",
-        "train.num_generations=2",
-        "train.refresh_prompts=2",
-        "train.refresh_every=2",
-        "train.train_examples=16",
-        "eval.examples=4",
-        "eval.samples_per_example=2",
-    ]
+    overrides = list(TINY_OVERRIDES)  # the demo's own installation-check size
     report = run_demo(
         tmp_path,
         overrides=overrides,
