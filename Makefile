@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel of torch first: an unpinned torch would pull CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[llm,dev]"
+	# rlhf (TRL) and trackers (wandb, trackio) too, so the tests of those paths run in CI.
+	$(BIN)/python -m pip install -q -e ".[llm,dev,rlhf,trackers]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -19,11 +20,7 @@ setup: $(STAMP)
 demo: $(STAMP)  ## fine-tune the shipped maze base model with DTM and write a report
 	$(BIN)/tiltmatch demo --out runs/demo
 
-$(VENV)/.rlhf: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[rlhf]"
-	touch $(VENV)/.rlhf
-
-rlhf: $(VENV)/.rlhf  ## a reward model trained with TRL on preference pairs, then DTM against it
+rlhf: $(STAMP)  ## a reward model trained with TRL on preference pairs, then DTM against it
 	$(BIN)/python benchmarks/rlhf.py --out runs/rlhf
 
 test: $(STAMP)  ## the test suite (what CI runs)

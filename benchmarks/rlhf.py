@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES[args.size]
     out = Path(args.out)
     if (out / "report.json").exists():
-        raise SystemExit(f"{out} already holds a finished run; choose another --out")
+        print(f"error: {out} already holds a finished run; choose another --out", file=sys.stderr)
+        return 2
+    if args.reward_model and not (Path(args.reward_model) / "config.json").is_file():
+        print(f"error: --reward-model {args.reward_model}: not a model folder", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     torch.manual_seed(args.seed)
