@@ -22,6 +22,9 @@ demo: $(STAMP)  ## fine-tune the shipped maze base model with DTM and write a re
 
 rlhf: $(STAMP)  ## a reward model trained with TRL on preference pairs, then DTM against it
 	$(BIN)/python benchmarks/rlhf.py --out runs/rlhf
+	# the same reward model, half the tilt (a_end 2): where the true reward still rises
+	$(BIN)/python benchmarks/rlhf.py --size small --reward-model runs/rlhf/reward-model \
+		--out runs/rlhf-small
 
 test: $(STAMP)  ## the test suite (what CI runs)
 	$(BIN)/python -m pytest
