@@ -158,3 +158,17 @@ def test_diagnostic_overrides_change_the_runs(tmp_path: Path) -> None:
     assert (out / "runs" / "micro-budget32").is_dir()  # cached apart from the size's own runs
     with pytest.raises(ValueError, match="budget 30"):
         main([*argv, "--budget", "30"])
+
+
+def test_rollout_sampler_changes_the_rollouts_not_the_evaluation(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    argv = ["--size", "micro", "--out", str(out), "--bases", str(tmp_path), "--quiet"]
+    argv += ["--tasks", "sudoku", "--methods", "dtm", "--learning-rates", "1e-3"]
+    assert main([*argv, "--rollout-sampler", "parallel"]) == 0
+    (record,) = json.loads((out / "results.json").read_text())
+    sampler, evaluation = record["config"]["sampler"], record["config"]["eval"]["sampler"]
+    assert sampler["mode"] == "parallel" and evaluation["mode"] == "exact"
+    assert {**sampler, "mode": "exact"} == evaluation  # only the mode differs
+    # The maze's random-order sampler cannot decode in parallel: one line, exit 2.
+    maze = [*argv[:6], "--tasks", "maze", "--rollout-sampler", "parallel"]
+    assert main(maze) == 2

@@ -179,3 +179,41 @@ def test_rng_state_carries_the_gpu_generator_where_there_is_one(monkeypatch) -> 
     restore_rng_state(state, generator)
     assert torch.equal(torch.rand(2, generator=generator), expected)
     assert len(restored) == 1 and restored[0].tolist() == [7, 8]  # dropout's GPU stream too
+
+
+def test_eval_sampler_evaluates_apart_from_the_rollouts(tiny_overrides, tmp_path) -> None:
+    # The rollouts draw with an approximate sampler; held-out evaluation with eval.sampler
+    # (here the exact one) must be exactly the evaluation of a run sampling exactly.
+    sampler = ["sampler.remasking=low_confidence", "sampler.block_length=4", "sampler.steps=4"]
+    exact = make_trainer([*tiny_overrides, *sampler], tmp_path / "exact")
+    fast = make_trainer(
+        [
+            *tiny_overrides,
+            *sampler,
+            "sampler.mode=cached+parallel",
+            'eval.sampler={"remasking": "low_confidence", "block_length": 4, "steps": 4}',
+        ],
+        tmp_path / "fast",
+    )
+    assert fast.worker.sampling.mode == "cached+parallel"
+    assert fast.eval_worker.sampling.mode == "exact"
+    assert exact.eval_worker is exact.worker  # no eval.sampler: the rollouts' sampler
+
+    def evaluated_texts(trainer: Trainer) -> list[str]:
+        seen: list[str] = []
+        metrics = trainer.task.metrics
+        trainer.task.metrics = lambda texts, examples: (
+            seen.extend(texts)
+            or metrics(  # type: ignore[method-assign]
+                texts, examples
+            )
+        )
+        with torch.no_grad():
+            trainer.evaluate()
+        trainer.task.metrics = metrics  # type: ignore[method-assign]
+        return seen
+
+    reference = evaluated_texts(exact)
+    assert evaluated_texts(fast) == reference  # same weights (same seed), same draws
+    fast.eval_worker = fast.worker
+    assert evaluated_texts(fast) != reference  # the approximate sampler draws otherwise

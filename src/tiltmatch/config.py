@@ -246,6 +246,12 @@ class EvalConfig(_Strict):
     samples_per_example: int = Field(4, ge=1)
     temperature: float = Field(1.0, ge=0)
     every_stage: bool = True
+    sampler: SamplingConfig | None = Field(
+        None,
+        description="held-out evaluation's sampler (its temperature is eval.temperature); "
+        "none: the rollouts' sampler section. Set it to evaluate every run with the exact "
+        "sampler while the rollouts use an approximate one (docs/sampling.md)",
+    )
 
 
 class RunConfig(_Strict):

@@ -50,6 +50,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -176,6 +177,8 @@ class TaskSetup:
     base_heldout: dict[str, float] = field(default_factory=dict)
     max_train_examples: int | None = None  # distinct training prompts the task can generate
     family: str = "llada"  # the base's model family (tiltmatch.models.family)
+    #: held-out evaluation's sampler when the rollouts use another (``--rollout-sampler``)
+    eval_sampler: dict[str, Any] | None = None
 
 
 # ----- configuration -----------------------------------------------------------------------
@@ -273,6 +276,14 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
         model["family"] = setup.family
     is_dtm = spec.method == "dtm"
     method_options: dict[str, Any] = {} if is_dtm else {"max_rollouts": size.budget}
+    evaluation: dict[str, Any] = {
+        "examples": size.eval_examples,
+        "samples_per_example": size.eval_samples,
+        "temperature": 1.0,
+        "every_stage": False,
+    }
+    if setup.eval_sampler is not None:
+        evaluation["sampler"] = setup.eval_sampler
     return {
         "task": setup.task,
         "task_options": setup.task_options,
@@ -302,12 +313,7 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
             "max_stages": 10**6,
             "checkpoint_every": 10**6,
         },
-        "eval": {
-            "examples": size.eval_examples,
-            "samples_per_example": size.eval_samples,
-            "temperature": 1.0,
-            "every_stage": False,
-        },
+        "eval": evaluation,
     }
 
 
@@ -365,7 +371,12 @@ def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> d
 
         def diversity(denoiser: Any) -> tuple[float, float]:
             texts = sample_texts(
-                trainer.worker, denoiser, div_examples, size.diversity_samples, 1.0, spec.seed + 55
+                trainer.eval_worker,
+                denoiser,
+                div_examples,
+                size.diversity_samples,
+                1.0,
+                spec.seed + 55,
             )
             return distinct_correct(task, texts, div_examples)
 
@@ -420,7 +431,7 @@ def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> d
         # so the same draws): what the paired bootstrap over prompts resamples.
         ec = config.eval
         final_texts = sample_texts(
-            trainer.worker,
+            trainer.eval_worker,
             trainer.pair.student,
             trainer.eval_examples,
             ec.samples_per_example,
@@ -1005,6 +1016,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="sample every task with this remasking (default: each task's own sampler)",
     )
     p.add_argument(
+        "--rollout-sampler",
+        choices=("exact", "cached", "parallel", "cached+parallel"),
+        help="draw the training rollouts with this sampler mode (docs/sampling.md); held-out "
+        "evaluation keeps each task's own sampler, so runs compare on one ruler",
+    )
+    p.add_argument(
         "--budget", type=int, help="rollouts per run (overrides the size's; a diagnostic)"
     )
     p.add_argument(
@@ -1059,6 +1076,26 @@ def main(argv: list[str]) -> int:
     if args.remasking is not None:
         for setup in setups.values():
             setup.sampler = {**setup.sampler, "remasking": args.remasking}
+    if args.rollout_sampler is not None:
+        from pydantic import ValidationError
+
+        from tiltmatch.sampling.config import SamplingConfig
+
+        for setup in setups.values():
+            rollout = {**setup.sampler, "mode": args.rollout_sampler}
+            try:
+                SamplingConfig(**rollout)
+            except ValidationError as err:  # e.g. parallel decoding with random remasking
+                reason = "; ".join(
+                    str(e["msg"]).removeprefix("Value error, ") for e in err.errors()
+                )
+                print(
+                    f"tiltmatch bench: --rollout-sampler {args.rollout_sampler} cannot sample "
+                    f"{setup.task} ({reason})",
+                    file=sys.stderr,
+                )
+                return 2
+            setup.eval_sampler, setup.sampler = dict(setup.sampler), rollout
     isolate = not args.no_isolate
     sweep: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []

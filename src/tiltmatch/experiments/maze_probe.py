@@ -75,7 +75,12 @@ class MazeTargetProbe:
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             return sample_texts(
-                self.trainer.worker, denoiser, self.mazes, self.samples, self.temperature, seed
+                self.trainer.eval_worker,
+                denoiser,
+                self.mazes,
+                self.samples,
+                self.temperature,
+                seed,
             )
         finally:
             self.seconds += time.perf_counter() - wall

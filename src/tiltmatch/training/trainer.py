@@ -99,6 +99,11 @@ class Trainer:
         sampling = SamplingConfig(**config.sampler.model_dump())
         record = objective.records_trajectories
         self.worker = RolloutWorker(task, codec, task.response_length, sampling, record)
+        #: held-out evaluation's worker: the rollouts' one unless ``eval.sampler`` is set
+        self.eval_worker = self.worker
+        if config.eval.sampler is not None:
+            eval_sampling = SamplingConfig(**config.eval.sampler.model_dump())
+            self.eval_worker = RolloutWorker(task, codec, task.response_length, eval_sampling)
         examples = task.examples(tc.train_split, tc.train_examples, config.seed)
         self.pool = PromptPool(self.parallel.training_share(examples), config.seed)
         self.buffer = ReplayBuffer(
@@ -267,7 +272,7 @@ class Trainer:
         """
         ec = self.config.eval
         return evaluate(
-            self.worker,
+            self.eval_worker,
             denoiser or self.pair.student,
             self.eval_examples,
             ec.samples_per_example,
