@@ -13,8 +13,11 @@ Three parts, each printing a table and writing JSON (``--out``):
   sampler's: TV between their per-maze outcome distributions against the noise
   floor (TV between two exact samples of the same size, dtm/exact_target.py), the
   task accuracy over seeds, forwards per response and wall time.
+- ``tasks``: on the sudoku and countdown bases (shipped, else ``--bases``), each mode's
+  task accuracy against the exact sampler's over seeds: the difference with an
+  approximate 95% interval (two standard errors over the seeds).
 
-    PYTHONPATH=src python benchmarks/sampler_speed.py share speed maze --out runs/sampler
+    PYTHONPATH=src python benchmarks/sampler_speed.py share speed maze tasks --out runs/sampler
 """
 
 from __future__ import annotations
@@ -162,6 +165,34 @@ MAZE_MODES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def sample_groups(
+    task: Any,
+    codec: Any,
+    denoiser: CountingDenoiser,
+    prompts: list[list[int]],
+    samples: int,
+    config: SamplingConfig,
+    seed: int,
+) -> tuple[list[list[str]], dict[str, Any]]:
+    """``samples`` decoded responses per prompt in one ``generate`` call, with its wall
+    seconds and denoiser forwards."""
+    repeated = [p for p in prompts for _ in range(samples)]
+    denoiser.forwards, denoiser.seconds = 0, 0.0
+    start = time.perf_counter()
+    out = generate(
+        denoiser,
+        repeated,
+        task.response_length,
+        config,
+        torch.Generator().manual_seed(seed),
+        forbidden_token_ids=sorted({codec.pad_token_id} - {codec.eos_token_id}),
+        eos_token_id=codec.eos_token_id,
+    )
+    stats = {"seconds": time.perf_counter() - start, "forwards": denoiser.forwards}
+    texts = [codec.decode_response(r.tolist()) for r in out.responses]
+    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))], stats
+
+
 def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each mode vs exact on the shipped maze base: TV against the noise floor, accuracy."""
     from tiltmatch.models.loading import load_model_folder, resolve_model_path
@@ -172,7 +203,6 @@ def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
     denoiser = CountingDenoiser(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
     examples = task.examples("test", args.mazes, 0)
     prompts = [codec.encode_prompt(e.prompt) for e in examples]
-    forbidden = sorted({codec.pad_token_id} - {codec.eos_token_id})
     rows = []
     for remasking, block in args.maze_settings:
         base = {
@@ -186,22 +216,7 @@ def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
             fields: dict[str, Any], seed: int, base: dict[str, Any] = base
         ) -> tuple[list[list[str]], dict[str, Any]]:
             config = SamplingConfig(**base, **fields)
-            repeated = [p for p in prompts for _ in range(args.samples)]
-            denoiser.forwards, denoiser.seconds = 0, 0.0
-            start = time.perf_counter()
-            out = generate(
-                denoiser,
-                repeated,
-                task.response_length,
-                config,
-                torch.Generator().manual_seed(seed),
-                forbidden_token_ids=forbidden,
-                eos_token_id=codec.eos_token_id,
-            )
-            stats = {"seconds": time.perf_counter() - start, "forwards": denoiser.forwards}
-            texts = [codec.decode_response(r.tolist()) for r in out.responses]
-            k = args.samples
-            return [texts[i * k : (i + 1) * k] for i in range(len(examples))], stats
+            return sample_groups(task, codec, denoiser, prompts, args.samples, config, seed)
 
         def tv(a: list[list[str]], b: list[list[str]]) -> float:
             per_maze = [
@@ -256,10 +271,105 @@ def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# The tasks' own sampler is low-confidence with one block over the whole response, so the
+# prefix cache holds the prompt and a dual cache has no suffix to keep: one cached row.
+TASK_MODES: list[tuple[str, dict[str, Any]]] = [
+    ("exact", {}),
+    ("cached prefix", {"mode": "cached", "cache": "prefix"}),
+    ("parallel 0.9", {"mode": "parallel", "threshold": 0.9}),
+    ("parallel 0.7", {"mode": "parallel", "threshold": 0.7}),
+    ("parallel factor 1", {"mode": "parallel", "factor": 1.0}),
+    ("cached prefix+parallel 0.9", {"mode": "cached+parallel", "cache": "prefix"}),
+]
+
+
+def task_base(name: str, bases: Path) -> Path:
+    """The base of a benchmark task: the shipped one, else ``bases/<task>`` (pretrained by
+    ``benchmarks/base_models.py``)."""
+    from tiltmatch.experiments.base_models import shipped_base
+
+    folder = shipped_base(name) or bases / name
+    if not (folder / "config.json").is_file():
+        raise SystemExit(
+            f"sampler_speed: no {name} base (none shipped, none in {bases}); run "
+            f"python benchmarks/base_models.py --out {bases}"
+        )
+    return folder
+
+
+def difference(mode: list[float], exact: list[float]) -> tuple[float, float]:
+    """Mean difference of two modes' per-seed accuracies and two standard errors of it."""
+    diff = statistics.fmean(mode) - statistics.fmean(exact)
+    if len(mode) < 2:
+        return diff, float("nan")
+    se = (statistics.variance(mode) / len(mode) + statistics.variance(exact) / len(exact)) ** 0.5
+    return diff, 2 * se
+
+
+def part_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each mode's accuracy against the exact sampler's on the sudoku and countdown bases."""
+    from tiltmatch.experiments.base_models import RECIPES
+    from tiltmatch.experiments.bench import ACCURACY_METRIC
+    from tiltmatch.models.loading import load_model_folder
+    from tiltmatch.tasks import get_task
+
+    rows = []
+    for name in args.tasks:
+        recipe = RECIPES[name]
+        task = get_task(recipe.task, **recipe.task_options)
+        folder = task_base(name, Path(args.bases))
+        model, codec = load_model_folder(folder, task)
+        denoiser = CountingDenoiser(
+            MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
+        )
+        examples = task.examples("test", args.prompts, 0)
+        prompts = [codec.encode_prompt(e.prompt) for e in examples]
+        flat_examples = [e for e in examples for _ in range(args.samples)]
+        metric = ACCURACY_METRIC[name]
+        exact: list[float] = []
+        for mode, fields in TASK_MODES:
+            seeds = []
+            for seed in range(args.seeds):
+                config = SamplingConfig(**{**recipe.sampler, **fields})
+                with torch.no_grad():
+                    groups, stats = sample_groups(
+                        task, codec, denoiser, prompts, args.samples, config, seed
+                    )
+                texts = [t for group in groups for t in group]
+                accuracy = float(task.metrics(texts, flat_examples)[metric])
+                seeds.append({"accuracy": accuracy, **stats})
+            accuracies = [s["accuracy"] for s in seeds]
+            if mode == "exact":
+                exact = accuracies
+            diff, interval = difference(accuracies, exact)
+            row = {
+                "part": "tasks",
+                "task": name,
+                "base": str(folder),
+                "metric": metric,
+                "mode": mode,
+                "accuracy": statistics.fmean(accuracies),
+                "accuracy_spread": statistics.pstdev(accuracies),
+                "difference_to_exact": diff,
+                "difference_interval": interval,
+                "forwards_per_batch": statistics.fmean(s["forwards"] for s in seeds),
+                "seconds": statistics.fmean(s["seconds"] for s in seeds),
+                "seeds": seeds,
+            }
+            print(
+                f"tasks  {name:<10} {mode:<28} {metric} {row['accuracy']:.4f} +- "
+                f"{row['accuracy_spread']:.4f}  minus exact {diff:+.4f} +- {interval:.4f}  "
+                f"forwards {row['forwards_per_batch']:.1f}  {row['seconds']:.1f}s",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen parts; print each table and write ``sampler_speed.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="+", choices=["share", "speed", "maze"])
+    parser.add_argument("parts", nargs="+", choices=["share", "speed", "maze", "tasks"])
     parser.add_argument("--out", default="runs/sampler")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--hidden", type=int, default=128)
@@ -270,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mazes", type=int, default=50)
     parser.add_argument("--samples", type=int, default=100, help="samples per maze")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--tasks", nargs="+", choices=["sudoku", "countdown"], default=["sudoku", "countdown"]
+    )
+    parser.add_argument("--prompts", type=int, default=128, help="tasks part: held-out prompts")
+    parser.add_argument("--bases", default="runs/bases", help="tasks part: unshipped bases")
     parser.add_argument(
         "--maze-modes", nargs="*", default=[], help="maze part: only modes whose name has one"
     )
@@ -284,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         (text.split(":")[0], int(text.split(":")[1])) for text in args.maze_settings
     ]
     torch.set_num_threads(args.threads)
-    parts = {"share": part_share, "speed": part_speed, "maze": part_maze}
+    parts = {"share": part_share, "speed": part_speed, "maze": part_maze, "tasks": part_tasks}
     rows: list[dict[str, Any]] = []
     for part in args.parts:
         rows += parts[part](args)
