@@ -113,6 +113,18 @@ def test_micro_maze_ablation_runs(tmp_path: Path) -> None:
         assert all(0.0 <= h["train_tv_to_target"] <= 1.0 for h in r["history"])
         assert r["history"][-1]["train_rollouts_on_mazes"] == r["rollouts"]
     assert (out / "ablation.png").stat().st_size > 1000
+    # A cached run of an older protocol reruns from an empty folder: its stage log holds
+    # the new run's stages only, nothing of the old run.
+    (stale,) = (out / "runs").rglob("fixed/c1/random/seed0/result.json")
+    record = json.loads(stale.read_text())
+    stale.write_text(json.dumps({**record, "overrides": ["an older protocol"]}))
+    (stale.parent / "left-over").write_text("old")
+    assert ablation_main([*argv[:-3], "fixed", "--quiet", "--c", "1", "--states", "random"]) == 0
+    assert not (stale.parent / "left-over").exists()
+    rerun = json.loads(stale.read_text())
+    assert rerun["overrides"] == record["overrides"]
+    stages = (stale.parent / "stages.jsonl").read_text().splitlines()
+    assert len(stages) == len(rerun["history"])
 
 
 def test_micro_ablation_baselines_share_the_mazes_and_the_budget(tmp_path: Path) -> None:

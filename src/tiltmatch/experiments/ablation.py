@@ -41,6 +41,7 @@ import dataclasses
 import itertools
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import time
@@ -579,9 +580,10 @@ def main(argv: list[str]) -> int:
         )
         if result.is_file():
             cached = json.loads(result.read_text())
-            if cached.get("overrides") == overrides:  # else an older protocol: rerun
+            if cached.get("overrides") == overrides:
                 records.append(cached)
                 continue
+            shutil.rmtree(folder)  # an older protocol's run: rerun it from an empty folder
         record = run_variant(size, schedule, c, states, seed, base, folder, method)
         record["overrides"] = overrides
         result.write_text(json.dumps(record, indent=2))
