@@ -184,3 +184,28 @@ def test_rollout_sampler_changes_the_rollouts_not_the_evaluation(tmp_path: Path)
     # The maze's random-order sampler cannot decode in parallel: one line, exit 2.
     maze = [*argv[:6], "--tasks", "maze", "--rollout-sampler", "parallel"]
     assert main(maze) == 2
+
+
+def test_fast_rollouts_comparison_reads_every_mode_with_the_exact_sampler(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "fast_rollouts.py"
+    spec = importlib.util.spec_from_file_location("fast_rollouts", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "fast"
+    argv = ["--size", "micro", "--seeds", "2", "--modes", "parallel", "--out", str(out)]
+    assert module.main(argv) == 0
+    rows = json.loads((out / "fast_rollouts.json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["exact", "parallel"]
+    assert [r["sampler"]["mode"] for r in rows] == ["exact", "parallel"]
+    for mode in ("exact", "parallel"):
+        for record in json.loads((out / mode / "results.json").read_text()):
+            evaluation = record["config"]["eval"]["sampler"]  # none: the rollouts' (exact)
+            assert (evaluation or record["config"]["sampler"])["mode"] == "exact"
+    exact = rows[0]
+    assert exact["accuracy_minus_exact"].startswith("+0.0000")
+    # the exact run reaches its own final accuracy within its own training time
+    assert all(0.0 <= f <= 1.0 for f in exact["time_to_match_exact"])
+    assert "| parallel |" in (out / "fast_rollouts.md").read_text()
