@@ -69,7 +69,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.models.llada import llada_config_to_llama
+from tiltmatch.models.llada import LLADA_8B_INSTRUCT_CONFIG, llada_config_to_llama
 from tiltmatch.objective import Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import SamplingConfig, generate
@@ -85,39 +85,9 @@ H100_MEMORY_GIB = 79.6  # what an "80 GB" H100 offers (nvidia-smi: 81559 MiB)
 FIT_FRACTION = 0.9  # a peak fits when at most 90% of it: context, NCCL, fragmentation
 
 # LLaDA-8B-Instruct's config.json, the keys that decide the architecture (checked and
-# mapped by llada_config_to_llama to a LlamaConfig with is_causal=False).
-LLADA_8B: dict[str, Any] = {
-    "block_type": "llama",
-    "activation_type": "silu",
-    "layer_norm_type": "rms",
-    "layer_norm_with_affine": True,
-    "bias_for_layer_norm": False,
-    "rms_norm_eps": 1e-5,
-    "rope": True,
-    "rope_theta": 500000.0,
-    "alibi": False,
-    "include_bias": False,
-    "include_qkv_bias": False,
-    "attention_layer_norm": False,
-    "input_emb_norm": False,
-    "scale_logits": False,
-    "block_group_size": 1,
-    "weight_tying": False,
-    "attention_dropout": 0.0,
-    "residual_dropout": 0.0,
-    "embedding_dropout": 0.0,
-    "d_model": 4096,
-    "n_layers": 32,
-    "n_heads": 32,
-    "n_kv_heads": 32,
-    "mlp_hidden_size": 12288,
-    "vocab_size": 126464,
-    "embedding_size": 126464,
-    "max_sequence_length": 4096,
-    "mask_token_id": 126336,
-    "eos_token_id": 126081,
-    "pad_token_id": 126081,
-}
+# mapped by llada_config_to_llama to a LlamaConfig with is_causal=False): a copy of the
+# package's tiltmatch.models.llada.LLADA_8B_INSTRUCT_CONFIG.
+LLADA_8B: dict[str, Any] = dict(LLADA_8B_INSTRUCT_CONFIG)
 # The same code path at a toy size (the CPU test).
 TINY = LLADA_8B | {
     "d_model": 64,

@@ -64,7 +64,7 @@ from transformers import LlamaForCausalLM
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.dtypes import dtype_name
-from tiltmatch.models.llada import llada_config_to_llama
+from tiltmatch.models.llada import LLADA_8B_INSTRUCT_CONFIG, llada_config_to_llama
 from tiltmatch.objective import Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
@@ -76,28 +76,27 @@ T = TypeVar("T")
 
 PARTS = {"a": "sampler", "b": "c-DTM update", "c": "diffu-GRPO update"}
 
-# The keys of LLaDA's own config.json that decide the architecture, as LLaDA-8B-Instruct's
-# file sets them; llada_config_to_llama checks every one and maps it to a LlamaConfig
-# with is_causal=False (bidirectional attention), SiLU, RMSNorm, untied embeddings, no bias.
+# The keys of LLaDA's own config.json that decide the model are the package's
+# LLADA_8B_INSTRUCT_CONFIG (as LLaDA-8B-Instruct's file sets them); llada_config_to_llama
+# checks every one and maps it to a LlamaConfig with is_causal=False (bidirectional
+# attention), SiLU, RMSNorm, untied embeddings, no bias. A ModelSpec gives the sizes
+# (SIZE_KEYS) and the special ids (ID_KEYS); the rest is the architecture, shared by all.
+SIZE_KEYS = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "mlp_hidden_size",
+    "vocab_size",
+    "embedding_size",
+    "max_sequence_length",
+    "rope_theta",
+)
+ID_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id")
 LLADA_ARCHITECTURE: dict[str, Any] = {
-    "block_type": "llama",
-    "activation_type": "silu",
-    "layer_norm_type": "rms",
-    "layer_norm_with_affine": True,
-    "bias_for_layer_norm": False,
-    "rms_norm_eps": 1e-5,
-    "rope": True,
-    "alibi": False,
-    "include_bias": False,
-    "include_qkv_bias": False,
-    "attention_layer_norm": False,
-    "input_emb_norm": False,
-    "scale_logits": False,
-    "block_group_size": 1,
-    "weight_tying": False,
-    "attention_dropout": 0.0,
-    "residual_dropout": 0.0,
-    "embedding_dropout": 0.0,
+    key: value
+    for key, value in LLADA_8B_INSTRUCT_CONFIG.items()
+    if key not in SIZE_KEYS and key not in ID_KEYS
 }
 
 
@@ -130,19 +129,9 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "llada-8b": ModelSpec(
         description="LLaDA-8B-Instruct architecture",
-        sizes={
-            "d_model": 4096,
-            "n_layers": 32,
-            "n_heads": 32,
-            "n_kv_heads": 32,
-            "mlp_hidden_size": 12288,
-            "vocab_size": 126464,
-            "embedding_size": 126464,
-            "max_sequence_length": 4096,
-            "rope_theta": 500000.0,
-        },
-        mask_token_id=126336,
-        pad_token_id=126081,
+        sizes={key: LLADA_8B_INSTRUCT_CONFIG[key] for key in SIZE_KEYS},
+        mask_token_id=LLADA_8B_INSTRUCT_CONFIG["mask_token_id"],
+        pad_token_id=LLADA_8B_INSTRUCT_CONFIG["pad_token_id"],
     ),
     # About 1M parameters: the same code path, for the CPU smoke test.
     "tiny": ModelSpec(

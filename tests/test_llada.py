@@ -9,10 +9,13 @@ LLaDA-format weights, in float64, without transformers.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -32,6 +35,7 @@ from transformers import LlamaForCausalLM
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.llada import (
+    LLADA_8B_INSTRUCT_CONFIG,
     LLaDACodec,
     LLaDASpecialIds,
     add_convert_parser,
@@ -163,6 +167,26 @@ def test_published_8b_config_gives_the_published_size() -> None:
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     assert 2 * sum(p.numel() for p in model.parameters()) == 16031162368
+
+
+def _benchmark(name: str) -> ModuleType:
+    """A benchmark script imported as test_capacity_plan.py and test_gpu_check.py do."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tiltmatch_{name}_in_test_llada", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_8b_instruct_constant_is_the_one_8b_config() -> None:
+    c = llada_config_to_llama(LLADA_8B_INSTRUCT_CONFIG)
+    assert (c.num_hidden_layers, c.hidden_size, c.vocab_size) == (32, 4096, 126464)
+    assert c.is_causal is False
+    # The benchmarks build the 8B shape from this constant, not from copies of it.
+    assert _benchmark("capacity_plan").LLADA_8B == LLADA_8B_INSTRUCT_CONFIG
+    assert _benchmark("gpu_check").MODELS["llada-8b"].llada_config() == LLADA_8B_INSTRUCT_CONFIG
 
 
 @pytest.mark.parametrize(

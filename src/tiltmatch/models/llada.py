@@ -27,7 +27,8 @@ Public API: :func:`llada_config_to_llama`, :func:`convert_llada_state_dict`,
 :func:`load_llada`, :func:`convert_llada` (and :func:`add_convert_parser` for the
 ``tiltmatch convert-llada`` command), :func:`read_special_ids` and
 :class:`LLaDACodec`, the :class:`~tiltmatch.models.codecs.PromptCodec` of a LLaDA
-tokenizer.
+tokenizer; :data:`LLADA_8B_INSTRUCT_CONFIG`, the released LLaDA-8B-Instruct config's
+model-deciding keys.
 """
 
 from __future__ import annotations
@@ -112,6 +113,40 @@ _REQUIRED_SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("residual_dropout", 0.0, "Llama has no residual dropout"),
     ("embedding_dropout", 0.0, "Llama has no embedding dropout"),
 )
+
+#: The keys of the released LLaDA-8B-Instruct config.json that decide the model.
+LLADA_8B_INSTRUCT_CONFIG: dict[str, Any] = {
+    "block_type": "llama",
+    "activation_type": "silu",
+    "layer_norm_type": "rms",
+    "layer_norm_with_affine": True,
+    "bias_for_layer_norm": False,
+    "rms_norm_eps": 1e-5,
+    "rope": True,
+    "rope_theta": 500000.0,
+    "alibi": False,
+    "include_bias": False,
+    "include_qkv_bias": False,
+    "attention_layer_norm": False,
+    "input_emb_norm": False,
+    "scale_logits": False,
+    "block_group_size": 1,
+    "weight_tying": False,
+    "attention_dropout": 0.0,
+    "residual_dropout": 0.0,
+    "embedding_dropout": 0.0,
+    "d_model": 4096,
+    "n_layers": 32,
+    "n_heads": 32,
+    "n_kv_heads": 32,
+    "mlp_hidden_size": 12288,
+    "vocab_size": 126464,
+    "embedding_size": 126464,
+    "max_sequence_length": 4096,
+    "mask_token_id": 126336,
+    "eos_token_id": 126081,
+    "pad_token_id": 126081,
+}
 
 
 def _setting(cfg: Mapping[str, Any], key: str) -> Any:
