@@ -33,10 +33,12 @@ import torch
 
 from tiltmatch.dtm.exact_target import empirical_distribution, total_variation
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.models.llada import LLADA_8B_INSTRUCT_CONFIG
 from tiltmatch.sampling.sampler import SamplingConfig, generate
 from tiltmatch.tasks.maze.target import maze_outcome
 
-LLADA_VOCAB, LLADA_MASK = 126_464, 126_336
+LLADA_VOCAB = LLADA_8B_INSTRUCT_CONFIG["vocab_size"]
+LLADA_MASK = LLADA_8B_INSTRUCT_CONFIG["mask_token_id"]
 
 
 class CountingDenoiser(MaskedDenoiser):
