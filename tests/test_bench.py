@@ -209,3 +209,43 @@ def test_fast_rollouts_comparison_reads_every_mode_with_the_exact_sampler(tmp_pa
     # the exact run reaches its own final accuracy within its own training time
     assert all(0.0 <= f <= 1.0 for f in exact["time_to_match_exact"])
     assert "| parallel |" in (out / "fast_rollouts.md").read_text()
+
+
+def test_ablation_paired_comparisons_claim_only_what_the_seeds_separate() -> None:
+    from tiltmatch.experiments.ablation import paired_comparisons, paired_table
+
+    def record(schedule: str, c: float, seed: int, tv: float, reward: float) -> dict:
+        return {
+            "method": "dtm",
+            "variant": f"{schedule}/c{c:g}/random",
+            "schedule": schedule,
+            "c": c,
+            "states": "random",
+            "seed": seed,
+            "train_tv_ratio": tv,
+            "train_expected_reward": reward,
+            "final_reward": reward,
+            "grad_norm_var_mean": 10.0 ** (8 if schedule == "none" else 3),
+        }
+
+    records = []
+    for seed in range(3):
+        # c = 1 is better by 0.1 in reward on every seed (consistent): separated. Its TV
+        # differs by +-0.2 around 0 from seed to seed: not separated.
+        records.append(record("fixed", 1.0, seed, 1.5 + 0.2 * (-1) ** seed, 0.9 + 0.01 * seed))
+        records.append(record("fixed", 0.0, seed, 1.5, 0.8 + 0.01 * seed))
+        records.append(record("none", 1.0, seed, 1.6, 0.85 + 0.01 * seed))
+    records.append(record("adaptive", 1.0, 0, 1.5, 0.9))  # one seed only: no row
+    rows = {(r["a"], r["b"]): r for r in paired_comparisons(records)}
+    cv = rows[("fixed/c1/random", "fixed/c0/random")]
+    assert cv["seeds"] == 3
+    assert cv["train_expected_reward"]["mean"] == pytest.approx(0.1)
+    assert cv["train_expected_reward"]["a_better"] == ">"
+    assert cv["train_tv_ratio"]["a_better"] == "~"
+    annealing = rows[("fixed/c1/random", "none/c1/random")]
+    # five orders of magnitude less gradient-norm variance: lower is better, so A is
+    assert annealing["grad_norm_var_mean"]["mean"] == pytest.approx(-5.0)
+    assert annealing["grad_norm_var_mean"]["a_better"] == ">"
+    assert not any("adaptive" in a for a, _ in rows)
+    text = paired_table(list(rows.values()))
+    assert "A better" in text and "not separated" in text

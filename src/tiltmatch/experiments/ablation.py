@@ -28,8 +28,12 @@ same rollout counts; :func:`matched_reward` then compares every method at matche
 expected reward: its TV to the nearest ``p_b`` and its distinct shortest paths
 (which methods stay on the tilt path and which collapse).
 
-Writes ``ablation.json`` (every run with its per-stage history), ``ablation.md``
-(the tables) and ``ablation.png`` (one figure: TV to ``p_a`` per stage for every
+:func:`paired_comparisons` reads what removing annealing or the control variate (or
+changing the states) costs, paired per seed with a t interval, claiming a difference only
+where the interval excludes 0.
+
+Writes ``ablation.json`` (every run with its per-stage history), ``paired.json`` (the
+paired comparisons), ``ablation.md`` (the tables) and ``ablation.png`` (one figure: TV to ``p_a`` per stage for every
 variant, seed mean with the min-max band, per state sampler; expected reward;
 and the baselines at matched reward) into ``--out``.
 """
@@ -438,6 +442,99 @@ def matched_table(rows: list[dict[str, Any]], reference: str) -> str:
     return "\n".join(lines)
 
 
+#: what a paired comparison reads: (record key, column title, True when higher is better);
+#: the gradient-norm variance spans orders of magnitude, so it is compared as log10
+PAIRED_METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("train_tv_ratio", "train: TV / floor", False),
+    ("train_expected_reward", "train: E[r]", True),
+    ("final_reward", "held-out reward", True),
+    ("grad_norm_var_mean", "log10 grad-norm var", False),
+)
+
+
+def _paired_value(record: dict[str, Any], key: str) -> float:
+    value = float(record[key])
+    return math.log10(max(value, 1e-30)) if key == "grad_norm_var_mean" else value
+
+
+def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What removing annealing or the control variate, or changing the states, costs, per
+    seed: ``A - B`` on the same seeds (the same base, mazes and prompt order), with a 95%
+    Student-t interval over seeds and a verdict only where it excludes 0.
+
+    Pairs: c = 1 against c = 0 (every schedule and state sampler), each schedule against
+    ``none`` and adaptive against fixed (c = 1, every state sampler), each state sampler
+    against random (fixed, c = 1), and fixed/c1/random against every baseline.
+    """
+    from tiltmatch.experiments.paired import t_interval, verdict
+
+    by_variant: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = r
+    pairs: list[tuple[str, str, str]] = []
+    states = list(dict.fromkeys(r["states"] for r in records if r["method"] == "dtm"))
+    for st in states:
+        for schedule in SCHEDULES:
+            a, b = variant_name(schedule, 1.0, st), variant_name(schedule, 0.0, st)
+            pairs.append(("control variate", a, b))
+    for st in states:
+        none = variant_name("none", 1.0, st)
+        for a, b in (
+            (variant_name("fixed", 1.0, st), none),
+            (variant_name("adaptive", 1.0, st), none),
+            (variant_name("adaptive", 1.0, st), variant_name("fixed", 1.0, st)),
+        ):
+            pairs.append(("annealing", a, b))
+    reference = variant_name("fixed", 1.0, "random")
+    for st in states:
+        if st != "random":
+            pairs.append(("states", variant_name("fixed", 1.0, st), reference))
+    for method in BASELINES:
+        pairs.append(("baseline", reference, f"baseline/{method}"))
+    rows = []
+    for what, a, b in pairs:
+        seeds = sorted(set(by_variant.get(a, {})) & set(by_variant.get(b, {})))
+        if len(seeds) < 2:  # one seed has no spread: no interval, no row
+            continue
+        row: dict[str, Any] = {"what": what, "a": a, "b": b, "seeds": len(seeds)}
+        for key, _title, higher in PAIRED_METRICS:
+            diffs = [
+                _paired_value(by_variant[a][s], key) - _paired_value(by_variant[b][s], key)
+                for s in seeds
+            ]
+            mean, low, high = t_interval(diffs)
+            better = verdict(low, high) if higher else verdict(-high, -low)
+            row[key] = {"mean": mean, "low": low, "high": high, "a_better": better}
+        rows.append(row)
+    return rows
+
+
+def paired_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: the paired comparisons, ``A - B`` [95% t interval] and who is better."""
+    words = {">": "A better", "<": "B better", "~": "not separated"}
+    head = " | ".join(f"{title}: A - B [95% t]" for _k, title, _h in PAIRED_METRICS)
+    lines = [
+        "Paired comparisons (A - B per seed, the same seeds; a verdict only where the "
+        "interval excludes 0; lower TV / floor and higher reward are better):",
+        "",
+        f"| comparison | A | B | seeds | {head} |",
+        "| --- | --- | --- | --- |" + " --- |" * len(PAIRED_METRICS),
+    ]
+    for row in rows:
+        cells = []
+        for key, _title, _h in PAIRED_METRICS:
+            d = row[key]
+            cells.append(
+                f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {words[d['a_better']]}"
+            )
+        lines.append(
+            f"| {row['what']} | {row['a']} | {row['b']} | {row['seeds']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def _curve(rs: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], ...]:
     """Seed mean and min..max of ``y`` at each probed point, starting from the base."""
     runs = [[h for h in r["history"] if h.get(y) is not None] for r in rs]
@@ -613,6 +710,10 @@ def main(argv: list[str]) -> int:
     reference = variant_name("fixed", max(args.c), args.states[0])
     if baselines and any(r["variant"] == reference for r in records):
         text += "\n" + matched_table(matched_reward(records, reference), reference) + "\n"
+    comparisons = paired_comparisons(records)
+    if comparisons:
+        (out / "paired.json").write_text(json.dumps(comparisons, indent=2))
+        text += "\n" + paired_table(comparisons) + "\n"
     (out / "ablation.md").write_text(text)
     plot(records, out / "ablation.png")
     if not args.quiet:
