@@ -236,6 +236,10 @@ def test_ablation_paired_comparisons_claim_only_what_the_seeds_separate() -> Non
         records.append(record("fixed", 0.0, seed, 1.5, 0.8 + 0.01 * seed))
         records.append(record("none", 1.0, seed, 1.6, 0.85 + 0.01 * seed))
     records.append(record("adaptive", 1.0, 0, 1.5, 0.9))  # one seed only: no row
+    for seed in range(3):  # a baseline: one update per batch, so no gradient-norm variance
+        baseline = record("fixed", 1.0, seed, 1.9, 0.7)
+        baseline.update(method="rejection", variant="baseline/rejection", grad_norm_var_mean=0)
+        records.append(baseline)
     rows = {(r["a"], r["b"]): r for r in paired_comparisons(records)}
     cv = rows[("fixed/c1/random", "fixed/c0/random")]
     assert cv["seeds"] == 3
@@ -247,5 +251,8 @@ def test_ablation_paired_comparisons_claim_only_what_the_seeds_separate() -> Non
     assert annealing["grad_norm_var_mean"]["mean"] == pytest.approx(-5.0)
     assert annealing["grad_norm_var_mean"]["a_better"] == ">"
     assert not any("adaptive" in a for a, _ in rows)
+    versus = rows[("fixed/c1/random", "baseline/rejection")]
+    assert versus["train_expected_reward"]["mean"] == pytest.approx(0.21)
+    assert "grad_norm_var_mean" not in versus  # not compared: the baseline has none
     text = paired_table(list(rows.values()))
     assert "A better" in text and "not separated" in text

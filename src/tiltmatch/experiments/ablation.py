@@ -498,6 +498,8 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = {"what": what, "a": a, "b": b, "seeds": len(seeds)}
         for key, _title, higher in PAIRED_METRICS:
+            if key == "grad_norm_var_mean" and what == "baseline":
+                continue  # a baseline's one update per batch has no within-stage variance
             diffs = [
                 _paired_value(by_variant[a][s], key) - _paired_value(by_variant[b][s], key)
                 for s in seeds
@@ -523,6 +525,9 @@ def paired_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = []
         for key, _title, _h in PAIRED_METRICS:
+            if key not in row:
+                cells.append("n/a")
+                continue
             d = row[key]
             cells.append(
                 f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {words[d['a_better']]}"
