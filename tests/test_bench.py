@@ -256,3 +256,17 @@ def test_ablation_paired_comparisons_claim_only_what_the_seeds_separate() -> Non
     assert "grad_norm_var_mean" not in versus  # not compared: the baseline has none
     text = paired_table(list(rows.values()))
     assert "A better" in text and "not separated" in text
+
+
+def test_more_seeds_rerun_only_the_new_seeds(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    argv = ["--size", "micro", "--out", str(out), "--bases", str(tmp_path), "--quiet"]
+    argv += ["--tasks", "countdown", "--methods", "dtm", "--learning-rates", "1e-3"]
+    assert main([*argv, "--seeds", "1"]) == 0
+    (first,) = sorted((out / "runs").rglob("result.json"))
+    before = first.stat().st_mtime_ns
+    assert main([*argv, "--seeds", "2"]) == 0
+    results = sorted((out / "runs").rglob("result.json"))
+    assert [p.parent.name for p in results] == ["seed0", "seed1"]
+    assert first.stat().st_mtime_ns == before  # seed 0 was reused, not rerun
+    assert [r["seed"] for r in json.loads((out / "results.json").read_text())] == [0, 1]

@@ -532,10 +532,15 @@ def run_isolated(
 
 
 def run_cache_key(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> str:
-    """What a cached run must match to be reused: its run config, size and base weights."""
+    """What a cached run must match to be reused: its run config, size and base weights.
+
+    The size's seed count is left out: one run does not depend on how many seeds the
+    benchmark has, so ``--seeds 5`` after ``--seeds 3`` runs only the new seeds.
+    """
     digest = hashlib.sha256()
     digest.update(json.dumps(run_config_dict(setup, spec, size), sort_keys=True).encode())
-    digest.update(json.dumps(dataclasses.asdict(size), sort_keys=True).encode())
+    shape = {k: v for k, v in dataclasses.asdict(size).items() if k != "seeds"}
+    digest.update(json.dumps(shape, sort_keys=True).encode())
     if setup.base is not None:
         digest.update(weights_digest(setup.base))
     return digest.hexdigest()
