@@ -33,9 +33,9 @@ changing the states) costs, paired per seed with a t interval, claiming a differ
 where the interval excludes 0.
 
 Writes ``ablation.json`` (every run with its per-stage history), ``paired.json`` (the
-paired comparisons), ``ablation.md`` (the tables) and ``ablation.png`` (one figure: TV to ``p_a`` per stage for every
-variant, seed mean with the min-max band, per state sampler; expected reward;
-and the baselines at matched reward) into ``--out``.
+paired comparisons), ``ablation.md`` (the tables) and ``ablation.png`` (one figure: TV
+to ``p_a`` per stage for every variant, seed mean with the min-max band, per state
+sampler; expected reward; and the baselines at matched reward) into ``--out``.
 """
 
 from __future__ import annotations
