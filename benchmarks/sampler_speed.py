@@ -194,6 +194,17 @@ def sample_groups(
     return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))], stats
 
 
+def over_seeds(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A mode's accuracy (mean and population spread), forwards and seconds over seeds."""
+    return {
+        "accuracy": statistics.fmean(s["accuracy"] for s in seeds),
+        "accuracy_spread": statistics.pstdev(s["accuracy"] for s in seeds),
+        "forwards_per_batch": statistics.fmean(s["forwards"] for s in seeds),
+        "seconds": statistics.fmean(s["seconds"] for s in seeds),
+        "seeds": seeds,
+    }
+
+
 def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each mode vs exact on the shipped maze base: TV against the noise floor, accuracy."""
     from tiltmatch.models.loading import load_model_folder, resolve_model_path
@@ -255,11 +266,7 @@ def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "block_length": block,
                 "tv_to_exact": statistics.fmean(s["tv_to_exact"] for s in seeds),
                 "tv_spread": statistics.pstdev(s["tv_to_exact"] for s in seeds),
-                "accuracy": statistics.fmean(s["accuracy"] for s in seeds),
-                "accuracy_spread": statistics.pstdev(s["accuracy"] for s in seeds),
-                "forwards_per_batch": statistics.fmean(s["forwards"] for s in seeds),
-                "seconds": statistics.fmean(s["seconds"] for s in seeds),
-                "seeds": seeds,
+                **over_seeds(seeds),
             }
             print(
                 f"maze   {remasking:<14} block {block}  {name:<26} TV to exact "
@@ -349,13 +356,9 @@ def part_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "base": str(folder),
                 "metric": metric,
                 "mode": mode,
-                "accuracy": statistics.fmean(accuracies),
-                "accuracy_spread": statistics.pstdev(accuracies),
                 "difference_to_exact": diff,
                 "difference_interval": interval,
-                "forwards_per_batch": statistics.fmean(s["forwards"] for s in seeds),
-                "seconds": statistics.fmean(s["seconds"] for s in seeds),
-                "seeds": seeds,
+                **over_seeds(seeds),
             }
             print(
                 f"tasks  {name:<10} {mode:<28} {metric} {row['accuracy']:.4f} +- "
