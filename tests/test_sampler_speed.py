@@ -1,0 +1,47 @@
+"""benchmarks/sampler_speed.py's tasks part on the shipped bases, at a toy size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+
+def load_script():
+    path = Path(__file__).parents[1] / "benchmarks" / "sampler_speed.py"
+    spec = importlib.util.spec_from_file_location("sampler_speed_in_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_difference_is_the_mean_gap_with_two_standard_errors() -> None:
+    script = load_script()
+    diff, interval = script.difference([0.5, 0.7], [0.4, 0.4])
+    assert diff == pytest.approx(0.2)
+    # variance of [0.5, 0.7] is 0.02 (n - 1), of the constant 0: 2 * sqrt(0.02 / 2) = 0.2
+    assert interval == pytest.approx(0.2)
+    assert math.isnan(script.difference([0.5], [0.4])[1])  # one seed: no spread
+
+
+def test_tasks_part_reads_every_mode_against_exact_on_the_shipped_bases(tmp_path: Path) -> None:
+    script = load_script()
+    argv = ["tasks", "--prompts", "3", "--samples", "2", "--seeds", "2", "--out", str(tmp_path)]
+    assert script.main(argv) == 0
+    rows = json.loads((tmp_path / "sampler_speed_tasks.json").read_text())["rows"]
+    modes = [name for name, _ in script.TASK_MODES]
+    assert [(r["task"], r["mode"]) for r in rows] == [
+        (task, mode) for task in ("sudoku", "countdown") for mode in modes
+    ]
+    for r in rows:
+        assert "assets" in r["base"]  # the shipped base, not a local pretraining
+        assert 0.0 <= r["accuracy"] <= 1.0 and len(r["seeds"]) == 2
+        if r["mode"] == "exact":
+            assert r["difference_to_exact"] == 0.0
+            assert r["forwards_per_batch"] == 8  # the recipe's 8 steps
+        else:
+            assert 1 <= r["forwards_per_batch"] <= 16  # at least one token per step
