@@ -170,28 +170,23 @@ def sample_groups(
     task: Any,
     codec: Any,
     denoiser: CountingDenoiser,
-    prompts: list[list[int]],
+    examples: list[Any],
     samples: int,
     config: SamplingConfig,
     seed: int,
 ) -> tuple[list[list[str]], dict[str, Any]]:
-    """``samples`` decoded responses per prompt in one ``generate`` call, with its wall
-    seconds and denoiser forwards."""
-    repeated = [p for p in prompts for _ in range(samples)]
+    """``samples`` decoded responses per example in one ``generate`` call (the package's
+    own :func:`~tiltmatch.training.evaluation.sample_texts`), with the draw's wall seconds
+    and denoiser forwards."""
+    from tiltmatch.sampling.rollouts import RolloutWorker
+    from tiltmatch.training.evaluation import sample_texts
+
+    one_call = len(examples) * samples
+    worker = RolloutWorker(task, codec, task.response_length, config, chunk_size=one_call)
     denoiser.forwards, denoiser.seconds = 0, 0.0
     start = time.perf_counter()
-    out = generate(
-        denoiser,
-        repeated,
-        task.response_length,
-        config,
-        torch.Generator().manual_seed(seed),
-        forbidden_token_ids=sorted({codec.pad_token_id} - {codec.eos_token_id}),
-        eos_token_id=codec.eos_token_id,
-    )
-    stats = {"seconds": time.perf_counter() - start, "forwards": denoiser.forwards}
-    texts = [codec.decode_response(r.tolist()) for r in out.responses]
-    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))], stats
+    groups = sample_texts(worker, denoiser, examples, samples, config.temperature, seed)
+    return groups, {"seconds": time.perf_counter() - start, "forwards": denoiser.forwards}
 
 
 def over_seeds(seeds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -214,7 +209,6 @@ def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
     model, codec = load_model_folder(resolve_model_path("shipped:maze"), task)
     denoiser = CountingDenoiser(MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id))
     examples = task.examples("test", args.mazes, 0)
-    prompts = [codec.encode_prompt(e.prompt) for e in examples]
     rows = []
     for remasking, block in args.maze_settings:
         base = {
@@ -228,7 +222,7 @@ def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
             fields: dict[str, Any], seed: int, base: dict[str, Any] = base
         ) -> tuple[list[list[str]], dict[str, Any]]:
             config = SamplingConfig(**base, **fields)
-            return sample_groups(task, codec, denoiser, prompts, args.samples, config, seed)
+            return sample_groups(task, codec, denoiser, examples, args.samples, config, seed)
 
         def tv(a: list[list[str]], b: list[list[str]]) -> float:
             per_maze = [
@@ -331,7 +325,6 @@ def part_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
             MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
         )
         examples = task.examples("test", args.prompts, 0)
-        prompts = [codec.encode_prompt(e.prompt) for e in examples]
         flat_examples = [e for e in examples for _ in range(args.samples)]
         metric = ACCURACY_METRIC[name]
         exact: list[float] = []
@@ -341,7 +334,7 @@ def part_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
                 config = SamplingConfig(**{**recipe.sampler, **fields})
                 with torch.no_grad():
                     groups, stats = sample_groups(
-                        task, codec, denoiser, prompts, args.samples, config, seed
+                        task, codec, denoiser, examples, args.samples, config, seed
                     )
                 texts = [t for group in groups for t in group]
                 accuracy = float(task.metrics(texts, flat_examples)[metric])
