@@ -316,6 +316,12 @@ def describe_validation_error(err: ValidationError, unknown: str = "unknown fiel
     return lines
 
 
+def validation_reasons(err: ValidationError) -> str:
+    """A model's own checks failed: their messages, ``; ``-joined on one line (no field
+    paths, no pydantic boilerplate), for a refusal that names what is wrong."""
+    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+
+
 def _describe(err: ValidationError) -> str:
     lines = describe_validation_error(err)
     if len(lines) == 1:  # one problem: one line, naming the field

@@ -1084,6 +1084,7 @@ def main(argv: list[str]) -> int:
     if args.rollout_sampler is not None:
         from pydantic import ValidationError
 
+        from tiltmatch.config import validation_reasons
         from tiltmatch.sampling.config import SamplingConfig
 
         for setup in setups.values():
@@ -1091,12 +1092,9 @@ def main(argv: list[str]) -> int:
             try:
                 SamplingConfig(**rollout)
             except ValidationError as err:  # e.g. parallel decoding with random remasking
-                reason = "; ".join(
-                    str(e["msg"]).removeprefix("Value error, ") for e in err.errors()
-                )
                 print(
                     f"tiltmatch bench: --rollout-sampler {args.rollout_sampler} cannot sample "
-                    f"{setup.task} ({reason})",
+                    f"{setup.task} ({validation_reasons(err)})",
                     file=sys.stderr,
                 )
                 return 2

@@ -28,7 +28,7 @@ import torch
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from tiltmatch.config import parse_task_options
+from tiltmatch.config import parse_task_options, validation_reasons
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.loading import load_model_folder, resolve_model_path
@@ -76,8 +76,7 @@ class Protocol:
         try:
             self.sampling()
         except ValidationError as err:
-            messages = (str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
-            raise EvalArgumentError("; ".join(messages)) from None
+            raise EvalArgumentError(validation_reasons(err)) from None
 
     def sampling(self) -> SamplingConfig:
         """The sampler settings."""
