@@ -41,15 +41,16 @@ def seconds_to_reach(curve: list[dict[str, Any]], level: float) -> float:
 
 def run_mode(args: argparse.Namespace, mode: str) -> list[dict[str, Any]]:
     """The benchmark's DTM runs of ``mode`` (cached), sorted by seed."""
+    out = Path(args.out) / mode.replace("+", "-")
     argv = ["--size", args.size, "--tasks", args.task, "--methods", "dtm"]
     argv += ["--seeds", str(args.seeds), "--learning-rates", str(args.learning_rate)]
-    argv += ["--out", str(Path(args.out) / mode.replace("+", "-")), "--quiet"]
+    argv += ["--out", str(out), "--quiet"]
     if mode != "exact":
         argv += ["--rollout-sampler", mode]
     code = bench.main(argv)
     if code:
         raise SystemExit(code)
-    results = json.loads((Path(args.out) / mode.replace("+", "-") / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
     return sorted(results, key=lambda r: r["seed"])
 
 
