@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -17,6 +22,19 @@ def needs_shared_data(relative: str) -> pytest.MarkDecorator:
         found = False
     reason = f"shared data file {relative} not found (put shared/ beside the repository)"
     return pytest.mark.skipif(not found, reason=reason)
+
+
+def load_benchmark(name: str, module_name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` imported as module ``module_name`` (registered in
+    ``sys.modules``: dataclasses resolve their module by name); each test file passes its
+    own name so two files never share or replace one module object."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 TINY_OVERRIDES = [

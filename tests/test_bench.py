@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from tiltmatch.experiments.ablation import SIZES as ABLATION_SIZES
 from tiltmatch.experiments.bench import (
@@ -187,13 +188,7 @@ def test_rollout_sampler_changes_the_rollouts_not_the_evaluation(tmp_path: Path)
 
 
 def test_fast_rollouts_comparison_reads_every_mode_with_the_exact_sampler(tmp_path: Path) -> None:
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "benchmarks" / "fast_rollouts.py"
-    spec = importlib.util.spec_from_file_location("fast_rollouts", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("fast_rollouts", "tiltmatch_fast_rollouts_in_test")
     out = tmp_path / "fast"
     argv = ["--size", "micro", "--seeds", "2", "--modes", "parallel", "--out", str(out)]
     assert module.main(argv) == 0

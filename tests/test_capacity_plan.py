@@ -9,29 +9,21 @@ script runs end to end, writing its JSON record and table.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import load_benchmark
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "capacity_plan.py"
-
 
 @pytest.fixture(scope="module")
 def plan() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tiltmatch_capacity_plan", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("capacity_plan", "tiltmatch_capacity_plan")
 
 
 def test_allocator_rounding(plan: ModuleType) -> None:

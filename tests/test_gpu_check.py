@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT reads a renamed flag
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 TINY = ["--model", "tiny", "--gen-length", "16", "--steps", "8", "--block-length", "8"]
 
 
 @pytest.fixture(scope="module")
 def gpu_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tiltmatch_gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check", "tiltmatch_gpu_check")
 
 
 def test_tiny_check_measures_every_part(

@@ -9,17 +9,16 @@ LLaDA-format weights, in float64, without transformers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_benchmark
 from llada_fixture import (
     EMBEDDING_SIZE,
     HONEST_CHAT_TEMPLATE,
@@ -170,14 +169,8 @@ def test_published_8b_config_gives_the_published_size() -> None:
 
 
 def _benchmark(name: str) -> ModuleType:
-    """A benchmark script imported as test_capacity_plan.py and test_gpu_check.py do."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"tiltmatch_{name}_in_test_llada", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark script, imported under a name of this file's own."""
+    return load_benchmark(name, f"tiltmatch_{name}_in_test_llada")
 
 
 def test_8b_instruct_constant_is_the_one_8b_config() -> None:

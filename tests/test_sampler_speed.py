@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from conftest import load_benchmark
 
 
-def load_script():
-    path = Path(__file__).parents[1] / "benchmarks" / "sampler_speed.py"
-    spec = importlib.util.spec_from_file_location("sampler_speed_in_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_script() -> ModuleType:
+    return load_benchmark("sampler_speed", "tiltmatch_sampler_speed_in_test")
 
 
 def test_difference_is_the_mean_gap_with_two_standard_errors() -> None:
