@@ -434,6 +434,8 @@ def simulate_update(
         models.append(pair.reference().model)
     batch = rollout_batch(case, arch)
     phase = Phase(a=0.0, h=5.0, begun=True)
+    # The recipes' rewards are task rewards in [0, 1]: the baseline is their bound, 0.
+    objective.prepare(phase, 0.0, lambda: batch.grouped_rewards)
     objective.begin_stage(phase, batch.grouped_rewards)
     generator = torch.Generator().manual_seed(1)
     flops = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()

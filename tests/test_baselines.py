@@ -30,7 +30,7 @@ from tiltmatch.config import ConfigError, build_config
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import random_mask_states
-from tiltmatch.dtm.weights import self_normalised_weights
+from tiltmatch.dtm.weights import rows_of_groups, self_normalised_weights
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.objective import LossInputs, Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
@@ -333,7 +333,7 @@ def test_rejection_is_the_large_h_limit_of_self_normalised_dtm_weights() -> None
     g = torch.Generator().manual_seed(0)
     rewards = torch.randint(0, 4, (16, 6), generator=g).float() / 3  # many ties
     kept = best_of_group(rewards)
-    w = self_normalised_weights(rewards, h=1e4)
+    w = self_normalised_weights(*rows_of_groups(rewards), h=1e4).view_as(rewards)
     assert torch.equal(w > 1e-6, kept)
     k = kept.sum(1, keepdim=True).float()
     torch.testing.assert_close(w, kept.float() * rewards.shape[1] / k)
