@@ -186,14 +186,17 @@ class DTMObjective(Objective):
             states = self.block_states_of(batch, inputs.generator, block)
         else:
             states = self.states(batch, inputs.generator)
+        # The vocabulary projection only at the positions the loss covers, for student and
+        # teacher (METHOD.md section 6): [N, V] instead of [B, L, V].
+        at = states.loss_mask
         student_logits = inputs.student.response_logits(
-            batch.prompt_ids, batch.prompt_mask, states.z
+            batch.prompt_ids, batch.prompt_mask, states.z, logits_at=at
         )
         teacher_logits = None
         if self.config.c != 0.0:
             with torch.no_grad():
                 teacher_logits = inputs.teacher.response_logits(
-                    batch.prompt_ids, batch.prompt_mask, states.z
+                    batch.prompt_ids, batch.prompt_mask, states.z, logits_at=at
                 )
         loss, stats = dtm_loss(
             student_logits, batch.responses, states, w, self.config.c, teacher_logits
