@@ -43,7 +43,8 @@ V, L, MASK, PROMPTS = 2, 2, 2, 2
 ALL_X = list(itertools.product(range(V), repeat=L))
 ALL_Z = list(itertools.product(range(V + 1), repeat=L))
 A, H = 0.5, 1.0
-#: the baselines compared (``self_normalise`` is DTM's other per-group statistic)
+#: the baselines compared (``self_normalise`` is DTM's other per-group statistic;
+#: ``clamp_at_0`` what earlier versions did to a micro-batch of single completions)
 KINDS = (
     "bound",
     "calibrated",
@@ -53,6 +54,7 @@ KINDS = (
     "min",
     "group_min",
     "self_normalise",
+    "clamp_at_0",
 )
 GROUPS = (2, 3, 4, 8, 16)
 
@@ -162,7 +164,11 @@ def objective_weights(
     kind: str, calibration: torch.Tensor | None, bound: float | None
 ) -> WeightsOf:
     """The DTM objective's own per-row weights for a baseline kind, prepared as the trainer
-    prepares it (a declared bound, or a calibration sample of the base)."""
+    prepares it (a declared bound, or a calibration sample of the base). ``clamp_at_0`` is
+    what earlier versions computed on a micro-batch of single completions (the group-minimum
+    shift on a group of one: ``e^{h max(r, 0)}``), for comparison."""
+    if kind == "clamp_at_0":
+        return lambda mb: torch.exp(H * mb.rewards.clamp(min=0.0))
     normalise = kind == "self_normalise"
     config = DTMConfig(h=H, baseline="none" if normalise else kind, self_normalise=normalise)
     objective, phase = DTMObjective(config, mask_token_id=MASK), Phase()

@@ -119,6 +119,8 @@ def test_biased_baselines_move_the_minimiser_by_order_one_over_g(capsys) -> None
         assert row[2] > 0.02, kind  # the bias is real ...
         assert row[2] > row[4] > row[8], kind  # ... and shrinks with the group ...
         assert row[8] < 0.6 * row[2], kind  # ... roughly as 1/G
+    # Clamping at 0 (what a group of one computed before) does not even shrink with G.
+    assert min(table["clamp_at_0"].values()) > 0.05
     # Single completions carry their groups: the same bias table, to the last digit.
     assert bias.bias_table(groups=(3,), shape="completions")["min"] == pytest.approx(
         bias.bias_table(groups=(3,))["min"], abs=1e-15
@@ -130,8 +132,8 @@ class _Student:
 
     family = type("F", (), {"block_size": None})()
 
-    def response_logits(self, prompt_ids, prompt_mask, z):
-        return torch.zeros(*z.shape, 5)
+    def response_logits(self, prompt_ids, prompt_mask, z, logits_at=None):
+        return torch.zeros(int(logits_at.sum()), 5)
 
 
 @pytest.mark.parametrize(
