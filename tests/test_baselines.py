@@ -426,7 +426,9 @@ def test_the_method_registry_is_the_one_list_of_methods() -> None:
 # ----- smoke: the real trainer, two tiny stages per method ---------------------------------------
 
 
-@pytest.mark.parametrize("method", ["diffu-grpo", "wd1", "rejection"])
+@pytest.mark.parametrize(
+    "method", ["diffu-grpo", "wd1", "rejection", "spg", "espo", "coupled-grpo"]
+)
 def test_trainer_runs_two_stages_of_each_baseline(method: str, tmp_path) -> None:
     from tiltmatch.tasks import get_task
     from tiltmatch.training.pair import CopiedPair
