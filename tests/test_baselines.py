@@ -5,6 +5,7 @@ validation, and a smoke run of the real trainer for each method."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -625,3 +626,95 @@ def test_trainer_runs_two_stages_of_each_baseline(method: str, tmp_path) -> None
     assert "eval_reward" in history[-1]  # the last stage is known to be the last
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert changed
+
+
+# ----- the baselines' LLaDA recipes (configs/llada/<method>_<task>.yaml) ------------------------
+
+LLADA_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "llada"
+# The authors' values, written out by hand from their scripts (the commits are in each
+# recipe's header): method options, training values, rollout temperature, 4-bit base, and
+# the completions per process per update (micro-batch x accumulation).
+PUBLISHED_BASELINES: dict[str, tuple[dict, dict, float, bool, int]] = {
+    "spg_countdown": (
+        {"num_iterations": 4, "negative_bound": "mix", "mix_weight": 0.5, "eubo_beta": 1.5},
+        {"learning_rate": 3e-6, "weight_decay": 0.1, "max_grad_norm": 0.2, "num_generations": 6},
+        0.9,
+        True,
+        12,
+    ),
+    "spg_sudoku": (
+        {"num_iterations": 4, "negative_bound": "mix", "mix_weight": 0.5, "eubo_beta": 1.0},
+        {"learning_rate": 3e-6, "weight_decay": 0.1, "max_grad_norm": 0.2, "num_generations": 6},
+        0.3,
+        True,
+        12,
+    ),
+    "espo_countdown": (
+        {"num_iterations": 8, "num_mc": 2, "coupled": True, "clip_epsilon": 0.0, "beta_kl": 3e-3},
+        {"learning_rate": 3e-6, "weight_decay": 0.01, "max_grad_norm": 0.2, "num_generations": 6},
+        1.0,
+        False,
+        12,
+    ),
+    "espo_sudoku": (
+        {"num_iterations": 8, "num_mc": 2, "coupled": True, "clip_epsilon": 0.2, "beta_kl": 1e-2},
+        {"learning_rate": 3e-6, "weight_decay": 0.01, "max_grad_norm": 0.2, "num_generations": 6},
+        1.0,
+        False,
+        12,
+    ),
+    "coupled_grpo_countdown": (
+        {"num_iterations": 2, "clip_epsilon": 0.5, "beta_kl": 0.01},
+        {"learning_rate": 1e-6, "weight_decay": 0.1, "max_grad_norm": 0.2, "num_generations": 10},
+        1.0,
+        True,
+        10,
+    ),
+    "coupled_grpo_sudoku": (
+        {"num_iterations": 2, "clip_epsilon": 0.5, "beta_kl": 0.01},
+        {"learning_rate": 1e-6, "weight_decay": 0.1, "max_grad_norm": 0.2, "num_generations": 10},
+        1.0,
+        True,
+        10,
+    ),
+}
+
+
+def dtm_recipe_rollouts(config) -> int:
+    """Completions one process samples in a DTM recipe: each fixed-h stage rebuilds the
+    buffer (P x G) and refreshes R prompts every k updates before its last."""
+    stages = math.ceil(config.dtm.a_end / config.dtm.h)
+    tc = config.train
+    refreshes = (config.dtm.steps_per_h - 1) // tc.refresh_every
+    per_stage = (tc.buffer_prompts + refreshes * tc.refresh_prompts) * tc.num_generations
+    return stages * per_stage
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_BASELINES))
+def test_baseline_recipes_carry_the_published_values_in_dtms_protocol(name: str) -> None:
+    options, train, temperature, four_bit, per_update = PUBLISHED_BASELINES[name]
+    config = build_config(LLADA_RECIPES / f"{name}.yaml")
+    objective = make_objective(config, MASK)
+    assert objective.name == name.rsplit("_", 1)[0].replace("_", "-")
+    for key, value in options.items():
+        assert getattr(objective.options, key) == value, key
+    for key, value in train.items():
+        assert getattr(config.train, key) == value, key
+    tc = config.train
+    assert config.sampler.temperature == temperature
+    assert config.model.load_in_4bit is four_bit and config.model.dtype == "bfloat16"
+    assert config.lora is not None and (config.lora.r, config.lora.alpha) == (128, 64.0)
+    assert config.lora.dropout == 0.05 and len(config.lora.target_modules) == 7
+    assert tc.micro_batch == "prompts" and tc.adam_betas == (0.9, 0.99)
+    assert tc.prompts_per_batch * tc.num_generations * tc.gradient_accumulation_steps == per_update
+    # one batch of rollouts per stage, every completion of it in each update
+    assert tc.buffer_prompts == tc.prompts_per_batch * tc.gradient_accumulation_steps
+    assert tc.refresh_prompts == 0 and tc.final_learning_rate == tc.learning_rate
+    # DTM's protocol: its recipe's task, sampler, evaluation, prompts and rollout budget
+    dtm = build_config(LLADA_RECIPES / f"{config.task}.yaml")
+    assert config.task_options == dtm.task_options
+    sampler, dtm_sampler = config.sampler.model_dump(), dtm.sampler.model_dump()
+    sampler.pop("temperature"), dtm_sampler.pop("temperature")
+    assert sampler == dtm_sampler
+    assert config.eval == dtm.eval and tc.train_examples == dtm.train.train_examples
+    assert objective.options.max_rollouts == 8 * dtm_recipe_rollouts(dtm)
