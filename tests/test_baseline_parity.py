@@ -403,3 +403,38 @@ def test_leave_one_out_is_the_authors_baseline() -> None:
     )
     with pytest.raises(ValueError, match="at least 2 completions per prompt"):
         leave_one_out_advantages(rewards[:, :1])
+
+
+# ----- benchmarks/baseline_parity.py: the authors' own code, from checkouts the user names -----
+
+
+def test_reference_runner_imports_under_inert_stand_ins(tmp_path, capsys) -> None:
+    """The runner imports the authors' modules with inert ``trl`` / ``wandb`` names and puts
+    the real modules back; without a checkout it says what to pass."""
+    import sys
+
+    from conftest import load_benchmark
+
+    runner = load_benchmark("baseline_parity", "tiltmatch_baseline_parity")
+    module = tmp_path / "their_trainer.py"
+    module.write_text(
+        "import wandb\n"
+        "from trl.trainer.grpo_trainer import GRPOTrainer, nanmax\n"
+        "from trl.extras.profiling import profiling_decorator\n"
+        "class Theirs(GRPOTrainer):\n"
+        "    @profiling_decorator\n"
+        "    def top(self, t):\n"
+        "        return nanmax(t)\n"
+    )
+    before = sys.modules.get("trl")
+    loaded = runner.load_reference(module, "their_trainer")
+    assert sys.modules.get("trl") is before
+    nan = float("nan")
+    assert float(loaded.Theirs().top(torch.tensor([1.0, nan, 3.0]))) == 3.0
+    with pytest.raises(SystemExit) as no_checkout:
+        runner.main([])
+    assert no_checkout.value.code == 2
+    with pytest.raises(SystemExit) as missing:
+        runner.main(["--spg", str(tmp_path)])
+    assert missing.value.code == 2
+    assert "--spg: no reference module at" in capsys.readouterr().err
