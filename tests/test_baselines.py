@@ -718,3 +718,21 @@ def test_baseline_recipes_carry_the_published_values_in_dtms_protocol(name: str)
     assert sampler == dtm_sampler
     assert config.eval == dtm.eval and tc.train_examples == dtm.train.train_examples
     assert objective.options.max_rollouts == 8 * dtm_recipe_rollouts(dtm)
+
+
+@pytest.mark.parametrize(
+    ("trainer_name", "method"),
+    [("SPGTrainer", "spg"), ("ESPOTrainer", "espo"), ("CoupledGRPOTrainer", "coupled-grpo")],
+)
+def test_trl_style_trainers_of_the_new_baselines(trainer_name: str, method: str, tmp_path) -> None:
+    from test_api import letters_of_word, tiny_args, word_rows
+
+    import tiltmatch
+
+    trainer_class = getattr(tiltmatch, trainer_name)  # exported like DTMTrainer
+    args = tiny_args(tmp_path / "r", max_stages=2, method_options={"num_iterations": 1})
+    trainer = trainer_class(reward_funcs=letters_of_word, train_dataset=word_rows(), args=args)
+    assert trainer.config.method == method
+    assert trainer.config.method_options == {"num_iterations": 1}
+    out = trainer.train()
+    assert len(out.history) == 2 and all(math.isfinite(r["loss"]) for r in out.history)
