@@ -107,6 +107,8 @@ def test_recipe_matches_the_published_table(name: str) -> None:
 def test_every_llada_recipe_draws_single_completions() -> None:
     for path in sorted(RECIPES.glob("*.yaml")):
         config = build_config(path)
+        if config.method != "dtm":  # a baseline's advantages need whole groups
+            continue
         assert config.train.micro_batch == "completions", path.name
         assert config.train.per_device_train_batch_size is not None, path.name
 

@@ -517,11 +517,32 @@ class RejectionTrainer(DTMTrainer):
     method = "rejection"
 
 
+class SPGTrainer(DTMTrainer):
+    """SPG (sandwiched policy gradient) with the same data, rewards and machinery."""
+
+    method = "spg"
+
+
+class ESPOTrainer(DTMTrainer):
+    """ESPO (ELBO-based sequence-level policy optimisation) with the same machinery."""
+
+    method = "espo"
+
+
+class CoupledGRPOTrainer(DTMTrainer):
+    """coupled-GRPO (DiffuCoder) with the same data, rewards and machinery."""
+
+    method = "coupled-grpo"
+
+
 __all__ = [
+    "CoupledGRPOTrainer",
     "DTMConfig",
     "DTMTrainer",
     "DiffuGRPOTrainer",
+    "ESPOTrainer",
     "RejectionTrainer",
+    "SPGTrainer",
     "TrainOutput",
     "WD1Trainer",
 ]
