@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from tiltmatch.models.dtypes import DTypeName
+from tiltmatch.models.registry import DEFAULT_FAMILY, check_family_name
 from tiltmatch.sampling.config import SamplingConfig
 from tiltmatch.training.methods import check_method_name
 
@@ -63,10 +64,10 @@ class ModelConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
-    family: Literal["llada", "dream", "block_diffusion"] = Field(
-        "llada",
+    family: str = Field(
+        DEFAULT_FAMILY,
         description="architecture of a tiny model built from these sizes (a base folder's "
-        "family is read from its files): tiltmatch.models.family",
+        "family is read from its files): a name in tiltmatch.models.registry.FAMILIES",
     )
     block_size: int = Field(4, ge=1, description="block size of a tiny block diffusion model")
     # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by
@@ -80,6 +81,11 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward (non-reentrant) to save memory"
     )
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, name: str) -> str:
+        return check_family_name(name)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:

@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.models.family import BLOCK_DIFFUSION, block_causal_mask
+from tiltmatch.models.family import block_causal_mask
 from tiltmatch.sampling.sampler import (
     FAMILY_DECODERS,
     SampleOutput,
@@ -333,4 +333,6 @@ def block_family_generate(
     )
 
 
-FAMILY_DECODERS[BLOCK_DIFFUSION] = block_family_generate
+# The block diffusion family's spec names them (models/block_diffusion.py: FAMILY.decoders).
+FAMILY_DECODERS["block"] = block_family_generate
+FAMILY_DECODERS["block+parallel"] = block_family_generate

@@ -33,6 +33,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.registry import family_spec
 from tiltmatch.sampling.config import Remasking, SamplingConfig
 
 __all__ = [
@@ -57,8 +58,9 @@ class SampleOutput:
     visited: torch.Tensor | None = None
 
 
-#: decoders of the model families that cannot take the common sampler, by family name
-#: (``tiltmatch.sampling.families`` registers them; the package imports it)
+#: decoders of the model families that cannot take the common sampler, by decoder name
+#: (a family's spec names them: ``FamilySpec.decoders``; ``tiltmatch.sampling.families``
+#: registers them and the package imports it)
 FAMILY_DECODERS: dict[str, Callable[..., SampleOutput]] = {}
 
 
@@ -129,11 +131,12 @@ def generate(
     its own decoding (block diffusion) is handed to its decoder in
     :data:`FAMILY_DECODERS` (registered by :mod:`tiltmatch.sampling.families`).
     """
-    family = denoiser.family
-    if family.block_size is not None or family.name in FAMILY_DECODERS:
-        decode = FAMILY_DECODERS.get(family.name)
+    decoders = family_spec(denoiser.family.name).decoders
+    if decoders:
+        name = decoders.get(config.mode) or next(iter(decoders.values()))
+        decode = FAMILY_DECODERS.get(name)
         if decode is None:  # never silently decode a block model by the common order
-            raise RuntimeError(f"no decoder registered for model family {family.name!r}")
+            raise RuntimeError(f"no decoder {name!r} registered for {denoiser.family.name!r}")
         return decode(
             denoiser,
             prompts,
