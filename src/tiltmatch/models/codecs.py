@@ -140,7 +140,8 @@ class ChatCodec:
         ``mask_token``, ``end_of_turn_token``: the token strings the special ids are read
         by (:func:`~tiltmatch.models.special_ids.read_special_ids`; LLaDA's by default).
         """
-        from tiltmatch.models.released import CONFIG_FILE, load_tokenizer, read_json, resolve_folder
+        from tiltmatch.models.folders import CONFIG_FILE, read_json
+        from tiltmatch.models.released import load_tokenizer, resolve_folder
         from tiltmatch.models.special_ids import read_special_ids
 
         folder = resolve_folder(path)

@@ -204,6 +204,7 @@ class MaskedDenoiser(nn.Module):
         canvas: torch.Tensor,
         cache: Cache | None = None,
         logits_at: torch.Tensor | None = None,
+        columns: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, L, V]`` on the canvas ``z`` ``[B, L]`` that follows each prompt.
 
@@ -214,12 +215,56 @@ class MaskedDenoiser(nn.Module):
         reads, METHOD.md section 1). The model call goes through ``self(...)``, so a
         subclass that routes its forward differently (a LoRA adapter view) is honoured.
         ``cache``, ``logits_at``: the sampler's hooks of :meth:`forward`.
+
+        ``columns``: ``(start, stop)``, run only these canvas columns (``start < 0`` takes
+        in the prompt's last ``-start`` columns too) against ``cache``, which holds the keys
+        and values of the other columns they attend to, either every column before the
+        window (a prefix: a block-causal model's finished blocks, the prefix cache) or every
+        column outside it (the dual cache: prefix, then the canvas after the window). The
+        logits are the window's (``logits_at``: ``[B, stop - start]``); the forward appends
+        the window to the cache.
         """
         ids = torch.cat([prompt_ids, canvas], dim=1)
         mask = torch.cat([prompt_mask, torch.ones_like(canvas)], dim=1)
+        if columns is not None:
+            return self._window_logits(ids, mask, prompt_ids.shape[1], columns, cache, logits_at)
         if cache is None and logits_at is None:  # a subclass may take the three arguments only
             return self(ids, mask, canvas.shape[1])
         return self(ids, mask, canvas.shape[1], cache=cache, logits_at=logits_at)
+
+    def _window_logits(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        width: int,
+        columns: tuple[int, int],
+        cache: Cache | None,
+        logits_at: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`response_logits` of the joined columns ``[width + start, width + stop)``."""
+        start, stop = width + columns[0], width + columns[1]
+        if cache is None or not 0 <= start < stop <= ids.shape[1]:
+            raise ValueError(f"a window {columns} of canvas columns needs a cache of the others")
+        held, outside = cache.get_seq_length(), ids.shape[1] - (stop - start)
+        if held == start:  # the prefix: the columns before the window, in order
+            attention = mask[:, :stop]
+        elif held == outside and self.family.block_size is None:
+            # Every column outside the window, cached in that order (bidirectional only).
+            attention = torch.cat([mask[:, :start], mask[:, stop:], mask[:, start:stop]], 1)
+        else:
+            raise ValueError(
+                f"the cache holds {held} columns: neither the {start} before the window "
+                f"{columns} nor (bidirectional models only) the {outside} outside it"
+            )
+        positions = self.position_ids(mask)[:, start:stop]
+        return self(
+            ids[:, start:stop],
+            attention,
+            stop - start,
+            cache=cache,
+            position_ids=positions,
+            logits_at=logits_at,
+        )
 
     def session(self) -> AbstractContextManager[None]:
         """A context around many consecutive forwards of this denoiser alone (sampling).

@@ -51,11 +51,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from tiltmatch.models.codecs import ChatCodec
 from tiltmatch.models.denoiser import ModelLoadError, TinyModelSpec, tiny_config_kwargs
 from tiltmatch.models.dtypes import DTYPE_NAMES, torch_dtype
+from tiltmatch.models.folders import CONFIG_FILE, read_json
 from tiltmatch.models.registry import FamilySpec
 from tiltmatch.models.released import (
-    CONFIG_FILE,
     load_tokenizer,
-    read_json,
     rename_all,
     resolve_folder,
     stream_weights,

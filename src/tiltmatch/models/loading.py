@@ -9,7 +9,6 @@ A checkpoint folder's family is decided once, from its ``config.json``
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -25,32 +24,24 @@ from tiltmatch.models.denoiser import (
     tiny_denoiser,
 )
 from tiltmatch.models.dtypes import torch_dtype
+from tiltmatch.models.folders import (
+    SHIPPED_PREFIX,
+    folder_family,
+    resolve_model_path,
+    shipped_model_dir,
+)
 from tiltmatch.models.registry import checkpoint_family, family_spec
-from tiltmatch.models.released import CONFIG_FILE, read_json
 from tiltmatch.tasks.base import Task
 
-SHIPPED_PREFIX = "shipped:"
-
-
-def shipped_model_dir(name: str) -> Path:
-    """Folder of a base model shipped inside the package (``assets/<name>-base``)."""
-    return Path(str(resources.files("tiltmatch") / "assets" / f"{name}-base"))
-
-
-def resolve_model_path(base: str) -> Path:
-    """``shipped:NAME`` -> the packaged folder; anything else is a path that must exist."""
-    if base.startswith(SHIPPED_PREFIX):
-        path = shipped_model_dir(base[len(SHIPPED_PREFIX) :])
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no shipped base model {base!r} (looked in {path}); build one with "
-                f"'tiltmatch pretrain --task {base[len(SHIPPED_PREFIX) :]} --out DIR'"
-            )
-        return path
-    path = Path(base).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder not found: {path}")
-    return path
+__all__ = [
+    "SHIPPED_PREFIX",
+    "checkpoint_family",
+    "folder_family",
+    "load_model_and_codec",
+    "load_model_folder",
+    "resolve_model_path",
+    "shipped_model_dir",
+]
 
 
 def load_model_and_codec(
@@ -90,12 +81,6 @@ def load_model_and_codec(
             path, mask_token=family.mask_token, end_of_turn_token=family.end_of_turn_token
         )
     return load_model_folder(path, task, dtype=torch_dtype(config.dtype))
-
-
-def folder_family(path: Path) -> str:
-    """The registered family of a model folder, from its ``config.json`` alone (no weights
-    read): a released, converted or saved model's (a saved denoiser records its own)."""
-    return checkpoint_family(read_json(path / CONFIG_FILE))
 
 
 def load_model_folder(

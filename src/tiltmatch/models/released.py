@@ -12,7 +12,6 @@ settings their ``config.json`` maps (:func:`native_config_kwargs`).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -22,9 +21,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from tiltmatch.models.folders import CONFIG_FILE, read_json
 from tiltmatch.models.registry import FAMILY_KEY
 
-CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -32,19 +31,6 @@ GENERATION_CONFIG_FILE = "generation_config.json"
 #: remote tokenizer classes that are renamed copies of a transformers class (Dream's
 #: ``tokenization_dream.DreamTokenizer`` is Qwen2's tokenizer under another name)
 NATIVE_TOKENIZER_ALIASES = {"DreamTokenizer": "Qwen2Tokenizer"}
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; a missing, unreadable or non-object file names itself."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing file: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
-    return data
 
 
 def resolve_folder(path: str | Path) -> Path:

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tiltmatch.models.released import CONFIG_FILE, GENERATION_CONFIG_FILE, load_tokenizer, read_json
+from tiltmatch.models.folders import CONFIG_FILE, read_json
+from tiltmatch.models.released import GENERATION_CONFIG_FILE, load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
