@@ -121,7 +121,9 @@ def dream_generate(
             t, s = times[i], times[i + 1]
             last = i == steps - 1
             if algorithm == "origin":
-                u = torch.rand(response.shape, generator=generator, dtype=torch.float64)
+                u = torch.rand(
+                    response.shape, generator=generator, dtype=torch.float64, device=response.device
+                )
                 commit = open_ & ((u < float(1 - s / t)) | last)
                 response[commit] = tokens[commit]
                 continue
@@ -135,7 +137,12 @@ def dream_generate(
             if alg_temp:
                 # Positions drawn without replacement from softmax(confidence / alg_temp):
                 # Gumbel-top-k, in float64.
-                u = torch.rand(confidence.shape, generator=generator, dtype=torch.float64)
+                u = torch.rand(
+                    confidence.shape,
+                    generator=generator,
+                    dtype=torch.float64,
+                    device=confidence.device,
+                )
                 gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
                 confidence = torch.where(open_, confidence / alg_temp + gumbel, confidence)
             commit = commit_positions(confidence, count)
@@ -314,7 +321,9 @@ class BlockSampler(SamplerStrategy):
         if decoding.remasking == "low_confidence":
             score = probs.gather(-1, tokens[..., None]).squeeze(-1)
         elif decoding.remasking == "random":
-            score = torch.rand(open_.shape, generator=job.generator, dtype=torch.float64)
+            score = torch.rand(
+                open_.shape, generator=job.generator, dtype=torch.float64, device=open_.device
+            )
         else:
             raise ValueError(f"unknown remasking {decoding.remasking!r}")
         score = torch.where(open_, score, torch.full_like(score, -torch.inf))
