@@ -18,10 +18,10 @@ import torch
 from conftest import needs_shared_data
 from family_fixture import reference_logits, write_tiny_dream, write_tiny_sdar
 
+from tiltmatch.models.block_diffusion import NAME as BLOCK_DIFFUSION
 from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.dream import NAME as DREAM
 from tiltmatch.models.family import (
-    BLOCK_DIFFUSION,
-    DREAM,
     block_causal_mask,
     decoder_layer_classes,
     family_of,

@@ -24,7 +24,10 @@ from pydantic import (
 
 from tiltmatch.dtm.options import Baseline
 from tiltmatch.models.dtypes import DTypeName
+from tiltmatch.models.folders import base_family
+from tiltmatch.models.registry import DEFAULT_FAMILY, check_family_name
 from tiltmatch.sampling.config import SamplingConfig
+from tiltmatch.sampling.registry import strategy_for
 from tiltmatch.training.methods import check_method_name
 
 Tracker = Literal["tensorboard", "wandb", "trackio", "none", "all"]
@@ -64,10 +67,10 @@ class ModelConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
-    family: Literal["llada", "dream", "block_diffusion"] = Field(
-        "llada",
+    family: str = Field(
+        DEFAULT_FAMILY,
         description="architecture of a tiny model built from these sizes (a base folder's "
-        "family is read from its files): tiltmatch.models.family",
+        "family is read from its files): a name in tiltmatch.models.registry.FAMILIES",
     )
     block_size: int = Field(4, ge=1, description="block size of a tiny block diffusion model")
     # Large-model settings (LLaDA-8B; METHOD.md section 6 recipes), read by
@@ -81,6 +84,11 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward (non-reentrant) to save memory"
     )
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, name: str) -> str:
+        return check_family_name(name)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -321,6 +329,26 @@ class RunConfig(_Strict):
             raise ValueError("dtm.ema_student needs dtm.teacher_update=ema")
         return self
 
+    @model_validator(mode="after")
+    def _samplers_decode_the_model(self) -> RunConfig:
+        # A (family, sampler mode, setting) combination the model cannot honour is refused
+        # here, naming it (tiltmatch.sampling.registry.strategy_for). A base folder's family
+        # is read from its config.json when the folder is there; otherwise generate refuses
+        # the same combinations before its first forward.
+        family = self.model.family if self.model.base is None else base_family(self.model.base)
+        if family is None:
+            return self
+        rollouts = strategy_for(family, self.sampler, "sampler.mode", "sampler.")
+        if self.eval.sampler is not None:
+            strategy_for(family, self.eval.sampler, "eval.sampler.mode", "eval.sampler.")
+        if self.method == "dtm" and self.dtm.states == "trajectory" and not rollouts.fixed_steps:
+            raise ValueError(
+                f"dtm.states=trajectory records the sampler's canvases, which needs a fixed "
+                f"number of steps; sampler.mode={self.sampler.mode!r} decides it from the "
+                "confidences"
+            )
+        return self
+
     def to_yaml(self) -> str:
         """The resolved configuration as YAML."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -330,9 +358,11 @@ def describe_validation_error(err: ValidationError, unknown: str = "unknown fiel
     """One line per problem, naming the field: ``  dtm.hh: unknown field``."""
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  {where}: {unknown}")
+        elif not where:  # a check across sections: its message names the fields itself
+            lines.append("  " + str(e["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
     return lines

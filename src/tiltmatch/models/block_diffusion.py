@@ -15,6 +15,10 @@ position ``i`` is read from its own hidden state. No remote code is run.
 Special ids come from the files: the mask ``<|MASK|>`` (151669 in the releases)
 from ``config.json`` or the tokenizer, EOS / pad from the configs and tokenizer,
 end of turn ``<|im_end|>``; the block size from ``config.json``'s ``block_size``.
+
+Such a model can only be decoded block by block: :data:`FAMILY` names its own decoders
+for the sampler modes it honours (``exact`` and ``parallel``: the block decoder of
+:mod:`tiltmatch.sampling.block`) and every other mode is refused.
 """
 
 from __future__ import annotations
@@ -26,35 +30,16 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
-from tiltmatch.models.family import BLOCK_DIFFUSION, BLOCK_SIZE_KEY, FAMILY_KEY
-from tiltmatch.models.llada import (
-    LLaDACodec,
-    LLaDASpecialIds,
-    load_native_checkpoint,
-    read_special_ids,
-)
+from tiltmatch.models.codecs import ChatCodec
+from tiltmatch.models.denoiser import TinyModelSpec, tiny_config_kwargs
+from tiltmatch.models.registry import BLOCK_SIZE_KEY, FamilySpec
+from tiltmatch.models.released import QWEN_REQUIRED, load_native_checkpoint, native_config_kwargs
+from tiltmatch.models.special_ids import SpecialIds, read_special_ids
 
+NAME = "block_diffusion"
 MASK_TOKEN = "<|MASK|>"
 END_OF_TURN_TOKEN = "<|im_end|>"
 MODEL_TYPES = ("sdar",)
-
-_REQUIRED = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "block_size",
-)
-
-
-def is_block_diffusion_config(cfg: Mapping[str, Any]) -> bool:
-    """Whether a ``config.json`` dict is SDAR's format (or a converted block diffusion model)."""
-    return (
-        cfg.get("model_type") in MODEL_TYPES
-        or "SDARForCausalLM" in (cfg.get("architectures") or [])
-        or cfg.get(FAMILY_KEY) == BLOCK_DIFFUSION
-    )
 
 
 def sdar_config_to_qwen3(cfg: Mapping[str, Any]) -> Qwen3Config:
@@ -66,62 +51,28 @@ def sdar_config_to_qwen3(cfg: Mapping[str, Any]) -> Qwen3Config:
     cfg = dict(cfg)
     if BLOCK_SIZE_KEY in cfg and "block_size" not in cfg:
         cfg["block_size"] = cfg[BLOCK_SIZE_KEY]
-    for key in _REQUIRED:
-        if cfg.get(key) is None:
-            raise ValueError(f"SDAR config has no {key!r}: it is required to build the model")
     if "num_experts" in cfg or "moe_intermediate_size" in cfg:
         raise ValueError("SDAR mixture-of-experts checkpoints are not supported (dense only)")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"SDAR config hidden_act {cfg['hidden_act']!r} is not supported (silu)")
-    if cfg.get("rope_scaling"):
-        raise ValueError(f"SDAR config rope_scaling {cfg['rope_scaling']!r} is not supported")
-    if cfg.get("use_sliding_window"):
-        raise ValueError("SDAR config use_sliding_window=true is not supported")
+    kwargs = native_config_kwargs(cfg, "SDAR", NAME, (*QWEN_REQUIRED, "block_size"))
     if cfg.get("attention_bias"):
         raise ValueError("SDAR config attention_bias=true is not supported")
     block = int(cfg["block_size"])
     if block < 1:
         raise ValueError(f"SDAR config block_size {block} must be >= 1")
-    rope = cfg.get("rope_parameters") or {
-        "rope_type": "default",
-        "rope_theta": float(cfg.get("rope_theta", 1_000_000.0)),
-    }
-    heads = int(cfg["num_attention_heads"])
-    # is_causal=False: transformers adds no causal mask of its own; the block-causal
-    # mask is built by the adapter from the positions (tiltmatch.models.family).
-    extras: dict[str, Any] = {
-        "is_causal": False,
-        FAMILY_KEY: BLOCK_DIFFUSION,
-        BLOCK_SIZE_KEY: block,
-        "mask_token_id": cfg.get("mask_token_id"),  # for the record; see read_special_ids
-    }
+    # is_causal=False (in kwargs): transformers adds no causal mask of its own; the
+    # block-causal mask is built by the adapter from the positions (tiltmatch.models.family).
+    heads = kwargs["num_attention_heads"]
+    kwargs[BLOCK_SIZE_KEY] = block
     return Qwen3Config(
-        vocab_size=int(cfg["vocab_size"]),
-        hidden_size=int(cfg["hidden_size"]),
-        intermediate_size=int(cfg["intermediate_size"]),
-        num_hidden_layers=int(cfg["num_hidden_layers"]),
-        num_attention_heads=heads,
-        num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+        **kwargs,
         head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
-        hidden_act="silu",
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_parameters=rope,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=False,
-        attention_dropout=float(cfg.get("attention_dropout", 0.0)),
-        use_sliding_window=False,
-        use_cache=False,
-        pad_token_id=None,  # see tiltmatch.models.dream: pad = EOS is a response token
-        bos_token_id=cfg.get("bos_token_id"),
-        eos_token_id=cfg.get("eos_token_id"),
-        **extras,
     )
 
 
 def read_block_special_ids(
     folder: Path, tokenizer: PreTrainedTokenizerBase | None = None
-) -> LLaDASpecialIds:
+) -> SpecialIds:
     """SDAR's mask / EOS / pad / end-of-turn ids, read from its files."""
     return read_special_ids(
         folder, tokenizer, mask_token=MASK_TOKEN, end_of_turn_token=END_OF_TURN_TOKEN
@@ -133,11 +84,11 @@ def load_block_diffusion(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
-) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerBase, LLaDASpecialIds]:
+) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerBase, SpecialIds]:
     """An SDAR / TraDo checkpoint folder as ``(Qwen3ForCausalLM, tokenizer, special ids)``."""
     model, tokenizer, folder = load_native_checkpoint(
         path,
-        is_block_diffusion_config,
+        FAMILY.recognises,
         sdar_config_to_qwen3,
         Qwen3ForCausalLM,
         "an SDAR (block diffusion)",
@@ -149,8 +100,39 @@ def load_block_diffusion(
     return model, tokenizer, read_block_special_ids(folder, tokenizer)
 
 
-def block_codec(
-    tokenizer: PreTrainedTokenizerBase, ids: LLaDASpecialIds, vocab_size: int
-) -> LLaDACodec:
-    """The prompt codec of an SDAR tokenizer (chat template; stops at EOS / ``<|im_end|>``)."""
-    return LLaDACodec(tokenizer, ids, vocab_size)
+def load_block_diffusion_folder(
+    path: Path, dtype: torch.dtype = torch.float32
+) -> tuple[Qwen3ForCausalLM, ChatCodec]:
+    """An SDAR / TraDo folder as model and prompt codec (``FAMILY.load``)."""
+    sdar, tokenizer, ids = load_block_diffusion(path, dtype=dtype)
+    return sdar, ChatCodec(tokenizer, ids, sdar.config.vocab_size)
+
+
+def tiny_block_diffusion_config(vocab_size: int, spec: TinyModelSpec) -> Qwen3Config:
+    """A tiny block diffusion model: a ``Qwen3Config`` (q/k norms) with blocks of
+    ``spec.block_size`` (``FAMILY.tiny_config``)."""
+    extras: dict[str, Any] = {"is_causal": False, BLOCK_SIZE_KEY: spec.block_size}
+    return Qwen3Config(
+        **tiny_config_kwargs(vocab_size, spec),
+        **extras,
+        use_sliding_window=False,
+        attention_bias=False,
+        pad_token_id=None,
+    )
+
+
+#: Block diffusion in the family registry: Qwen3 with a block-causal mask, its own decoder
+FAMILY = FamilySpec(
+    name=NAME,
+    label="block diffusion (SDAR / TraDo)",
+    architecture="qwen3",
+    model_class=Qwen3ForCausalLM,
+    load=load_block_diffusion_folder,
+    tiny_config=tiny_block_diffusion_config,
+    block_causal=True,
+    model_types=MODEL_TYPES,
+    architectures=("SDARForCausalLM",),
+    mask_token=MASK_TOKEN,
+    end_of_turn_token=END_OF_TURN_TOKEN,
+    decoders={"exact": "block", "parallel": "block+parallel"},
+)

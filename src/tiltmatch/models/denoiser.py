@@ -7,7 +7,8 @@ attention: a ``LlamaForCausalLM`` whose config says ``is_causal=False`` has
 exactly LLaDA's architecture, whether tiny (built from a config for CPU work)
 or LLaDA-8B itself; Dream is such a ``Qwen2ForCausalLM``, block diffusion (SDAR)
 such a ``Qwen3ForCausalLM`` with a block-causal mask. What differs between the
-families is one hook read from the config (:mod:`tiltmatch.models.family`).
+families is one hook read from the config (:mod:`tiltmatch.models.family`), declared
+by each family's spec in :mod:`tiltmatch.models.registry`.
 
 Batch layout used throughout the package: each row is a **left-padded prompt
 followed by a response of fixed length L**, so the response occupies the last L
@@ -28,27 +29,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    Cache,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, Cache, LlamaForCausalLM, PreTrainedModel
 
-from tiltmatch.models.family import (
-    BLOCK_DIFFUSION,
-    BLOCK_SIZE_KEY,
-    DREAM,
-    FAMILY_KEY,
-    LLADA,
-    family_of,
-)
+from tiltmatch.models.family import family_of
+from tiltmatch.models.registry import DEFAULT_FAMILY, FAMILY_KEY, family_spec
 
 # transformers renamed the forward's ``past_key_values`` to ``cache`` during 5.x.
 CACHE_ARGUMENT = (
@@ -60,33 +44,22 @@ CACHE_ARGUMENT = (
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Size of a tiny bidirectional Llama for CPU work."""
+    """Size of a tiny bidirectional denoiser for CPU work, and its family's architecture."""
 
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
     max_positions: int = 256
-    #: the model family (tiltmatch.models.family): "llada", "dream" or "block_diffusion"
-    family: str = LLADA
-    #: block size of a block diffusion model
+    #: the model family: a name in tiltmatch.models.registry.FAMILIES
+    family: str = DEFAULT_FAMILY
+    #: block size of a block-causal family's model
     block_size: int = 4
 
 
-def tiny_denoiser(
-    vocab_size: int, spec: TinyModelSpec | None = None, seed: int = 0
-) -> PreTrainedModel:
-    """A freshly initialised tiny denoiser of ``spec.family``'s architecture.
-
-    LLaDA: a bidirectional ``LlamaForCausalLM``; Dream: a bidirectional
-    ``Qwen2ForCausalLM`` (q/k/v biases, shifted logits); block diffusion: a
-    ``Qwen3ForCausalLM`` (q/k norms) with block-causal attention.
-    """
-    spec = spec or TinyModelSpec()
-    # ``is_causal`` is not a declared config field (mypy), but transformers' masking
-    # reads it from the config: passed through ``**`` as an extra attribute.
-    extras: dict[str, Any] = {"is_causal": False}
-    common: dict[str, Any] = dict(
+def tiny_config_kwargs(vocab_size: int, spec: TinyModelSpec) -> dict[str, Any]:
+    """The config arguments every family's tiny model shares (Llama, Qwen2 and Qwen3 alike)."""
+    return dict(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -98,25 +71,29 @@ def tiny_denoiser(
         tie_word_embeddings=False,
         rms_norm_eps=1e-5,
     )
-    config: LlamaConfig | Qwen2Config | Qwen3Config
-    if spec.family == LLADA:  # LLaDA's architecture: a Llama without the causal mask
-        config = LlamaConfig(**common, **extras, attention_bias=False, mlp_bias=False)
-    elif spec.family == DREAM:
-        extras[FAMILY_KEY] = DREAM
-        config = Qwen2Config(**common, **extras, use_sliding_window=False, pad_token_id=None)
-    elif spec.family == BLOCK_DIFFUSION:
-        extras |= {FAMILY_KEY: BLOCK_DIFFUSION, BLOCK_SIZE_KEY: spec.block_size}
-        config = Qwen3Config(
-            **common, **extras, use_sliding_window=False, attention_bias=False, pad_token_id=None
-        )
-    else:
-        raise ValueError(f"unknown model family {spec.family!r}")
-    model_class = {LLADA: LlamaForCausalLM, DREAM: Qwen2ForCausalLM}.get(
-        spec.family, Qwen3ForCausalLM
-    )
+
+
+def tiny_denoiser(
+    vocab_size: int, spec: TinyModelSpec | None = None, seed: int = 0
+) -> PreTrainedModel:
+    """A freshly initialised tiny denoiser of ``spec.family``'s architecture.
+
+    The family's registry spec builds the config (``tiny_config``: LLaDA a bidirectional
+    Llama, Dream a bidirectional Qwen2 with shifted logits, block diffusion a block-causal
+    Qwen3) and names the transformers class; the config records the family (``dllm_family``)
+    unless it is the default one, so a saved model keeps it.
+    """
+    spec = spec or TinyModelSpec()
+    family = family_spec(spec.family)
+    config = family.tiny_config(vocab_size, spec)
+    if family.name != DEFAULT_FAMILY:
+        setattr(config, FAMILY_KEY, family.name)
+    if getattr(config, "is_causal", True):
+        raise ValueError(f"family {family.name!r}'s tiny config must set is_causal=False")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_class(config)
+        model = family.model_class(config)
+    assert isinstance(model, PreTrainedModel)
     return model
 
 
@@ -227,6 +204,7 @@ class MaskedDenoiser(nn.Module):
         canvas: torch.Tensor,
         cache: Cache | None = None,
         logits_at: torch.Tensor | None = None,
+        columns: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, L, V]`` on the canvas ``z`` ``[B, L]`` that follows each prompt.
 
@@ -237,12 +215,56 @@ class MaskedDenoiser(nn.Module):
         reads, METHOD.md section 1). The model call goes through ``self(...)``, so a
         subclass that routes its forward differently (a LoRA adapter view) is honoured.
         ``cache``, ``logits_at``: the sampler's hooks of :meth:`forward`.
+
+        ``columns``: ``(start, stop)``, run only these canvas columns (``start < 0`` takes
+        in the prompt's last ``-start`` columns too) against ``cache``, which holds the keys
+        and values of the other columns they attend to, either every column before the
+        window (a prefix: a block-causal model's finished blocks, the prefix cache) or every
+        column outside it (the dual cache: prefix, then the canvas after the window). The
+        logits are the window's (``logits_at``: ``[B, stop - start]``); the forward appends
+        the window to the cache.
         """
         ids = torch.cat([prompt_ids, canvas], dim=1)
         mask = torch.cat([prompt_mask, torch.ones_like(canvas)], dim=1)
+        if columns is not None:
+            return self._window_logits(ids, mask, prompt_ids.shape[1], columns, cache, logits_at)
         if cache is None and logits_at is None:  # a subclass may take the three arguments only
             return self(ids, mask, canvas.shape[1])
         return self(ids, mask, canvas.shape[1], cache=cache, logits_at=logits_at)
+
+    def _window_logits(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        width: int,
+        columns: tuple[int, int],
+        cache: Cache | None,
+        logits_at: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`response_logits` of the joined columns ``[width + start, width + stop)``."""
+        start, stop = width + columns[0], width + columns[1]
+        if cache is None or not 0 <= start < stop <= ids.shape[1]:
+            raise ValueError(f"a window {columns} of canvas columns needs a cache of the others")
+        held, outside = cache.get_seq_length(), ids.shape[1] - (stop - start)
+        if held == start:  # the prefix: the columns before the window, in order
+            attention = mask[:, :stop]
+        elif held == outside and self.family.block_size is None:
+            # Every column outside the window, cached in that order (bidirectional only).
+            attention = torch.cat([mask[:, :start], mask[:, stop:], mask[:, start:stop]], 1)
+        else:
+            raise ValueError(
+                f"the cache holds {held} columns: neither the {start} before the window "
+                f"{columns} nor (bidirectional models only) the {outside} outside it"
+            )
+        positions = self.position_ids(mask)[:, start:stop]
+        return self(
+            ids[:, start:stop],
+            attention,
+            stop - start,
+            cache=cache,
+            position_ids=positions,
+            logits_at=logits_at,
+        )
 
     def session(self) -> AbstractContextManager[None]:
         """A context around many consecutive forwards of this denoiser alone (sampling).

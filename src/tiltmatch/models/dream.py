@@ -13,7 +13,9 @@ autoregressive head, so the distribution of position ``i`` comes from the hidden
 state at ``i - 1`` (its generate does ``cat([logits[:, :1], logits[:, :-1]])``).
 The config records this as ``dllm_family = "dream"``, and
 :class:`~tiltmatch.models.denoiser.MaskedDenoiser` applies the shift
-(:mod:`tiltmatch.models.family`).
+(:mod:`tiltmatch.models.family`, from :data:`FAMILY`'s ``logit_shift``). The same shift
+is why the cached sampler modes are refused for it (``FAMILY.refuses``): a cached window
+would read its first column from a hidden state it does not recompute.
 
 Special ids are read from the files: the mask ``<|mask|>`` (151666 in the
 release) from ``config.json`` / ``generation_config.json`` or the tokenizer; EOS
@@ -29,88 +31,31 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
-from tiltmatch.models.family import DREAM, FAMILY_KEY
-from tiltmatch.models.llada import (
-    LLaDACodec,
-    LLaDASpecialIds,
-    load_native_checkpoint,
-    read_special_ids,
-)
+from tiltmatch.models.codecs import ChatCodec
+from tiltmatch.models.denoiser import TinyModelSpec, tiny_config_kwargs
+from tiltmatch.models.registry import FamilySpec
+from tiltmatch.models.released import load_native_checkpoint, native_config_kwargs
+from tiltmatch.models.special_ids import SpecialIds, read_special_ids
 
+NAME = "dream"
 MASK_TOKEN = "<|mask|>"
 END_OF_TURN_TOKEN = "<|im_end|>"
 MODEL_TYPES = ("Dream", "dream")
-
-_REQUIRED = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-)
-
-
-def is_dream_config(cfg: Mapping[str, Any]) -> bool:
-    """Whether a ``config.json`` dict is Dream's own format (or a converted Dream)."""
-    return (
-        cfg.get("model_type") in MODEL_TYPES
-        or "DreamModel" in (cfg.get("architectures") or [])
-        or cfg.get(FAMILY_KEY) == DREAM
-    )
 
 
 def dream_config_to_qwen2(cfg: Mapping[str, Any]) -> Qwen2Config:
     """The ``Qwen2Config`` (``is_causal=False``, ``dllm_family="dream"``) of a Dream config dict.
 
     Settings that would change the forward and that this mapping does not carry
-    (another activation, RoPE scaling, sliding-window attention) are refused by name.
+    (another activation, RoPE scaling, sliding-window attention) are refused by name
+    (:func:`~tiltmatch.models.released.native_config_kwargs`).
     """
-    for key in _REQUIRED:
-        if cfg.get(key) is None:
-            raise ValueError(f"Dream config has no {key!r}: it is required to build the model")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"Dream config hidden_act {cfg['hidden_act']!r} is not supported (silu)")
-    if cfg.get("rope_scaling"):
-        raise ValueError(f"Dream config rope_scaling {cfg['rope_scaling']!r} is not supported")
-    if cfg.get("use_sliding_window"):
-        raise ValueError("Dream config use_sliding_window=true is not supported")
-    rope = cfg.get("rope_parameters") or {
-        "rope_type": "default",
-        "rope_theta": float(cfg.get("rope_theta", 1_000_000.0)),
-    }
-    extras: dict[str, Any] = {
-        "is_causal": False,
-        FAMILY_KEY: DREAM,
-        "mask_token_id": cfg.get("mask_token_id"),  # for the record; see read_special_ids
-    }
-    heads = int(cfg["num_attention_heads"])
-    return Qwen2Config(
-        vocab_size=int(cfg["vocab_size"]),
-        hidden_size=int(cfg["hidden_size"]),
-        intermediate_size=int(cfg["intermediate_size"]),
-        num_hidden_layers=int(cfg["num_hidden_layers"]),
-        num_attention_heads=heads,
-        num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-        hidden_act="silu",
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_parameters=rope,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        attention_dropout=float(cfg.get("attention_dropout", 0.0)),
-        use_sliding_window=False,
-        use_cache=False,
-        # No pad id in the model config: it would become the embedding's padding_idx
-        # (Dream's pad is its EOS, which responses use).
-        pad_token_id=None,
-        bos_token_id=cfg.get("bos_token_id"),
-        eos_token_id=cfg.get("eos_token_id"),
-        **extras,
-    )
+    return Qwen2Config(**native_config_kwargs(cfg, "Dream", NAME))
 
 
 def read_dream_special_ids(
     folder: Path, tokenizer: PreTrainedTokenizerBase | None = None
-) -> LLaDASpecialIds:
+) -> SpecialIds:
     """Dream's mask / EOS / pad / end-of-turn ids, read from its files."""
     return read_special_ids(
         folder, tokenizer, mask_token=MASK_TOKEN, end_of_turn_token=END_OF_TURN_TOKEN
@@ -122,7 +67,7 @@ def load_dream(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
-) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase, LLaDASpecialIds]:
+) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerBase, SpecialIds]:
     """A Dream checkpoint folder as ``(Qwen2ForCausalLM, tokenizer, special ids)``.
 
     Reads Dream's released layout (``config.json`` with ``model_type`` "Dream",
@@ -132,7 +77,7 @@ def load_dream(
     """
     model, tokenizer, folder = load_native_checkpoint(
         path,
-        is_dream_config,
+        FAMILY.recognises,
         dream_config_to_qwen2,
         Qwen2ForCausalLM,
         "a Dream",
@@ -144,8 +89,40 @@ def load_dream(
     return model, tokenizer, read_dream_special_ids(folder, tokenizer)
 
 
-def dream_codec(
-    tokenizer: PreTrainedTokenizerBase, ids: LLaDASpecialIds, vocab_size: int
-) -> LLaDACodec:
-    """The prompt codec of a Dream tokenizer: its chat template, stop at EOS / ``<|im_end|>``."""
-    return LLaDACodec(tokenizer, ids, vocab_size)
+def load_dream_folder(
+    path: Path, dtype: torch.dtype = torch.float32
+) -> tuple[Qwen2ForCausalLM, ChatCodec]:
+    """A Dream folder as model and prompt codec (its chat template; ``FAMILY.load``)."""
+    dream, tokenizer, ids = load_dream(path, dtype=dtype)
+    return dream, ChatCodec(tokenizer, ids, dream.config.vocab_size)
+
+
+def tiny_dream_config(vocab_size: int, spec: TinyModelSpec) -> Qwen2Config:
+    """A tiny Dream: a bidirectional ``Qwen2Config`` (q/k/v biases; ``FAMILY.tiny_config``)."""
+    extras: dict[str, Any] = {"is_causal": False}
+    return Qwen2Config(
+        **tiny_config_kwargs(vocab_size, spec),
+        **extras,
+        use_sliding_window=False,
+        pad_token_id=None,
+    )
+
+
+#: Dream in the family registry: Qwen2 without the causal mask, logits shifted by one
+FAMILY = FamilySpec(
+    name=NAME,
+    label="Dream",
+    architecture="qwen2",
+    model_class=Qwen2ForCausalLM,
+    load=load_dream_folder,
+    tiny_config=tiny_dream_config,
+    logit_shift=True,
+    model_types=MODEL_TYPES,
+    architectures=("DreamModel",),
+    mask_token=MASK_TOKEN,
+    end_of_turn_token=END_OF_TURN_TOKEN,
+    refuses={
+        "window_cache": "its shifted head reads each response column from the hidden state "
+        "of the column before it, which a cached window does not recompute"
+    },
+)

@@ -11,9 +11,10 @@ the families differ in two things only, both read from the model's config:
   counted over real tokens from the first prompt token. Finished blocks
   therefore never see later ones, so their keys and values are cached exactly.
 
-LLaDA (and the tiny Llama-architecture models) has neither. The family is
-stored in the config as ``dllm_family`` (and ``dllm_block_size``), so a saved
-denoiser keeps it; a config without it is LLaDA-style.
+LLaDA (and the tiny Llama-architecture models) has neither. Which family has which
+is declared once, by each family's spec (:mod:`tiltmatch.models.registry`); the
+family is stored in the config as ``dllm_family`` (and ``dllm_block_size``), so a
+saved denoiser keeps it; a config without it is of the default family (LLaDA).
 """
 
 from __future__ import annotations
@@ -23,21 +24,21 @@ from typing import Any
 
 import torch
 
-FAMILY_KEY = "dllm_family"
-BLOCK_SIZE_KEY = "dllm_block_size"
-
-LLADA, DREAM, BLOCK_DIFFUSION = "llada", "dream", "block_diffusion"
-FAMILIES = (LLADA, DREAM, BLOCK_DIFFUSION)
-
-#: the transformers class each family's tiny and released models are built on
-ARCHITECTURES = {LLADA: "llama", DREAM: "qwen2", BLOCK_DIFFUSION: "qwen3"}
+from tiltmatch.models.registry import (
+    BLOCK_SIZE_KEY,
+    DEFAULT_FAMILY,
+    FAMILIES,
+    FAMILY_KEY,
+    family_names,
+    family_spec,
+)
 
 
 @dataclass(frozen=True)
 class Family:
     """What a denoiser's forward needs to know about its model family."""
 
-    name: str = LLADA
+    name: str = DEFAULT_FAMILY
     logit_shift: bool = False
     block_size: int | None = None
 
@@ -80,16 +81,22 @@ def block_causal_mask(
 
 
 def family_of(config: Any) -> Family:
-    """The family a model config declares (``dllm_family``; LLaDA-style when absent)."""
-    name = getattr(config, FAMILY_KEY, None) or LLADA
+    """The hook of the family a model config declares (``dllm_family``; the default family
+    when absent), as that family's registry spec describes it."""
+    name = getattr(config, FAMILY_KEY, None) or DEFAULT_FAMILY
     if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r} in the model config (known: {FAMILIES})")
-    if name == BLOCK_DIFFUSION:
+        raise ValueError(
+            f"unknown model family {name!r} in the model config (known: {family_names()})"
+        )
+    spec = family_spec(name)
+    if spec.block_causal:
         size = getattr(config, BLOCK_SIZE_KEY, None)
         if not isinstance(size, int) or size < 1:
-            raise ValueError(f"a block diffusion model config needs {BLOCK_SIZE_KEY} >= 1")
-        return Family(name, block_size=size)
-    return Family(name, logit_shift=name == DREAM)
+            raise ValueError(
+                f"a block-causal ({spec.label}) model config needs {BLOCK_SIZE_KEY} >= 1"
+            )
+        return Family(name, logit_shift=spec.logit_shift, block_size=size)
+    return Family(name, logit_shift=spec.logit_shift)
 
 
 def decoder_layer_classes(model: Any) -> tuple[str, ...]:
@@ -111,25 +118,30 @@ def decoder_layer_classes(model: Any) -> tuple[str, ...]:
     return names
 
 
-#: LoRA targets per architecture: every attention and MLP projection
-_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA_TARGETS: dict[str, list[str]] = {arch: list(_LORA_TARGETS) for arch in ARCHITECTURES.values()}
+def lora_targets(model_type: str | None) -> list[str] | None:
+    """The default LoRA targets of a transformers ``model_type``: those of the registered
+    family built on it (every attention and MLP projection for Llama, Qwen2, Qwen3)."""
+    for name in family_names():
+        spec = family_spec(name)
+        if spec.architecture == model_type:
+            return list(spec.lora_targets)
+    return None
 
 
 def lora_target_modules(model: Any, requested: list[str] | None = None) -> list[str]:
     """The LoRA target module names for ``model`` (``requested`` checked against it).
 
-    Llama, Qwen2 and Qwen3 name their projections alike; an architecture not in
-    :data:`LORA_TARGETS` needs explicit targets, and a requested name that
-    matches no module of the model is an error naming it.
+    Llama, Qwen2 and Qwen3 name their projections alike; an architecture no registered
+    family is built on needs explicit targets (:func:`lora_targets`), and a requested name
+    that matches no module of the model is an error naming it.
     """
     model_type = getattr(model.config, "model_type", None)
     if requested is None:
-        if model_type not in LORA_TARGETS:
+        requested = lora_targets(model_type)
+        if requested is None:
             raise ValueError(
                 f"no default LoRA targets for model_type {model_type!r}: set lora.target_modules"
             )
-        requested = LORA_TARGETS[model_type]
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     if missing := [t for t in requested if t not in present]:
         raise ValueError(

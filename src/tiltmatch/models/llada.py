@@ -23,12 +23,15 @@ activations' dtype, a rounding difference in bfloat16; and LLaDA numbers
 positions by column, while :class:`tiltmatch.models.denoiser.MaskedDenoiser` counts real
 tokens only, so a left-padded row gives the outputs LLaDA gives the unpadded row.
 
-Public API: :func:`llada_config_to_llama`, :func:`convert_llada_state_dict`,
-:func:`load_llada`, :func:`convert_llada` (and :func:`add_convert_parser` for the
-``tiltmatch convert-llada`` command), :func:`read_special_ids` and
-:class:`LLaDACodec`, the :class:`~tiltmatch.models.codecs.PromptCodec` of a LLaDA
-tokenizer; :data:`LLADA_8B_INSTRUCT_CONFIG`, the released LLaDA-8B-Instruct config's
-model-deciding keys.
+Public API: :data:`FAMILY` (the family's registry spec), :func:`llada_config_to_llama`,
+:func:`convert_llada_state_dict`, :func:`load_llada`, :func:`convert_llada` (and
+:func:`add_convert_parser` for the ``tiltmatch convert-llada`` command);
+:data:`LLADA_8B_INSTRUCT_CONFIG`, the released LLaDA-8B-Instruct config's model-deciding
+keys. What every family shares lives in shared modules (folder and weight reading:
+:mod:`tiltmatch.models.released`; special ids: :mod:`tiltmatch.models.special_ids`, whose
+defaults are LLaDA's tokens; the prompt codec: :class:`tiltmatch.models.codecs.ChatCodec`);
+``LLaDACodec``, ``LLaDASpecialIds`` and ``read_special_ids`` are those, under the names
+this module has always offered.
 """
 
 from __future__ import annotations
@@ -38,33 +41,40 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from transformers import (
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from tiltmatch.models.codecs import ChatCodec
+from tiltmatch.models.denoiser import ModelLoadError, TinyModelSpec, tiny_config_kwargs
+from tiltmatch.models.dtypes import DTYPE_NAMES, torch_dtype
+from tiltmatch.models.folders import CONFIG_FILE, read_json
+from tiltmatch.models.registry import FamilySpec
+from tiltmatch.models.released import (
+    load_tokenizer,
+    rename_all,
+    resolve_folder,
+    stream_weights,
+)
+from tiltmatch.models.special_ids import (
+    LLADA_END_OF_TURN_TOKEN,
+    LLADA_MASK_TOKEN,
+    SPECIAL_IDS_FILE,
+    SpecialIds,
+    read_special_ids,
 )
 
-from tiltmatch.models.dtypes import DTYPE_NAMES, torch_dtype
+#: LLaDA's prompt codec and special ids: the shared ones (LLaDA's tokens are their defaults)
+LLaDACodec = ChatCodec
+LLaDASpecialIds = SpecialIds
 
-CONFIG_FILE = "config.json"
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-GENERATION_CONFIG_FILE = "generation_config.json"
-SPECIAL_IDS_FILE = "tiltmatch.json"
 
 # Token strings of LLaDA's tokenizer. Their ids are always read from the checkpoint.
-MASK_TOKEN = "<|mdm_mask|>"
-END_OF_TURN_TOKEN = "<|eot_id|>"
+MASK_TOKEN = LLADA_MASK_TOKEN
+END_OF_TURN_TOKEN = LLADA_END_OF_TURN_TOKEN
 
 # The defaults of LLaDA's own ``ModelConfig`` for the settings that decide the
 # architecture: a config.json that omits one of them means this value, so a
@@ -273,289 +283,21 @@ def llada_key_to_llama(key: str) -> str | None:
     return None
 
 
-def _rename_all(keys: Iterable[str], rename: Callable[[str], str | None]) -> dict[str, str]:
-    """``{source key: target key}``; a ``ValueError`` names every key that has no target."""
-    mapping, unknown = {}, []
-    for key in keys:
-        target = rename(key)
-        if target is None:
-            unknown.append(key)
-        else:
-            mapping[key] = target
-    if unknown:
-        shown = ", ".join(repr(k) for k in sorted(unknown)[:8])
-        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-        raise ValueError(f"unexpected key(s) in the LLaDA checkpoint: {shown}{more}")
-    return mapping
-
-
 def convert_llada_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A LLaDA state dict (``model.transformer.*``) renamed to ``LlamaForCausalLM``'s keys.
 
     Only names change: tensors are passed through as they are (no copy). Any key
     that is not a LLaDA weight raises a ``ValueError`` naming it.
     """
-    mapping = _rename_all(sd.keys(), llada_key_to_llama)
+    mapping = rename_all(sd.keys(), llada_key_to_llama)
     return {target: sd[source] for source, target in mapping.items()}
-
-
-# --------------------------------------------------------------------------- special ids
-
-
-@dataclass(frozen=True)
-class LLaDASpecialIds:
-    """The token ids the denoiser and the codec need, read from the checkpoint's files."""
-
-    mask_token_id: int
-    eos_token_id: int
-    pad_token_id: int
-    eot_token_id: int | None = None  # end of turn (<|eot_id|>), where the tokenizer has one
-    bos_token_id: int | None = None
-
-    def to_json(self) -> dict[str, int | None]:
-        """The ids as a JSON-ready dict (the content of ``tiltmatch.json``)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], source: str = SPECIAL_IDS_FILE) -> LLaDASpecialIds:
-        """Ids from a ``tiltmatch.json`` dict; a missing required id names the file."""
-        try:
-            return cls(
-                mask_token_id=int(data["mask_token_id"]),
-                eos_token_id=int(data["eos_token_id"]),
-                pad_token_id=int(data["pad_token_id"]),
-                eot_token_id=_opt_int(data.get("eot_token_id")),
-                bos_token_id=_opt_int(data.get("bos_token_id")),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{source}: bad or missing special token id ({err})") from None
-
-
-def _opt_int(value: Any) -> int | None:
-    if isinstance(value, list):  # generation configs may list several EOS ids
-        value = value[0] if value else None
-    return None if value is None else int(value)
-
-
-_REQUIRED_IDS = ("mask_token_id", "eos_token_id", "pad_token_id")
-
-
-def _first_id(*candidates: Any) -> int | None:
-    """The first id that is set, in order of authority."""
-    return next((v for v in map(_opt_int, candidates) if v is not None), None)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"missing file: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
-    return data
-
-
-def read_special_ids(
-    folder: str | Path,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    mask_token: str = MASK_TOKEN,
-    end_of_turn_token: str = END_OF_TURN_TOKEN,
-) -> LLaDASpecialIds:
-    """The special ids of a checkpoint folder (LLaDA or converted), never hard-coded.
-
-    A ``tiltmatch.json`` holding the mask, EOS and pad ids (as :func:`convert_llada`
-    writes it) is authoritative; one without them (``tiltmatch.models.denoiser.save_denoiser``
-    writes other metadata under the same name) is passed over. Otherwise: the mask
-    id from ``config.json`` (``mask_token_id``), then ``generation_config.json``, or the
-    tokenizer's ``mask_token`` (LLaDA's ``<|mdm_mask|>`` by default), which must agree
-    when both exist; EOS from ``config.json``, then
-    ``generation_config.json``, then the tokenizer; pad from ``config.json``,
-    then the tokenizer, then EOS; end-of-turn and BOS from the tokenizer.
-    """
-    folder = Path(folder)
-    meta_path = folder / SPECIAL_IDS_FILE
-    meta = _read_json(meta_path) if meta_path.is_file() else {}
-    if all(key in meta for key in _REQUIRED_IDS):
-        return LLaDASpecialIds.from_json(meta, str(meta_path))
-    cfg = _read_json(folder / CONFIG_FILE)
-    tok = tokenizer if tokenizer is not None else _load_tokenizer(folder)
-    vocab = tok.get_vocab()
-    gen_path = folder / GENERATION_CONFIG_FILE
-    gen = _read_json(gen_path) if gen_path.is_file() else {}
-
-    mask = _first_id(cfg.get("mask_token_id"), gen.get("mask_token_id"))
-    tok_mask = vocab.get(mask_token)
-    if mask is not None and tok_mask is not None and mask != tok_mask:
-        raise ValueError(
-            f"{folder / CONFIG_FILE} says mask_token_id = {mask} but the tokenizer's "
-            f"{mask_token} is {tok_mask}"
-        )
-    mask = _first_id(mask, tok_mask)
-    if mask is None:
-        raise ValueError(
-            f"no mask token id: {folder} has no mask_token_id in its configs and the tokenizer "
-            f"has no {mask_token}"
-        )
-    eos = _first_id(cfg.get("eos_token_id"), gen.get("eos_token_id"), tok.eos_token_id)
-    if eos is None:
-        raise ValueError(f"no end-of-sequence token id in {folder}'s config or tokenizer")
-    pad = _first_id(cfg.get("pad_token_id"), tok.pad_token_id, eos)
-    return LLaDASpecialIds(
-        mask_token_id=int(mask),
-        eos_token_id=int(eos),
-        pad_token_id=eos if pad is None else pad,
-        eot_token_id=vocab.get(end_of_turn_token),
-        bos_token_id=tok.bos_token_id,
-    )
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def _resolve_folder(path: str | Path) -> Path:
-    """A local checkpoint folder; a hub id is downloaded only where a network exists."""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        return local
-    text = str(path)
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith(".")
-    if local.exists() or not looks_like_hub_id:
-        raise FileNotFoundError(f"no checkpoint folder at {local}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        # Weights, configs and tokenizer files only: no *.py, so no remote code is
-        # even fetched (trust_remote_code is never used here).
-        patterns = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
-        return Path(snapshot_download(text, allow_patterns=patterns))
-    except Exception as err:
-        raise FileNotFoundError(
-            f"{text!r} is not a local folder and downloading it from the Hugging Face hub "
-            f"failed ({type(err).__name__}: {err}); download it where a network exists and "
-            "pass the local folder"
-        ) from err
-
-
-def _shard_files(folder: Path) -> dict[Path, set[str]]:
-    """``{shard file: keys the index assigns to it}`` (an empty set for a single file)."""
-    index_path = folder / INDEX_FILE
-    if index_path.is_file():
-        index = _read_json(index_path)
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index_path} has no 'weight_map' object")
-        shards: dict[Path, set[str]] = {}
-        for key, name in weight_map.items():
-            if not isinstance(name, str) or Path(name).name != name:
-                raise ValueError(f"{index_path}: bad shard name {name!r} for {key!r}")
-            shards.setdefault(folder / name, set()).add(key)
-        for shard in shards:
-            if not shard.is_file():
-                raise FileNotFoundError(f"missing shard {shard} (listed in {index_path})")
-        return shards
-    if (folder / SINGLE_FILE).is_file():
-        return {folder / SINGLE_FILE: set()}
-    raise FileNotFoundError(f"no weights in {folder}: neither {INDEX_FILE} nor {SINGLE_FILE}")
-
-
 def _llama_identity(expected: set[str]) -> Callable[[str], str | None]:
     return lambda key: key if key in expected else None
-
-
-def _stream_weights(
-    model: PreTrainedModel,
-    folder: Path,
-    rename: Callable[[str], str | None],
-    dtype: torch.dtype,
-    device: torch.device,
-) -> None:
-    """Fill a meta-device model shard by shard: no weight is ever held twice."""
-    expected = set(model.state_dict().keys())
-    if model.config.tie_word_embeddings:
-        expected.discard("lm_head.weight")  # shares the embedding's storage
-    loaded: set[str] = set()
-    for shard, indexed in _shard_files(folder).items():
-        with safe_open(str(shard), framework="pt", device=str(device)) as f:
-            keys = set(f.keys())
-            if indexed - keys:
-                raise ValueError(
-                    f"{shard.name} lacks {sorted(indexed - keys)[:4]} that {INDEX_FILE} puts there"
-                )
-            mapping = _rename_all(keys, rename)
-            part = {}
-            for source, target in mapping.items():
-                if target == "lm_head.weight" and model.config.tie_word_embeddings:
-                    continue  # a stored copy of the tied embedding
-                if target not in expected:
-                    raise ValueError(f"unexpected key {source!r} in {shard.name}")
-                if target in loaded or target in part:
-                    raise ValueError(f"weight {target!r} appears twice (again in {shard.name})")
-                part[target] = f.get_tensor(source).to(dtype=dtype)
-        # assign=True puts the loaded tensors in place of the meta parameters.
-        model.load_state_dict(part, strict=False, assign=True)
-        loaded |= part.keys()
-        del part
-    if missing := sorted(expected - loaded):
-        raise ValueError(f"checkpoint in {folder} lacks weight(s): {missing[:8]}")
-    if model.config.tie_word_embeddings:
-        model.tie_weights()
-    # Non-persistent buffers (RoPE inverse frequencies) were created on the meta
-    # device with the model: build them again for real.
-    backbone = model.get_decoder()  # Llama, Qwen2 and Qwen3 keep RoPE on the backbone
-    rotary = backbone.rotary_emb
-    backbone.rotary_emb = type(rotary)(config=model.config).to(device)
-    if meta := [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]:
-        raise RuntimeError(f"tensors left uninitialised after loading: {meta[:8]}")
-
-
-#: remote tokenizer classes that are renamed copies of a transformers class (Dream's
-#: ``tokenization_dream.DreamTokenizer`` is Qwen2's tokenizer under another name)
-NATIVE_TOKENIZER_ALIASES = {"DreamTokenizer": "Qwen2Tokenizer"}
-
-
-def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    # Never remote code: LLaDA's tokenizer is a plain fast tokenizer (tokenizer.json);
-    # a remote class that only renames a native one is loaded as the native class.
-    tok_cfg_path = folder / "tokenizer_config.json"
-    tok_cfg = _read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
-    native = NATIVE_TOKENIZER_ALIASES.get(str(tok_cfg.get("tokenizer_class")))
-    if native is not None:
-        import transformers
-
-        return getattr(transformers, native).from_pretrained(str(folder))
-    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-
-
-def load_native_checkpoint(
-    path: str | Path,
-    is_family: Callable[[dict[str, Any]], bool],
-    to_config: Callable[[dict[str, Any]], PretrainedConfig],
-    model_class: type[PreTrainedModel],
-    what: str,
-    dtype: torch.dtype,
-    device: str | torch.device,
-    attn_implementation: str,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
-    """A released folder whose keys are already a native transformers class's (Dream's
-    Qwen2, SDAR's Qwen3): config checked and mapped, model built on the meta device and
-    filled shard by shard (strictly: :func:`_stream_weights`), in eval mode, with its
-    tokenizer. Returns the folder too, for the family's special-id reader."""
-    folder = _resolve_folder(path)
-    cfg = _read_json(folder / CONFIG_FILE)
-    if not is_family(cfg):
-        raise ValueError(f"{folder / CONFIG_FILE} is not {what} config")
-    config = to_config(cfg)
-    config._attn_implementation = attn_implementation
-    with torch.device("meta"):
-        model = model_class(config)
-    expected = set(model.state_dict().keys())
-    _stream_weights(
-        model, folder, lambda k: k if k in expected else None, dtype, torch.device(device)
-    )
-    model.eval()
-    return model, _load_tokenizer(folder), folder
 
 
 def load_llada(
@@ -563,7 +305,7 @@ def load_llada(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
-) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, LLaDASpecialIds]:
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, SpecialIds]:
     """A LLaDA checkpoint as ``(LlamaForCausalLM with is_causal=False, tokenizer, special ids)``.
 
     ``path``: a local folder holding either LLaDA's own format (``config.json``
@@ -574,9 +316,9 @@ def load_llada(
     where the hub can be reached. The model is built on the meta device and
     filled shard by shard on ``device`` in ``dtype``; it is returned in eval mode.
     """
-    folder = _resolve_folder(path)
+    folder = resolve_folder(path)
     device = torch.device(device)
-    cfg = _read_json(folder / CONFIG_FILE)
+    cfg = read_json(folder / CONFIG_FILE)
     model_type = cfg.get("model_type")
     if model_type == "llama":
         config = LlamaConfig.from_dict(cfg)
@@ -599,18 +341,16 @@ def load_llada(
         else llada_key_to_llama
     )
     try:
-        _stream_weights(model, folder, rename, dtype, device)
+        stream_weights(model, folder, rename, dtype, device)
     except (ValueError, FileNotFoundError):
         raise  # already one line naming the file and the tensor
     except Exception as err:  # safetensors' error type for bad bytes; a wrong-shaped tensor
-        from tiltmatch.models.denoiser import ModelLoadError
-
         text = " ".join(str(err).split())[:300]
         raise ModelLoadError(
             f"cannot load the weights in {folder} ({type(err).__name__}: {text})"
         ) from None
     model.eval()
-    tokenizer = _load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder)
     return model, tokenizer, read_special_ids(folder, tokenizer)
 
 
@@ -688,82 +428,36 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- codec
+# --------------------------------------------------------------------------- the family
 
 
-class LLaDACodec:
-    """The :class:`~tiltmatch.models.codecs.PromptCodec` of a LLaDA (Instruct) tokenizer.
+def load_llada_folder(
+    path: Path, dtype: torch.dtype = torch.float32
+) -> tuple[LlamaForCausalLM, ChatCodec]:
+    """A LLaDA (or converted Llama-format) folder as model and prompt codec (``FAMILY.load``)."""
+    llada, tokenizer, special_ids = load_llada(path, dtype=dtype)
+    # The codec's vocabulary is the width of the logits (the embedding rows).
+    return llada, ChatCodec(tokenizer, special_ids, llada.config.vocab_size)
 
-    A prompt becomes one user turn of the chat template followed by the
-    assistant header, after which the response starts. ``vocab_size`` is the
-    model's (the width of its logits), not the tokenizer's length.
-    """
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        special_ids: LLaDASpecialIds,
-        vocab_size: int,
-        use_chat_template: bool = True,
-    ) -> None:
-        if use_chat_template and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template; pass use_chat_template=False")
-        self.tokenizer = tokenizer
-        self.special_ids = special_ids
-        self.use_chat_template = use_chat_template
-        self.mask_token_id = special_ids.mask_token_id
-        self.pad_token_id = special_ids.pad_token_id
-        self.eos_token_id = special_ids.eos_token_id
-        self.vocab_size = int(vocab_size)
-        self._stop_ids = {special_ids.eos_token_id, special_ids.pad_token_id}
-        if special_ids.eot_token_id is not None:
-            self._stop_ids.add(special_ids.eot_token_id)
+def tiny_llada_config(vocab_size: int, spec: TinyModelSpec) -> LlamaConfig:
+    """A tiny LLaDA: a ``LlamaConfig`` without the causal mask (``FAMILY.tiny_config``)."""
+    extras: dict[str, Any] = {"is_causal": False}  # not a declared field: an extra attribute
+    return LlamaConfig(
+        **tiny_config_kwargs(vocab_size, spec), **extras, attention_bias=False, mlp_bias=False
+    )
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path, use_chat_template: bool = True) -> LLaDACodec:
-        """The codec of a checkpoint folder (LLaDA or converted), without loading weights."""
-        folder = _resolve_folder(path)
-        cfg = _read_json(folder / CONFIG_FILE)
-        vocab_size = cfg.get("embedding_size") or cfg.get("vocab_size")
-        if vocab_size is None:
-            raise ValueError(f"{folder / CONFIG_FILE} has no vocab_size")
-        tok = _load_tokenizer(folder)
-        return cls(tok, read_special_ids(folder, tok), int(vocab_size), use_chat_template)
 
-    def _render(self, prompt: str, add_generation_prompt: bool) -> str:
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
-        assert isinstance(text, str)
-        return text
-
-    def prompt_text(self, prompt: str) -> str:
-        """The chat-formatted prompt, ending with exactly one assistant header."""
-        if not self.use_chat_template:
-            return prompt
-        with_header = self._render(prompt, add_generation_prompt=True)
-        without = self._render(prompt, add_generation_prompt=False)
-        # LLaDA's template appends the assistant header whatever add_generation_prompt
-        # says; a template that also honours the flag would then append it twice.
-        header = with_header[len(without) :] if with_header.startswith(without) else ""
-        if header and without.endswith(header):
-            return without
-        return with_header
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of a prompt (chat template, BOS included), ready for the response."""
-        text = self.prompt_text(prompt)
-        # The template writes BOS itself; the tokenizer must not add another.
-        add_special = not self.use_chat_template
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
-
-    def decode_response(self, ids: Sequence[int]) -> str:
-        """Text of a response up to its first EOS / end-of-turn / pad token, specials skipped."""
-        kept = []
-        for i in ids:
-            if int(i) in self._stop_ids:
-                break
-            kept.append(int(i))
-        return str(self.tokenizer.decode(kept, skip_special_tokens=True))
+#: LLaDA in the family registry: a Llama without the causal mask, no hook
+FAMILY = FamilySpec(
+    name="llada",
+    label="LLaDA",
+    architecture="llama",
+    model_class=LlamaForCausalLM,
+    load=load_llada_folder,
+    tiny_config=tiny_llada_config,
+    model_types=("llada", "llama"),
+    config_keys=("d_model",),
+    mask_token=MASK_TOKEN,
+    end_of_turn_token=END_OF_TURN_TOKEN,
+)

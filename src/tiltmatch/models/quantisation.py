@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from tiltmatch.config import ModelConfig
 from tiltmatch.models.dtypes import torch_dtype
+from tiltmatch.models.registry import family_names, family_spec
 
 
 def bitsandbytes_available() -> bool:
@@ -51,10 +52,11 @@ def load_4bit_base(
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in {folder}")
     model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type not in ("llama", "qwen2", "qwen3"):
+    native = sorted({family_spec(name).architecture for name in family_names()})
+    if model_type not in native:
         raise ValueError(
             f"{folder} holds a {model_type!r} checkpoint; a 4-bit base is loaded from a "
-            "transformers-format folder (llama / qwen2 / qwen3): run 'tiltmatch convert-llada "
+            f"transformers-format folder ({' / '.join(native)}): run 'tiltmatch convert-llada "
             f"{folder} DST' once for LLaDA, or save a Dream / SDAR model with save_pretrained"
         )
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)

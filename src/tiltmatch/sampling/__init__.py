@@ -1,6 +1,6 @@
-"""From prompts to responses: the sampler, rollouts and the replay buffer (METHOD.md sections 1
-and 6).
-"""
+"""From prompts to responses: the sampler, its registered strategies, rollouts and the replay
+buffer (METHOD.md sections 1 and 6).
 
-# The model families' own decoders register with the sampler on import (sampler.FAMILY_DECODERS).
-from tiltmatch.sampling import families as _families  # noqa: F401
+Nothing is imported here: the strategies are found through ``sampling/registry.py`` when
+first used, so the run config reads ``sampling/config.py`` without torch.
+"""

@@ -2,10 +2,11 @@
 
 The run config's ``sampler:`` section, the rollouts, evaluation and ``tiltmatch eval`` all use
 this one class, so a new field reaches every caller. It imports neither torch nor transformers
-(the run config reads it).
+(the run config reads it); checking a mode's settings imports that mode's strategy.
 
-``mode`` names the distribution the sampler draws from (docs/sampling.md says what each
-approximation does to DTM's target):
+``mode`` names a registered sampler strategy (:mod:`tiltmatch.sampling.registry`) and so the
+distribution the sampler draws from (docs/sampling.md says what each approximation does to
+DTM's target):
 
 - ``exact``: the model's own ``p_theta(x | c)`` (METHOD.md section 1): every step is one full
   forward of prompt + response, a fixed number of tokens committed per step.
@@ -15,17 +16,27 @@ approximation does to DTM's target):
   ``factor`` rule) is committed at once, at least one per step: a product of the tokens'
   marginals over the committed set instead of their joint.
 - ``cached+parallel``: both.
+
+A setting the chosen mode does not read is refused when given a value other than its default
+(``threshold`` with mode ``exact``, ``cache`` with ``parallel``, ...): never silently
+ignored. Two shared settings are the exception, read by some modes and documented as inert in
+the others, so that one sampler section can switch modes (``eval.sampler``, ``tiltmatch bench
+--rollout-sampler``): ``steps`` in the parallel modes (the confidences decide the steps) and
+``block_length`` in the block diffusion decoder (it decodes the model's own blocks). Whether a
+mode can decode a given model family is the registry's :func:`strategy_for`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tiltmatch.sampling.registry import check_sampler_mode, sampler_class, sampler_modes
 
 Remasking = Literal["low_confidence", "random"]
-SamplerMode = Literal["exact", "cached", "parallel", "cached+parallel"]
-SAMPLER_MODES: tuple[str, ...] = ("exact", "cached", "parallel", "cached+parallel")
+#: the registered sampler modes (a live view of the registry: ``tiltmatch eval --sampler``)
+SAMPLER_MODES = sampler_modes()
 
 
 class SamplingConfig(BaseModel):
@@ -34,13 +45,23 @@ class SamplingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     steps: int = Field(
-        8, ge=1, description="sampler steps over the whole response (ignored by parallel modes)"
+        8,
+        ge=1,
+        description="sampler steps over the whole response (inert in the parallel modes, "
+        "whose confidences decide the steps)",
     )
-    block_length: int = Field(8, ge=1, description="semi-autoregressive block size")
+    block_length: int = Field(
+        8,
+        ge=1,
+        description="semi-autoregressive block size (inert for a block diffusion model, "
+        "decoded in its own blocks)",
+    )
     remasking: Remasking = "low_confidence"
     temperature: float = Field(1.0, ge=0.0)
-    mode: SamplerMode = Field(
-        "exact", description="exact | cached | parallel | cached+parallel (see docs/sampling.md)"
+    mode: str = Field(
+        "exact",
+        description="a registered sampler strategy: exact | cached | parallel | "
+        "cached+parallel (tiltmatch.sampling.registry; docs/sampling.md)",
     )
     cache: Literal["prefix", "dual"] = Field(
         "dual",
@@ -74,21 +95,14 @@ class SamplingConfig(BaseModel):
         "(same distribution, other draws, less work)",
     )
 
+    @field_validator("mode")
+    @classmethod
+    def _registered_mode(cls, mode: str) -> str:
+        return check_sampler_mode(mode)
+
     @model_validator(mode="after")
-    def _parallel_needs_confidence(self) -> SamplingConfig:
-        if self.parallel and self.remasking != "low_confidence":
-            raise ValueError(
-                f"mode {self.mode!r} commits by the model's confidence: it needs "
-                f"remasking='low_confidence', not {self.remasking!r}"
-            )
+    def _mode_reads_its_settings(self) -> SamplingConfig:
+        refusal = sampler_class(self.mode).setting_refusal(self, f"mode {self.mode!r}")
+        if refusal is not None:
+            raise ValueError(refusal)
         return self
-
-    @property
-    def cached(self) -> bool:
-        """Whether keys and values outside the active block are reused."""
-        return self.mode in ("cached", "cached+parallel")
-
-    @property
-    def parallel(self) -> bool:
-        """Whether the number of tokens committed per step follows the confidences."""
-        return self.mode in ("parallel", "cached+parallel")

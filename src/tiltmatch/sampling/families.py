@@ -1,4 +1,4 @@
-"""The model families' own decoding algorithms, next to the common sampler (``sampler.py``).
+"""The model families' own decoding algorithms, next to the common sampler's strategies.
 
 - :func:`dream_generate`: Dream's full-sequence decoding. All response
   positions are open at once; step ``i`` of ``S`` goes from time
@@ -9,40 +9,42 @@
   negative entropy (``entropy``); with ``alg_temp`` the positions are drawn
   from ``softmax(confidence / alg_temp)`` instead of taken greedily. ``origin``
   commits each masked token independently with probability ``1 - s / t``.
-- :func:`block_generate`: block diffusion (SDAR / TraDo). The sequence is cut
-  into blocks of the model's ``block_size`` counted from the first prompt token;
-  blocks are decoded one after another, each by ``steps_per_block`` denoising
-  steps committing ``tokens_per_step(block_size, steps_per_block)`` tokens by
-  lowest-confidence-first (or at random). Finished blocks are attended through
-  an exact KV cache: under block-causal attention their keys and values never
-  depend on later blocks, so caching them changes no logit. The prompt tail
-  that shares the first decoded block with the response is recomputed with it.
-  The last block is filled with extra masks up to its boundary, as SDAR does,
-  and they are dropped from the response.
+- The block decoder (:class:`BlockSampler`, :class:`BlockParallelSampler`, registered as
+  the block diffusion family's decoders for modes ``exact`` and ``parallel``; and
+  :func:`block_generate`): block diffusion (SDAR / TraDo). The sequence is cut into blocks
+  of the model's ``block_size`` counted from the first prompt token; blocks are decoded one
+  after another, each by ``steps_per_block`` denoising steps committing
+  ``tokens_per_step(block_size, steps_per_block)`` tokens by lowest-confidence-first (or at
+  random); with a confidence rule (mode ``parallel``: ``threshold`` or ``factor``), every
+  token the rule passes when they are at least the step's quota, as SDAR's
+  ``low_confidence_dynamic``. Finished blocks are attended through an exact KV cache: under
+  block-causal attention their keys and values never depend on later blocks, so caching
+  them changes no logit. The prompt tail that shares the first decoded block with the
+  response is recomputed with it. The last block is filled with extra masks up to its
+  boundary, as SDAR does, and they are dropped from the response. Every forward goes
+  through :meth:`MaskedDenoiser.response_logits` (a window of columns against the cache).
 
 Token draws follow the package's rule (Gumbel-max in float64; see
-``sampler.py``); the confidence of a drawn token is its probability under
+``sampling/draws.py``); the confidence of a drawn token is its probability under
 ``softmax(logits / T)`` (both families' convention; at ``T = 0`` the argmax and
-its probability). The mask token and ``forbidden_token_ids`` are never drawn.
+its probability). The mask token and ``forbidden_token_ids`` are never drawn; the positions
+a step commits are chosen by the one remasking rule (``sampling/remasking.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from transformers import DynamicCache
 
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.models.family import BLOCK_DIFFUSION, block_causal_mask
-from tiltmatch.sampling.sampler import (
-    FAMILY_DECODERS,
-    SampleOutput,
-    SamplingConfig,
-    gumbel_max,
-    left_pad,
-    tokens_per_step,
-)
+from tiltmatch.sampling.config import SamplingConfig
+from tiltmatch.sampling.draws import gumbel_max
+from tiltmatch.sampling.remasking import ConfidenceRule, commit_positions, tokens_per_step
+from tiltmatch.sampling.strategy import Job, SampleOutput, SamplerStrategy, ended_rows, left_pad
 
 DreamAlgorithm = Literal["origin", "maskgit_plus", "topk_margin", "entropy"]
 
@@ -119,7 +121,9 @@ def dream_generate(
             t, s = times[i], times[i + 1]
             last = i == steps - 1
             if algorithm == "origin":
-                u = torch.rand(response.shape, generator=generator, dtype=torch.float64)
+                u = torch.rand(
+                    response.shape, generator=generator, dtype=torch.float64, device=response.device
+                )
                 commit = open_ & ((u < float(1 - s / t)) | last)
                 response[commit] = tokens[commit]
                 continue
@@ -133,13 +137,216 @@ def dream_generate(
             if alg_temp:
                 # Positions drawn without replacement from softmax(confidence / alg_temp):
                 # Gumbel-top-k, in float64.
-                u = torch.rand(confidence.shape, generator=generator, dtype=torch.float64)
+                u = torch.rand(
+                    confidence.shape,
+                    generator=generator,
+                    dtype=torch.float64,
+                    device=confidence.device,
+                )
                 gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
                 confidence = torch.where(open_, confidence / alg_temp + gumbel, confidence)
-            chosen = confidence.topk(count, dim=1).indices
-            response.scatter_(1, chosen, tokens.gather(1, chosen))
+            commit = commit_positions(confidence, count)
+            response[commit] = tokens[commit]
     denoiser.train(was_training)
     return SampleOutput(response, torch.stack(visited) if record_states else None)
+
+
+@dataclass(frozen=True)
+class BlockDecoding:
+    """The block decoder's own settings: denoising steps per model block, remasking,
+    temperature, the confidence rule of threshold decoding (None: the fixed quota), and
+    whether rows that have ended stop being decoded (``early_finish``)."""
+
+    steps_per_block: int
+    remasking: str = "low_confidence"
+    temperature: float = 0.0
+    rule: ConfidenceRule | None = None
+    early_finish: bool = False
+
+
+@dataclass
+class ModelBlock:
+    """One model block being decoded for a group of rows sharing its columns.
+
+    ``x``: the group's prompt (``x[:, :width]``) and canvas (``x[:, width:]``); ``lo``, ``hi``:
+    the block in canvas columns (``lo < 0``: the prompt's tail shares it); ``cache``: the
+    keys and values of every column before it.
+    """
+
+    job: Job
+    decoding: BlockDecoding
+    x: torch.Tensor
+    width: int
+    prompt_mask: torch.Tensor
+    cache: DynamicCache
+    lo: int
+    hi: int
+    schedule: list[int]
+    visited: list[torch.Tensor] | None
+    step: int = 0
+
+    def run(self, logits: bool = True) -> torch.Tensor:
+        """The block's columns through the denoiser's join, against the cache (which the
+        forward extends by the block; logits ``[B, block, V]``, or none)."""
+        denoiser = self.job.denoiser
+        prompt, canvas = self.x[:, : self.width], self.x[:, self.width :]
+        keep = (
+            None if logits else torch.zeros_like(self.x[:, : self.hi - self.lo], dtype=torch.bool)
+        )
+        return denoiser.response_logits(
+            prompt, self.prompt_mask, canvas, self.cache, keep, columns=(self.lo, self.hi)
+        )
+
+
+class BlockSampler(SamplerStrategy):
+    """The block diffusion decoder, mode ``exact``: ``steps`` spread over the response
+    (``steps * block_size / L`` denoising steps per model block, at least 1), the fixed
+    linear quota per step. ``block_length`` is inert: the model's own blocks are decoded.
+
+    ``decoding``: the decoder's own settings when given directly (:func:`block_generate`)
+    instead of read from ``config``.
+    """
+
+    name = "block"
+    reads = frozenset({"steps", "remasking", "temperature", "early_finish"})
+    inert = frozenset({"block_length"})
+
+    def __init__(self, config: SamplingConfig, decoding: BlockDecoding | None = None) -> None:
+        super().__init__(config)
+        self.decoding = decoding
+
+    def rule(self) -> ConfidenceRule | None:
+        """The confidence rule of threshold decoding (none: the fixed quota)."""
+        return None
+
+    def settings(self, block_size: int, response_length: int) -> BlockDecoding:
+        """The decoder's settings for a model of ``block_size`` and a response length."""
+        if self.decoding is not None:
+            return self.decoding
+        config = self.config
+        per_block = max(1, min(block_size, round(config.steps * block_size / response_length)))
+        return BlockDecoding(
+            per_block, config.remasking, config.temperature, self.rule(), config.early_finish
+        )
+
+    def decode(self, job: Job) -> SampleOutput:
+        """Rows in groups sharing the response's offset in its first block (their blocks
+        occupy the same columns); a group with fewer blocks than another repeats its first
+        (all-masked) canvas in front of its recorded ones, a valid state."""
+        size = job.denoiser.family.block_size
+        if size is None:
+            raise ValueError(
+                "the block decoder needs a block diffusion denoiser (family block_size)"
+            )
+        decoding = self.settings(size, job.response_length)
+        if decoding.steps_per_block < 1:
+            raise ValueError(f"steps_per_block must be >= 1, got {decoding.steps_per_block}")
+        groups: dict[int, list[int]] = {}
+        for row, prompt in enumerate(job.prompts):
+            groups.setdefault(len(prompt) % size, []).append(row)
+        device = next(job.denoiser.parameters()).device
+        shape = (len(job.prompts), job.response_length)
+        responses = torch.empty(shape, dtype=torch.long, device=device)
+        records: dict[int, list[torch.Tensor]] = {}
+        for offset, rows in groups.items():
+            out, records[offset] = self._decode_group(job, decoding, rows, offset, size)
+            responses[rows] = out
+        if not job.record_states:
+            return SampleOutput(responses)
+        depth = max(len(v) for v in records.values())
+        stacked = torch.empty((depth, *shape), dtype=torch.long, device=device)
+        for offset, rows in groups.items():
+            canvases = records[offset]
+            stacked[:, rows] = torch.stack([canvases[0]] * (depth - len(canvases)) + canvases)
+        return SampleOutput(responses, stacked)
+
+    def _decode_group(
+        self, job: Job, decoding: BlockDecoding, rows: list[int], offset: int, size: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block-by-block decoding of rows whose response starts ``offset`` into a block."""
+        denoiser, length = job.denoiser, job.response_length
+        device = next(denoiser.parameters()).device
+        prompt_ids, prompt_mask = left_pad(
+            [job.prompts[r] for r in rows], denoiser.pad_token_id, device
+        )
+        width = prompt_ids.shape[1]
+        extra = (-(offset + length)) % size  # masks completing the last block (dropped)
+        canvas = torch.full((len(rows), length + extra), denoiser.mask_token_id, device=device)
+        x = torch.cat([prompt_ids, canvas], dim=1)
+        visited: list[torch.Tensor] = []
+        schedule = tokens_per_step(size, decoding.steps_per_block)
+        block = ModelBlock(
+            job, decoding, x, width, prompt_mask, DynamicCache(), -width, -offset, schedule,
+            visited if job.record_states else None,
+        )  # fmt: skip
+        if width > offset:  # prefill: the prompt's finished blocks
+            block.run(logits=False)
+        for lo in range(-offset, length + extra, size):
+            block.lo, block.hi, block.step = lo, lo + size, 0
+            while self.step(block):
+                block.step += 1
+            if bool((x[:, width + lo : width + lo + size] == denoiser.mask_token_id).any()):
+                raise RuntimeError("block decoding left masks in a finished block")
+            if decoding.early_finish and self._finish_ended(block, length):
+                break
+            block.run(logits=False)  # the finished block joins the cache (as SDAR)
+        return x[:, width : width + length], visited
+
+    @staticmethod
+    def _finish_ended(block: ModelBlock, length: int) -> bool:
+        """``early_finish``: rows whose decoded response has ended get end-of-text in their
+        remaining columns (never decoded); True when every row of the group has ended."""
+        eos = block.job.eos_token_id
+        assert eos is not None  # checked by SamplerStrategy.check
+        start = block.width
+        done = ended_rows(block.x[:, start : start + min(block.hi, length)], eos)
+        block.x[done, start + block.hi :] = eos
+        return bool(done.all())
+
+    def step(self, block: ModelBlock) -> bool:
+        """One denoising step of the model block: its quota (or the rule's positions)."""
+        if block.step == len(block.schedule):
+            return False
+        job, decoding, width = block.job, block.decoding, block.width
+        if block.visited is not None:
+            block.visited.append(block.x[:, width : width + job.response_length].clone())
+        window = block.x[:, width + block.lo : width + block.hi]
+        open_ = window == job.denoiser.mask_token_id
+        if not bool(open_.any()):
+            return True
+        logits = block.run().double()
+        block.cache.crop(-(block.hi - block.lo))  # a denoising step must not extend the cache
+        logits[..., job.banned] = -torch.inf
+        tokens, probs = _draw(logits, decoding.temperature, job.generator)
+        if decoding.remasking == "low_confidence":
+            score = probs.gather(-1, tokens[..., None]).squeeze(-1)
+        elif decoding.remasking == "random":
+            score = torch.rand(
+                open_.shape, generator=job.generator, dtype=torch.float64, device=open_.device
+            )
+        else:
+            raise ValueError(f"unknown remasking {decoding.remasking!r}")
+        score = torch.where(open_, score, torch.full_like(score, -torch.inf))
+        commit = commit_positions(score, block.schedule[block.step], decoding.rule)
+        window[commit] = tokens[commit]
+        return True
+
+
+class BlockParallelSampler(BlockSampler):
+    """The block diffusion decoder, mode ``parallel``: threshold decoding as SDAR's and
+    TraDo's releases run it (``low_confidence_dynamic``): each step commits every masked
+    token of the block whose confidence the rule passes (above ``threshold``, or the
+    ``factor`` rule) when they are at least the step's quota, otherwise the quota most
+    confident. With one token per step (``steps`` equal to the response length) that is
+    "every token above the threshold, at least one per step"."""
+
+    name = "block+parallel"
+    reads = BlockSampler.reads | {"threshold", "factor"}
+    by_confidence = True
+
+    def rule(self) -> ConfidenceRule | None:
+        """The threshold (or factor) rule of the sampler section."""
+        return ConfidenceRule.of(self.config)
 
 
 @torch.no_grad()
@@ -157,180 +364,19 @@ def block_generate(
 ) -> SampleOutput:
     """One response per prompt by block diffusion decoding with an exact KV cache.
 
-    Rows are decoded in groups that share the offset of the response inside
-    its first block (prompt length mod block size), so that a group's blocks
-    occupy the same columns. ``confidence_threshold`` is SDAR's
-    ``low_confidence_dynamic``: every token above it is committed when they are
-    at least the step's quota. Where the quota exceeds the masks left in a
-    block (a first block that starts inside the prompt), all of them are
-    committed (SDAR's top-k would then also overwrite prompt tokens; that is not
-    reproduced). With ``record_states`` the response canvas before every
-    scheduled step is recorded (``[S, B, L]``); a group with fewer blocks than
-    another repeats its first (all-masked) canvas in front, a valid state.
+    The block decoder (:class:`BlockSampler`) with its settings given directly.
+    ``confidence_threshold`` is SDAR's ``low_confidence_dynamic``: every token above it is
+    committed when they are at least the step's quota. Where the quota exceeds the masks
+    left in a block (a first block that starts inside the prompt), all of them are committed
+    (SDAR's top-k would then also overwrite prompt tokens; that is not reproduced). With
+    ``record_states`` the response canvas before every scheduled step is recorded
+    (``[S, B, L]``).
     """
-    block = denoiser.family.block_size
-    if block is None:
+    if denoiser.family.block_size is None:
         raise ValueError("block_generate needs a block diffusion denoiser (family block_size)")
-    if steps_per_block < 1:
-        raise ValueError(f"steps_per_block must be >= 1, got {steps_per_block}")
-    lengths = [len(p) for p in prompts]
-    groups: dict[int, list[int]] = {}
-    for row, n in enumerate(lengths):
-        groups.setdefault(n % block, []).append(row)
-    device = next(denoiser.parameters()).device
-    responses = torch.empty((len(prompts), response_length), dtype=torch.long, device=device)
-    records: dict[int, list[torch.Tensor]] = {}
-    was_training = denoiser.training
-    denoiser.eval()
-    with denoiser.session():
-        for offset, rows in groups.items():
-            out, visited = _decode_group(
-                denoiser,
-                [prompts[r] for r in rows],
-                response_length,
-                offset,
-                steps_per_block,
-                generator,
-                remasking,
-                temperature,
-                confidence_threshold,
-                sorted({denoiser.mask_token_id, *forbidden_token_ids}),
-                record_states,
-            )
-            responses[rows] = out
-            records[offset] = visited
-    denoiser.train(was_training)
-    if not record_states:
-        return SampleOutput(responses)
-    depth = max(len(v) for v in records.values())
-    stacked = torch.empty((depth, len(prompts), response_length), dtype=torch.long, device=device)
-    for offset, rows in groups.items():
-        canvases = records[offset]
-        canvases = [canvases[0]] * (depth - len(canvases)) + canvases
-        stacked[:, rows] = torch.stack(canvases)
-    return SampleOutput(responses, stacked)
-
-
-def _decode_group(
-    denoiser: MaskedDenoiser,
-    prompts: Sequence[Sequence[int]],
-    response_length: int,
-    offset: int,
-    steps_per_block: int,
-    generator: torch.Generator,
-    remasking: str,
-    temperature: float,
-    confidence_threshold: float | None,
-    banned: list[int],
-    record_states: bool,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Block-by-block decoding of rows whose response starts ``offset`` tokens into a block."""
-    from transformers import DynamicCache
-
-    block = denoiser.family.block_size
-    assert block is not None
-    model, mask_id = denoiser.model, denoiser.mask_token_id
-    prompt_ids, prompt_mask, _ = _canvas(denoiser, prompts, 0)
-    batch, width = prompt_ids.shape
-    span = offset + response_length
-    extra = (-span) % block  # masks that complete the last block (dropped at the end)
-    masks = torch.full((batch, response_length + extra), mask_id, device=prompt_ids.device)
-    x = torch.cat([prompt_ids, masks], dim=1)
-    real = torch.cat([prompt_mask, torch.ones_like(x[:, width:])], dim=1)
-    positions = MaskedDenoiser.position_ids(real)
-    allowed = block_causal_mask(real, positions, block)
-    cache = DynamicCache()
-    start = width - offset  # first column of the first decoded block
-    if start > 0:  # prefill: the prompt's finished blocks
-        model(
-            input_ids=x[:, :start],
-            attention_mask=allowed[:, :, :start, :start],
-            position_ids=positions[:, :start],
-            cache=cache,
-            use_cache=True,
-        )
-    schedule = tokens_per_step(block, steps_per_block)
-    visited: list[torch.Tensor] = []
-    for lo in range(start, x.shape[1], block):
-        hi = lo + block
-        mask = allowed[:, :, lo:hi, :hi]
-        for count in schedule:
-            if record_states:
-                visited.append(x[:, width : width + response_length].clone())
-            open_ = x[:, lo:hi] == mask_id
-            if not bool(open_.any()):
-                continue
-            logits = model(
-                input_ids=x[:, lo:hi],
-                attention_mask=mask,
-                position_ids=positions[:, lo:hi],
-                cache=cache,
-                use_cache=True,
-            ).logits
-            cache.crop(-block)  # a denoising step must not extend the cache
-            logits = logits.double()
-            logits[..., banned] = -torch.inf
-            tokens, probs = _draw(logits, temperature, generator)
-            if remasking == "low_confidence":
-                confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
-            elif remasking == "random":
-                confidence = torch.rand(open_.shape, generator=generator, dtype=torch.float64)
-            else:
-                raise ValueError(f"unknown remasking {remasking!r}")
-            confidence = torch.where(open_, confidence, torch.full_like(confidence, -torch.inf))
-            quota = torch.clamp(open_.sum(1), max=count)
-            ranks = confidence.argsort(dim=1, descending=True).argsort(dim=1)
-            commit = (ranks < quota[:, None]) & open_
-            if confidence_threshold is not None:
-                above = (confidence > confidence_threshold) & open_
-                enough = above.sum(1) >= quota
-                commit = torch.where(enough[:, None], above, commit)
-            window = x[:, lo:hi]
-            window[commit] = tokens[commit]
-        if bool((x[:, lo:hi] == mask_id).any()):  # a schedule shorter than the block's masks
-            raise RuntimeError("block decoding left masks in a finished block")
-        # The finished block's keys and values join the cache (one more forward, as SDAR).
-        model(
-            input_ids=x[:, lo:hi],
-            attention_mask=mask,
-            position_ids=positions[:, lo:hi],
-            cache=cache,
-            use_cache=True,
-        )
-    return x[:, width : width + response_length], visited
-
-
-def block_family_generate(
-    denoiser: MaskedDenoiser,
-    prompts: Sequence[Sequence[int]],
-    response_length: int,
-    config: SamplingConfig,
-    generator: torch.Generator,
-    record_states: bool = False,
-    forbidden_token_ids: Sequence[int] = (),
-) -> SampleOutput:
-    """The common sampler's call for a block diffusion model: :func:`block_generate`.
-
-    A block diffusion model can only be decoded block by block; ``config.steps``
-    is spread over the response's blocks (``steps * block_size / L`` denoising
-    steps per block, at least 1). LLaDA and Dream models are bidirectional and
-    take any of the common sampler's orders (no decoder is registered for them).
-    """
-    block = denoiser.family.block_size
-    if block is None:
-        raise ValueError("block_family_generate needs a block diffusion denoiser")
-    per_block = max(1, min(block, round(config.steps * block / response_length)))
-    return block_generate(
-        denoiser,
-        prompts,
-        response_length,
-        per_block,
-        generator,
-        remasking=config.remasking,
-        temperature=config.temperature,
-        record_states=record_states,
-        forbidden_token_ids=forbidden_token_ids,
+    rule = None if confidence_threshold is None else ConfidenceRule(confidence_threshold)
+    decoding = BlockDecoding(steps_per_block, remasking, temperature, rule)
+    strategy = BlockSampler(SamplingConfig(), decoding)
+    return strategy.sample(
+        denoiser, prompts, response_length, generator, record_states, forbidden_token_ids
     )
-
-
-FAMILY_DECODERS[BLOCK_DIFFUSION] = block_family_generate

@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 from tiltmatch.config import parse_task_options, validation_reasons
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.models.folders import folder_family
 from tiltmatch.models.loading import load_model_folder, resolve_model_path
+from tiltmatch.sampling.registry import SamplerRefused, strategy_for
 from tiltmatch.sampling.sampler import SamplingConfig, generate
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Example, Task
@@ -85,7 +87,7 @@ class Protocol:
             block_length=self.block_length,
             remasking=self.remasking,  # type: ignore[arg-type]
             temperature=self.temperature,
-            mode=self.mode,  # type: ignore[arg-type]
+            mode=self.mode,
         )
 
 
@@ -255,8 +257,24 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists: pass --overwrite to replace it")
 
 
+def check_sampler_decodes(path: Path, args: argparse.Namespace) -> None:
+    """Refuse, before any weight is loaded, a ``--sampler`` the model's family cannot honour
+    (one line naming both: :func:`tiltmatch.sampling.registry.strategy_for`)."""
+    try:
+        family = folder_family(path)
+    except (OSError, ValueError):
+        return  # loading the folder says what is wrong with it
+    mode = getattr(args, "sampler", "exact")
+    sampling = Protocol(1, 1, 1, args.remasking, args.temperature, mode).sampling()
+    try:
+        strategy_for(family, sampling, "--sampler", "--")
+    except SamplerRefused as err:
+        raise EvalArgumentError(str(err)) from None
+
+
 def _load(args: argparse.Namespace, task: Task | None) -> tuple[MaskedDenoiser, PromptCodec, Path]:
     path = resolve_model_path(args.model)
+    check_sampler_decodes(path, args)
     model, codec = load_model_folder(path, task)
     model.to(check_device(args.device))  # type: ignore[arg-type]
     denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
