@@ -83,6 +83,25 @@ def test_the_api_refuses_booleans_infinities_and_empty_lengths(tmp_path) -> None
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("length", [0, -4])
+def test_zero_or_negative_response_lengths_are_named(length, tmp_path, capsys) -> None:
+    # gsm8k's response_length option takes any integer: the commands check what they get.
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("task=")]
+    argv = [*_out_run(tmp_path), "--task", "gsm8k", *set_args(overrides)]
+    line = refusal([*argv, "--set", f"task_options.response_length={length}"], capsys)
+    assert line == (
+        f"task_options.response_length: task gsm8k needs responses of at least 1 token, "
+        f"got {length}"
+    )
+    argv = ["eval", "--model", "shipped:maze", "--task", "gsm8k", "--limit", "1"]
+    line = refusal([*argv, "--task-option", f"response_length={length}"], capsys)
+    assert line == (
+        f"task gsm8k: the response length must be at least 1 token, got {length} (its "
+        "response_length option, or --gen-length)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_dataset_task_refuses_an_empty_response(tmp_path, capsys) -> None:
     data, rewards = _dataset_files(tmp_path)
     argv = [*_out_run(tmp_path), "--dataset", str(data), "--reward", f"{rewards}:good"]

@@ -158,11 +158,22 @@ def check_device(name: str) -> torch.device:
     return device
 
 
+def response_length(task: Task, gen_length: int | None) -> int:
+    """``--gen-length``, else the task's own response length; at least one token."""
+    length = gen_length if gen_length is not None else task.response_length
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise EvalArgumentError(
+            f"task {task.name}: the response length must be at least 1 token, got {length!r} "
+            "(its response_length option, or --gen-length)"
+        )
+    return length
+
+
 def resolve_protocol(
     args: argparse.Namespace, task: Task, gen_length: int | None, max_positions: int | None
 ) -> Protocol:
     """The protocol for ``task``: the published defaults where an argument is not given."""
-    length = gen_length if gen_length is not None else task.response_length
+    length = response_length(task, gen_length)
     if max_positions is not None and length > max_positions:
         raise EvalArgumentError(
             f"--gen-length {length} exceeds the model's {max_positions} positions"
@@ -406,6 +417,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     options = parse_task_options(args.task_option)
     task = get_task(args.task, **options)
     split = args.split or PUBLISHED_TASKS.get(task.name, ("test",))[0]
+    response_length(task, args.gen_length)  # before any file is read
     destination = _destination(args, resolve_model_path(args.model))
     examples = _examples(args, task, split)
     denoiser, codec, path = _load(args, task)

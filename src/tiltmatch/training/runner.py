@@ -313,7 +313,10 @@ def build_trainer(
         )
     if task is None:
         task = get_task(config.task, **config.task_options)
+    check_response_length(task, "task_options.response_length")
     copies = training_copies(_weight_copies(config), config.lora is not None)
+    if context.fsdp is not None:  # every weight, gradient and moment is sharded over the ranks
+        copies /= context.world_size
     probe = preflight_run_before_load(config, task, copies)
     model, codec = _load_checked(config, task, loaded, quiet)
     check_prompts(task, codec)
@@ -356,6 +359,16 @@ def _show_progress(trainer: Trainer) -> None:
 
     trainer._fill = fill_with_progress  # type: ignore[method-assign]
     trainer.evaluate = evaluate_with_progress  # type: ignore[method-assign]
+
+
+def check_response_length(task: Task, setting: str) -> None:
+    """Refuse a task whose responses have no tokens (a task plugin or option may allow it;
+    every sampler and loss divides by it)."""
+    length = task.response_length
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ConfigError(
+            f"{setting}: task {task.name} needs responses of at least 1 token, got {length!r}"
+        )
 
 
 def _weight_copies(config: RunConfig) -> int:
