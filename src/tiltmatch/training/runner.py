@@ -469,8 +469,7 @@ def _is_main_process() -> bool:
 def train_to_end(
     trainer: Trainer, codec: PromptCodec, destination: Destination | None
 ) -> dict[str, Any]:
-    """Run ``trainer`` to its end and save the final model (the one loop of ``train`` and
-    the Python API).
+    """Run ``trainer`` to its end and save the final model and metrics (``tiltmatch train``).
 
     ``destination``: a new run's folder, taken now and committed at the first checkpoint
     (None: a resumed run, whose ``config.yaml`` is rewritten with its first checkpoint).
