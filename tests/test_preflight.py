@@ -126,8 +126,8 @@ def test_a_task_whose_one_example_takes_too_long_is_refused(tmp_path, capsys, mo
 )
 def test_eval_refuses_samples_and_batch_size_naming_them(flags, start, tmp_path, capsys) -> None:
     out = tmp_path / "eval"
-    line = refusal(["eval", "--model", "shipped:maze", "--task", "maze", "--out", str(out), *flags],
-                   capsys)  # fmt: skip
+    argv = ["eval", "--model", "shipped:maze", "--task", "maze", "--out", str(out), *flags]
+    line = refusal(argv, capsys)
     assert line.startswith(start), line
     assert line.endswith(LIMIT)
     assert not out.exists()
@@ -155,8 +155,8 @@ def test_pretrain_refuses_each_size_naming_it(flags, start, tmp_path, capsys, mo
 
 def test_demo_refuses_an_absurd_size_before_writing(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    line = refusal(["demo", "--tiny", "--out", str(out), "--set", "train.num_generations=10000000"],
-                   capsys)  # fmt: skip
+    argv = ["demo", "--tiny", "--out", str(out), "--set", "train.num_generations=10000000"]
+    line = refusal(argv, capsys)
     assert line.startswith("train.prompts_per_batch=2 x train.num_generations=10000000: ")
     assert not out.exists()
 
@@ -194,6 +194,39 @@ def test_ordinary_sizes_pass(tmp_path, capsys) -> None:
             refuse_over(needs)
     finally:
         preflight.memory_budget = budget  # type: ignore[assignment]
+
+
+def test_llada_countdown_recipe_rollouts_need_lean_noise_on_an_80_gib_gpu(monkeypatch) -> None:
+    """What the preflight found in the recipes: on a GPU the compatible noise draws float64
+    uniforms for rows x length x vocabulary (240 x 256 x 126464: 58 GiB) at every step; the
+    lean noise (same distribution) fits an 80 GiB GPU, and an H200's 139 GiB takes either."""
+    from tiltmatch.preflight import run_needs
+
+    config = build_config("configs/llada/countdown.yaml")
+    llada = ModelShape(126464, 4096, 32, 32, 12288, 4096)
+
+    def needs(cfg):
+        return [
+            model_need(llada, "model.base", 0.5, 1.0),
+            *run_needs(cfg, llada, 456, 256, 2, True),
+        ]
+
+    monkeypatch.setattr(preflight, "memory_budget", lambda device="cpu": (80 * 2**30, "GPU 0 has"))
+    with pytest.raises(ResourceError) as err:
+        refuse_over(needs(config), "cuda")
+    assert str(err.value).startswith(
+        "train.buffer_prompts=40 x train.num_generations=6 with sampler.noise=compatible on a "
+        "GPU: the sampler's float64 noise (240 rows x 256 positions x 126464 tokens) would take "
+        "about 57.9 GiB of memory"
+    )
+    assert str(err.value).endswith(
+        ": set sampler.noise=lean (the same distribution, noise "
+        "drawn at the open positions only) or lower these settings"
+    )
+    lean = build_config("configs/llada/countdown.yaml", ["sampler.noise=lean"])
+    refuse_over(needs(lean), "cuda")
+    monkeypatch.setattr(preflight, "memory_budget", lambda device="cpu": (139 * 2**30, "GPU"))
+    refuse_over(needs(config), "cuda")
 
 
 def test_memory_limit_reads_sizes_and_refuses_garbage(monkeypatch) -> None:

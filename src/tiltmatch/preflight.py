@@ -98,13 +98,17 @@ class Need:
     """One estimated allocation: what it is, its bytes, and the settings it comes from.
 
     ``host``: held in the machine's memory even when the model is on a GPU (Python lists,
-    the replay buffer's rows).
+    the replay buffer's rows). ``phase``: None for what is held throughout (the model, the
+    buffers); else the phase it is allocated in (``"sampling"``, ``"update"``, ...): phases
+    come one after another, so only the largest one counts on top of the rest.
     """
 
     what: str
     nbytes: float
     knobs: str
     host: bool = False
+    phase: str | None = None
+    fix: str = "lower these settings"
 
 
 def format_bytes(n: float) -> str:
@@ -165,14 +169,20 @@ def refuse_over(needs: Sequence[Need], device: Any = "cpu") -> None:
         if not group:
             continue
         budget, where = memory_budget(where_device)
-        total = sum(n.nbytes for n in group)
+        held = [n for n in group if n.phase is None]
+        phases: dict[str, list[Need]] = {}
+        for n in group:
+            if n.phase is not None:
+                phases.setdefault(n.phase, []).append(n)
+        peak = max(phases.values(), key=lambda ns: sum(n.nbytes for n in ns), default=[])
+        total = sum(n.nbytes for n in [*held, *peak])
         if total <= budget:
             continue
-        worst = max(group, key=lambda n: n.nbytes)
+        worst = max([*held, *peak], key=lambda n: n.nbytes)
         rest = f" ({format_bytes(total)} with the rest)" if total > worst.nbytes * 1.05 else ""
         raise ResourceError(
             f"{worst.knobs}: {worst.what} would take about {format_bytes(worst.nbytes)} of "
-            f"memory{rest}; {where} {format_bytes(budget)}: lower these settings"
+            f"memory{rest}; {where} {format_bytes(budget)}: {worst.fix}"
         )
 
 
@@ -207,15 +217,18 @@ def forward_need(
     logit_rows: int,
     shape: ModelShape,
     width: float,
-    logit_bytes: float = 36.0,
+    phase: str = "sampling",
 ) -> Need:
-    """One sampling forward: a layer's activations at a time, and the vocabulary work of
-    ``logit_rows`` positions (float32 logits, their float64 copies and uniforms)."""
-    activations = layer_activation_bytes(rows, tokens, shape, width)
+    """One forward without gradients: a layer's hidden states and attention scores at a
+    time, and the vocabulary work of ``logit_rows`` open positions (the sampler's float32
+    logits, their float64 copy, softmax and uniforms: 36 bytes a token)."""
+    hidden = rows * tokens * (4 * shape.hidden + 3 * shape.intermediate) * width
+    scores = shape.heads * tokens * tokens * rows * width
     return Need(
         f"{what} ({rows} rows x {tokens} tokens)",
-        activations + logit_rows * shape.vocab * logit_bytes,
+        hidden + scores + logit_rows * shape.vocab * 36.0,
         knobs,
+        phase=phase,
     )
 
 
@@ -231,16 +244,21 @@ def update_need(
         f"{shape.layers} layer(s))",
         activations + logits,
         knobs,
+        phase="update",
     )
 
 
 def noise_need(knobs: str, rows: int, length: int, vocab: int) -> Need:
     """The sampler's compatible Gumbel noise off the CPU: float64 uniforms for every response
-    position of every row (``sampler.noise=lean`` draws them at the open positions only)."""
+    position of every row (``sampler.noise=lean`` draws them at the open positions only).
+    ``knobs`` name the rows; the message adds the noise setting."""
     return Need(
         f"the sampler's float64 noise ({rows} rows x {length} positions x {vocab} tokens)",
         rows * length * vocab * 8.0,
-        knobs,
+        f"{knobs} with sampler.noise=compatible on a GPU",
+        phase="sampling",
+        fix="set sampler.noise=lean (the same distribution, noise drawn at the open positions "
+        "only) or lower these settings",
     )
 
 
@@ -475,7 +493,14 @@ def run_needs(
     eval_rows = min(ROLLOUT_CHUNK, held)
     needs.append(
         forward_need(
-            "one evaluation forward", eval_knob, eval_rows, tokens, eval_rows * block, shape, width
+            "one evaluation forward",
+            eval_knob,
+            eval_rows,
+            tokens,
+            eval_rows * block,
+            shape,
+            width,
+            phase="evaluation",
         )
     )
     needs.append(rows_need("the held-out responses", eval_knob, held, tokens))

@@ -15,6 +15,7 @@ it (the CLI exits 2), never a silent replacement by a default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -342,7 +343,8 @@ def preflight_eval(
         ),
     ]
     if first.device.type != "cpu" and protocol.temperature > 0:
-        needs.append(noise_need(batch_knob, batch, protocol.gen_length, shape.vocab))
+        noise = noise_need(batch_knob, batch, protocol.gen_length, shape.vocab)
+        needs.append(dataclasses.replace(noise, fix="lower --batch-size"))
     refuse_over(
         needs,
         first.device,
