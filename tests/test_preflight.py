@@ -6,6 +6,7 @@ is allocated or written; and it leaves ordinary sizes alone."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TINY_OVERRIDES
@@ -202,7 +203,8 @@ def test_llada_countdown_recipe_rollouts_need_lean_noise_on_an_80_gib_gpu(monkey
     lean noise (same distribution) fits an 80 GiB GPU, and an H200's 139 GiB takes either."""
     from tiltmatch.preflight import run_needs
 
-    config = build_config("configs/llada/countdown.yaml")
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "llada" / "countdown.yaml"
+    config = build_config(recipe)
     llada = ModelShape(126464, 4096, 32, 32, 12288, 4096)
 
     def needs(cfg):
@@ -223,7 +225,7 @@ def test_llada_countdown_recipe_rollouts_need_lean_noise_on_an_80_gib_gpu(monkey
         ": set sampler.noise=lean (the same distribution, noise "
         "drawn at the open positions only) or lower these settings"
     )
-    lean = build_config("configs/llada/countdown.yaml", ["sampler.noise=lean"])
+    lean = build_config(recipe, ["sampler.noise=lean"])
     refuse_over(needs(lean), "cuda")
     monkeypatch.setattr(preflight, "memory_budget", lambda device="cpu": (139 * 2**30, "GPU"))
     refuse_over(needs(config), "cuda")
