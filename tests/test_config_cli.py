@@ -88,7 +88,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
         (["train", "--out", "{tmp}/r", "--task", "chess"], "unknown task 'chess'"),
         (["train", "--out", "{tmp}/r", "--set", "dtm.hh=1"], "dtm.hh: unknown field"),
         (["train", "--out", "{tmp}/r", "--config", "{tmp}/none.yaml"], "config file not found"),
-        (["train", "--out", "{tmp}/r", "--resume"], "cannot resume: no config.yaml"),
+        (["train", "--out", "{tmp}/r", "--resume"], "cannot resume: no checkpoint in"),
         (["eval", "--model", "{tmp}/nomodel", "--task", "maze"], "model folder not found"),
         (["eval", "--model", "shipped:chess", "--task", "maze"], "no shipped base model"),
         (

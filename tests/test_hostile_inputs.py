@@ -146,8 +146,11 @@ def test_pretrain_refuses_an_existing_model(tmp_path, capsys) -> None:
     shutil.copytree(shipped_model_dir("maze"), folder)
     before = folder_state(tmp_path)
     line = refusal(["pretrain", "--task", "maze", "--out", str(folder), "--steps", "1"], capsys)
-    assert line.startswith(f"{folder} already holds a model (config.json, ")
-    assert "--overwrite" in line
+    assert line == (
+        f"{folder} is not empty (holds config.json, generation_config.json, model.safetensors, "
+        "tiltmatch.json); pass --overwrite to replace it (the old folder is kept aside until the "
+        "new model is written) or choose another destination"
+    )
     assert folder_state(tmp_path) == before
 
 
@@ -164,7 +167,8 @@ def test_pretrain_overwrite_replaces_the_model(tmp_path, capsys) -> None:
     assert main(argv) == 0
     capsys.readouterr()
     assert (folder / "model.safetensors").read_bytes() != old
-    assert (folder / "notes.txt").read_text() == "mine"  # only the model's own files went
+    assert not (folder / "notes.txt").exists()  # the folder is replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # nothing left aside
     load_denoiser(folder)
 
 
@@ -175,7 +179,11 @@ def test_demo_refuses_an_existing_run(tmp_path, capsys) -> None:
     (out / "stages.jsonl").write_text('{"stage": 0}\n')
     before = folder_state(tmp_path)
     line = refusal(["demo", "--out", str(out)], capsys)
-    assert line.startswith(f"{out} already holds a demo run (stages.jsonl, report.json)")
+    assert line == (
+        f"{out} is not empty (holds report.json, stages.jsonl); pass --overwrite to replace it "
+        "(the old folder is kept aside until the new demo run is written) or choose another "
+        "destination"
+    )
     assert folder_state(tmp_path) == before
 
 
@@ -186,7 +194,10 @@ def test_convert_llada_refuses_a_non_empty_destination(tmp_path, capsys) -> None
     (dst / "config.json").write_text("{}")
     before = folder_state(tmp_path)
     line = refusal(["convert-llada", str(tiny.folder), str(dst), "--dtype", "float32"], capsys)
-    assert line == f"{dst} exists and is not empty; pass --overwrite to replace it"
+    assert line == (
+        f"{dst} is not empty (holds config.json); pass --overwrite to replace it (the old folder "
+        "is kept aside until the new converted model is written) or choose another destination"
+    )
     assert folder_state(tmp_path) == before
 
 

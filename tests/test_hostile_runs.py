@@ -116,18 +116,21 @@ def test_new_run_into_an_existing_run_is_refused(run, interrupted, capsys) -> No
     before = _state(run)
     line = refusal(["train", "--out", str(run), *set_args(interrupted[1])], capsys)
     assert line == (
-        f"{run} already holds a run (config.yaml, stages.jsonl, checkpoint, tensorboard); pass "
-        "--resume to continue it, --overwrite to replace it, or choose another --out"
+        f"{run} is not empty (holds checkpoint, config.yaml, stages.jsonl, tensorboard); pass "
+        "--resume to continue it, --overwrite to replace it (the old folder is kept aside until "
+        "the new run's first checkpoint), or choose another --out"
     )
     assert _state(run) == before
 
 
-def test_a_run_killed_before_its_first_checkpoint_is_not_overwritten(tmp_path, capsys) -> None:
+def test_a_folder_with_a_run_config_but_no_marker_is_not_overwritten(tmp_path, capsys) -> None:
+    # A config.yaml without the pending marker: a folder no tiltmatch writer of this version
+    # started (or a run of an earlier version killed before its first checkpoint).
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text("seed: 0\n")
     line = refusal(["train", "--out", str(out)], capsys)
-    assert line.startswith(f"{out} already holds a run (config.yaml); pass --resume")
+    assert line.startswith(f"{out} is not empty (holds config.yaml); pass --resume")
 
 
 # --- case 9: corrupt checkpoint pieces name the file -----------------------------------------
@@ -281,13 +284,22 @@ def test_read_only_run_folder_is_one_line(run, capsys) -> None:
 
 
 def test_permission_denied_while_writing_is_one_line(run, monkeypatch, capsys) -> None:
-    # As root (CI containers) a chmod does not stop writes: refuse the write itself.
+    # As root (CI containers) a chmod does not stop writes: refuse the write itself. A resume
+    # writes config.yaml only after its first checkpoint, so the checkpoint's write fails first.
+    before = _state(run)
+
     def denied(*args, **kwargs):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(run / "config.yaml"))
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(run / "meta.json"))
 
     monkeypatch.setattr(Path, "write_text", denied)
     line = refusal(["train", "--out", str(run), "--resume", "--quiet"], capsys)
-    assert line == f"Permission denied: {run / 'config.yaml'}"
+    assert line.startswith(f"cannot write checkpoint {run / 'checkpoint'} (PermissionError: ")
+    assert "Permission denied" in line and line.endswith("the previous checkpoint is intact")
+    after = _state(run)
+    assert after["config.yaml"] == before["config.yaml"]
+    assert {k: v for k, v in after.items() if k.startswith("checkpoint")} == {
+        k: v for k, v in before.items() if k.startswith("checkpoint")
+    }
 
 
 # --- case 10: stray save folders, the newest complete one, no stage logged twice -----------

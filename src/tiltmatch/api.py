@@ -25,9 +25,6 @@ symbols (``a_end``, ``h``, ``steps_per_h``, ``c``, ``rho``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +33,7 @@ from typing import Any
 import yaml
 
 from tiltmatch.config import ConfigError, LoRAConfig, RunConfig, TrainConfig, build_config
+from tiltmatch.destination import Destination
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.rewards import RewardFunction, make_reward
 from tiltmatch.tasks import get_task
@@ -102,6 +100,9 @@ class DTMConfig:
     eval_temperature: float | None = None
     eval_every_stage: bool | None = None
     save_steps: int | None = None
+    #: replace an ``output_dir`` holding anything but this run's own files (TRL's name); the
+    #: old folder is kept aside until the new run's first checkpoint
+    overwrite_output_dir: bool = False
     report_to: str | list[str] = "tensorboard"
     disable_tqdm: bool = False
     # the model
@@ -117,6 +118,9 @@ class DTMConfig:
         lora: LoRAConfig | None = None,
     ) -> RunConfig:
         """The validated :class:`RunConfig` these arguments stand for."""
+        length = self.max_completion_length
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ConfigError(f"max_completion_length must be an integer >= 1, got {length!r}")
         generations = self.num_generations or TrainConfig().num_generations
         prompts_per_batch = None
         if self.per_device_train_batch_size is not None:
@@ -190,7 +194,6 @@ class DTMConfig:
             data["lora"] = lora.model_dump()
         overrides = [f"{k}={json.dumps(v)}" for k, v in self.run_overrides.items()]
         config = build_config(None, overrides, base=data)
-        length = self.max_completion_length
         if length % config.sampler.block_length:
             raise ConfigError(
                 f"max_completion_length {length} is not a multiple of block_length "
@@ -355,22 +358,33 @@ class DTMTrainer:
     def train(self, resume_from_checkpoint: bool | str | None = None) -> TrainOutput:
         """Train to the end of the annealing path (or the baseline's budget).
 
-        A folder that already holds a run is continued only with
-        ``resume_from_checkpoint`` (True: ``output_dir/checkpoint``; or a path), never
-        overwritten.
+        A folder that already holds anything is continued only with
+        ``resume_from_checkpoint`` (True: ``output_dir/checkpoint``; or a path) and replaced
+        only with ``args.overwrite_output_dir`` (the old folder kept aside until the new
+        run's first checkpoint, and put back if the run fails before it).
         """
+        from tiltmatch.training.runner import committed_at_first_checkpoint, run_destination
         from tiltmatch.training.trainer import CHECKPOINT
 
-        checkpoint = self.output_dir / CHECKPOINT
+        destination = None
         if resume_from_checkpoint:
+            checkpoint = self.output_dir / CHECKPOINT
             path = checkpoint if resume_from_checkpoint is True else Path(resume_from_checkpoint)
             self.trainer.load(path)
-        elif checkpoint.exists():
-            raise FileExistsError(
-                f"{self.output_dir} already holds a run; pass resume_from_checkpoint=True to "
-                "continue it or choose another output_dir"
+        else:
+            destination = run_destination(
+                self.output_dir,
+                self.config,
+                self.args.overwrite_output_dir,
+                writer=self.trainer.parallel.is_main,
             )
-        history = self.trainer.train()
+            destination.hint = (
+                "pass resume_from_checkpoint=True to continue it, set overwrite_output_dir=True "
+                "to replace it, or choose another output_dir"
+            )
+            destination.check()
+        with committed_at_first_checkpoint(self.trainer, destination):
+            history = self.trainer.train()
         final = dict(history[-1]) if history else {}
         if self.trainer.parallel.is_main:
             (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
@@ -395,25 +409,23 @@ class DTMTrainer:
         from tiltmatch.training.runner import save_final
 
         folder = Path(output_dir) if output_dir is not None else self.output_dir / "final"
-        if folder.exists() and not overwrite:
-            raise FileExistsError(f"{folder} exists; pass overwrite=True to replace it")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            parallel = self.trainer.parallel
-            whole = parallel.student_weights_to_save(self.trainer.pair)  # collective (FSDP)
-            if not parallel.is_main:  # one writer under a multi-process launch
-                return folder
-            save_final(self.trainer, self.codec, tmp, whole)
-            (tmp / "README.md").write_text(self.model_card())
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        parallel = self.trainer.parallel
+        destination = Destination(
+            folder,
+            "model",
+            overwrite,
+            staged=True,  # written beside it, renamed into place once complete
+            hint="pass overwrite=True to replace it (the old folder is kept until the new "
+            "model is written) or choose another folder",
+            writer=parallel.is_main,
+        )
+        destination.check()
+        whole = parallel.student_weights_to_save(self.trainer.pair)  # collective (FSDP)
+        if not parallel.is_main:  # one writer under a multi-process launch
+            return folder
+        with destination as staging:
+            save_final(self.trainer, self.codec, staging, whole)
+            (staging / "README.md").write_text(self.model_card())
         return folder
 
     def model_card(self) -> str:

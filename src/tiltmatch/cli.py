@@ -35,7 +35,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune with the configured method; ``--resume`` continues a killed run."""
     from tiltmatch.config import build_config
-    from tiltmatch.training.runner import run_training
+    from tiltmatch.training.runner import check_resumable, run_training
 
     out = Path(args.out)
     if args.allow_change and not args.resume:
@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     if args.resume:
+        check_resumable(out)
         saved = out / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"cannot resume: no config.yaml in {out}")
@@ -93,17 +94,18 @@ def _task_base(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Masked-diffusion SFT of a tiny base model on a synthetic task's demonstrations."""
-    from tiltmatch.models.denoiser import MODEL_FILES, TinyModelSpec
+    from tiltmatch.destination import Destination
+    from tiltmatch.models.denoiser import TinyModelSpec
     from tiltmatch.tasks import get_task
-    from tiltmatch.training.pretrain import PretrainConfig, pretrain
-    from tiltmatch.training.runner import clear_run, refuse_overwrite
+    from tiltmatch.training.pretrain import PretrainConfig, preflight_pretrain, pretrain
 
     _check_pretrain_args(args)
-    out = Path(args.out)
-    if not args.overwrite:
-        refuse_overwrite(out, MODEL_FILES, what="model")
-
-    task = get_task(args.task, **parse_task_options(args.task_option))
+    options = parse_task_options(args.task_option)
+    destination = Destination(
+        args.out, what="model", overwrite=args.overwrite, sources=_paths(options), staged=True
+    )
+    destination.check()
+    task = get_task(args.task, **options)
     spec = TinyModelSpec(
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
@@ -117,11 +119,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         train_examples=args.train_examples,
     )
-    if args.overwrite:
-        clear_run(out, MODEL_FILES)
-    _, summary = pretrain(task, spec, config, out_dir=out, quiet=args.quiet)
+    preflight_pretrain(task, spec, config)
+    with destination as folder:
+        _, summary = pretrain(task, spec, config, out_dir=folder, quiet=args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _paths(options: dict[str, Any]) -> list[Path]:
+    """The option values that name existing files or folders (a command's sources)."""
+    return [
+        Path(v).expanduser()
+        for v in options.values()
+        if isinstance(v, str) and v and Path(v).expanduser().exists()
+    ]
 
 
 def _check_pretrain_args(args: argparse.Namespace) -> None:
@@ -139,6 +150,11 @@ def _check_pretrain_args(args: argparse.Namespace) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if args.intermediate_size < 0:
+        raise ConfigError(
+            f"--intermediate-size must be at least 1 (or 0: 3 x --hidden-size), got "
+            f"{args.intermediate_size}"
+        )
     if not 1 <= args.train_examples <= MAX_EXAMPLES:
         raise ConfigError(
             f"--train-examples must be in 1..{MAX_EXAMPLES}, got {args.train_examples}"
@@ -166,25 +182,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo: DTM on the maze from the shipped base model, with a report."""
-    from tiltmatch.experiments.demo import (
-        DEMO_FILES,
-        HEADLINE_KEYS,
-        TINY_OVERRIDES,
-        TINY_PROBE,
-        run_demo,
-    )
-    from tiltmatch.training.runner import clear_run, refuse_overwrite
+    from tiltmatch.destination import Destination
+    from tiltmatch.experiments.demo import HEADLINE_KEYS, TINY_OVERRIDES, TINY_PROBE, run_demo
 
-    if args.overwrite:
-        clear_run(Path(args.out), DEMO_FILES)
-    else:
-        refuse_overwrite(Path(args.out), DEMO_FILES, what="demo run")
+    destination = Destination(args.out, what="demo run", overwrite=args.overwrite)
     overrides = [*TINY_OVERRIDES, *_overrides(args)] if args.tiny else _overrides(args)
     report = run_demo(
         Path(args.out),
         config_path=args.config,
         overrides=overrides,
         quiet=args.quiet,
+        destination=destination,
         **(TINY_PROBE if args.tiny else {}),
     )
     print(json.dumps({k: report[k] for k in HEADLINE_KEYS}, indent=2))

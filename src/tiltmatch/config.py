@@ -9,6 +9,9 @@ them. Names follow TRL's GRPO vocabulary where they mean the same thing
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -453,6 +456,74 @@ def parse_task_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _numeric_kinds(annotation: Any) -> tuple[bool, bool]:
+    """(takes a number, takes a boolean) for a field annotation (unions looked into)."""
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in _UNIONS else ()
+    kinds = members or (annotation,)
+    number = any(k in (int, float) for k in kinds)
+    return number, any(k is bool for k in kinds)
+
+
+_UNIONS = (typing.Union, types.UnionType)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in _UNIONS else ()
+    for kind in members or (annotation,):
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind
+    return None
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except (ValueError, OverflowError):
+        return False  # not a number at all, or an int beyond floats: pydantic's checks say so
+
+
+def _any_not_finite(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_any_not_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_any_not_finite(v) for v in value)
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def numeric_problems(model: type[BaseModel], data: Any, prefix: str = "") -> list[str]:
+    """One line per number field of ``model`` (nested sections included) that ``data`` fills
+    with a boolean (``num_generations: true`` is not 1) or a NaN / infinite value; free
+    mappings (``task_options``) may hold no NaN or infinity either. Pydantic alone would
+    read ``true`` as 1 and, outside this module's models, take ``inf``."""
+    if not isinstance(data, dict):
+        return []
+    lines = []
+    for name, field in model.model_fields.items():
+        if name not in data:
+            continue
+        value, where = data[name], f"{prefix}{name}"
+        nested = _model_of(field.annotation)
+        number, boolean = _numeric_kinds(field.annotation)
+        element = typing.get_args(field.annotation)
+        if nested is not None and isinstance(value, dict):
+            lines += numeric_problems(nested, value, f"{where}.")
+        elif number and not boolean and isinstance(value, bool):
+            lines.append(f"  {where}: a boolean ({str(value).lower()}) is not a number")
+        elif number and _not_finite(value):
+            lines.append(f"  {where}: Input should be a finite number (got {value!r})")
+        elif float in element and isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, bool):
+                    lines.append(f"  {where}.{i}: a boolean ({str(item).lower()}) is not a number")
+                elif _not_finite(item):
+                    lines.append(f"  {where}.{i}: Input should be a finite number (got {item!r})")
+        elif typing.get_origin(field.annotation) is dict and _any_not_finite(value):
+            lines.append(f"  {where}: NaN and infinity are not settings (got {value!r})")
+    return lines
+
+
 def build_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -479,6 +550,10 @@ def build_config(
                 raise ConfigError(f"override {text!r}: {k!r} is not a section")
             node = child
         node[keys[-1]] = value
+    if problems := numeric_problems(RunConfig, data):
+        if len(problems) == 1:
+            raise ConfigError("invalid configuration: " + problems[0].strip())
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

@@ -78,8 +78,10 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str,
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
     rows = []
-    # One decoding of the whole file, so that a bad byte anywhere names the file.
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+    # One decoding of the whole file, so that a bad byte anywhere names the file. Records end
+    # at "\n" only: str.splitlines() would also split at U+2028, U+0085 and friends, which a
+    # JSON string may hold as they are.
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

@@ -35,6 +35,9 @@ def _import_file(path: Path) -> Any:
     except Exception as err:  # the user's module may raise anything while importing
         del sys.modules[name]
         raise PluginError(f"importing {path} raised {type(err).__name__}: {err}") from err
+    except SystemExit as exit_:  # sys.exit() in a user's file must not end the command
+        del sys.modules[name]
+        raise PluginError(f"importing {path} called sys.exit({exit_.code!r})") from None
     return module
 
 
@@ -64,6 +67,10 @@ def load_object(reference: str, what: str = "object") -> Any:
             raise PluginError(
                 f"importing module {module_part!r} raised {type(err).__name__}: {err}"
             ) from err
+        except SystemExit as exit_:
+            raise PluginError(
+                f"importing module {module_part!r} called sys.exit({exit_.code!r})"
+            ) from None
     obj: Any = module
     for part in attr.split("."):
         try:

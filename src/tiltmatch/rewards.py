@@ -76,6 +76,12 @@ def check_rewards(
     and the first offending row (wrong length, not a number, NaN or inf)."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().reshape(-1).tolist()
+    if isinstance(values, Mapping | str | bytes | set | frozenset):
+        # list() of a dict is its keys, of a string its characters: never one number per row
+        raise RewardError(
+            f"reward function {name!r} returned a {type(values).__name__}, not a list of "
+            "numbers (one per completion, in order)"
+        )
     try:
         values = list(values)
     except TypeError:
@@ -131,6 +137,11 @@ class RewardFunction(ABC):
                 f"reward function {self.name!r} raised {type(err).__name__}: {err} "
                 f"(on a batch of {len(completions)} completions, first example {first!r})"
             ) from err
+        except SystemExit as exit_:  # sys.exit() in a reward must not end the run silently
+            raise RewardError(
+                f"reward function {self.name!r} called sys.exit({exit_.code!r}) (on a batch of "
+                f"{len(completions)} completions); a reward returns numbers"
+            ) from None
         return check_rewards(self.name, values, completions, examples)
 
     def components(
@@ -231,12 +242,22 @@ class RewardModel(RewardFunction):
                     f"{where}: no safetensors weights (pickled weights are never loaded)"
                 )
             try:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    folder, use_safetensors=True, trust_remote_code=False
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    folder, use_safetensors=True, trust_remote_code=False, output_loading_info=True
                 )
                 tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder)
-            except (OSError, ValueError, KeyError) as err:
-                raise RewardModelError(f"{where} cannot be loaded: {err}") from None
+            except Exception as err:  # a truncated file raises safetensors' own error types
+                text = " ".join(str(err).split())[:300]
+                raise RewardModelError(
+                    f"{where} cannot be loaded ({type(err).__name__}: {text})"
+                ) from None
+            if missing := sorted(str(k) for k in info.get("missing_keys") or []):
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise RewardModelError(
+                    f"{where}: its checkpoint has no weights for {missing[0]!r}{more}, which "
+                    "would start random: a reward model is a trained sequence classifier (a "
+                    "causal LM's folder has no score head)"
+                )
             name = name or folder.name
         if tokenizer is None:
             raise RewardModelError(f"{where}: a loaded reward model needs its tokenizer")
@@ -244,6 +265,9 @@ class RewardModel(RewardFunction):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = int(batch_size), max_length
         self._check(where)
+        from tiltmatch.model_checks import check_finite_weights
+
+        check_finite_weights(self.model, where)
         self.device = torch.device(device)
         self.model.to(self.device)
         self.model.eval()
@@ -364,7 +388,13 @@ def as_reward_function(
         if Path(text).expanduser().is_dir():
             return RewardModel(text, device=device)
         if is_reference(text):
-            return as_reward_function(load_object(text, what="reward function"), device)
+            from tiltmatch.plugins import PluginError
+
+            try:
+                loaded = load_object(text, what="reward function")
+            except PluginError as err:
+                raise RewardError(f"reward function {text!r} cannot be loaded: {err}") from None
+            return as_reward_function(loaded, device)
         raise RewardError(
             f"reward {text!r} is neither a reward model folder nor 'file.py:function' / "
             "'module:function'"

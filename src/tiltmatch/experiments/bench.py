@@ -61,6 +61,7 @@ from typing import Any
 
 import torch
 
+from tiltmatch.destination import Destination
 from tiltmatch.training import methods as registry
 
 TASKS: tuple[str, ...] = ("maze", "sudoku", "countdown")
@@ -1049,13 +1050,77 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--base-steps", type=int, help="pretraining steps of every base (default: its recipe's)"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out that holds anything but this benchmark's own results (the old "
+        "folder is kept aside until the first new result is written)",
+    )
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
+
+
+#: marks a folder as a benchmark's own: rerun with the same --out, its cached runs are reused
+BENCH_MARKER = ".tiltmatch-bench"
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse counts and rates that cannot mean anything (ValueError naming the flag)."""
+    for flag, value in (
+        ("--seeds", args.seeds),
+        ("--budget", args.budget),
+        ("--base-steps", args.base_steps),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    for rate in args.learning_rates or ():
+        if not (math.isfinite(rate) and 0 < rate <= 1):
+            raise ValueError(f"--learning-rates must be finite numbers in (0, 1], got {rate}")
+
+
+def _run_all(
+    args: argparse.Namespace,
+    setups: dict[str, TaskSetup],
+    size: BenchSize,
+    out: Path,
+    isolate: bool,
+    destination: Destination,
+    log: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every task x method: the learning-rate sweep on seed 0, then the other seeds at the
+    best rate. The destination is committed with the first result."""
+    sweep: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+
+    def run(spec: RunSpec) -> dict[str, Any]:
+        record = cached_run(setups[spec.task], spec, size, out, isolate, log)
+        destination.commit()
+        return record
+
+    for task in args.tasks:
+        log(f"{task}: base {setups[task].base or '(fresh model)'}")
+        for method in args.methods:
+            tried = [run(RunSpec(task, method, lr, 0)) for lr in size.learning_rates]
+            sweep += tried
+            best = max(tried, key=lambda r: (r["heldout_accuracy"], r["heldout_reward"]))
+            results.append(best)
+            for seed in range(1, size.seeds):
+                results.append(run(RunSpec(task, method, best["learning_rate"], seed)))
+    return sweep, results
 
 
 def main(argv: list[str]) -> int:
     """Run the benchmark; returns the exit code."""
     args = parse_args(argv)
+    check_args(args)
+    destination = Destination(
+        args.out,
+        what="benchmark",
+        overwrite=args.overwrite,
+        sources=[Path(args.bases)],
+        reuse_marker=BENCH_MARKER,
+    )
+    destination.check()
     torch.set_num_threads(1)
     size = SIZES[args.size or ("quick" if args.quick else "default")]
     if args.seeds is not None:
@@ -1066,8 +1131,7 @@ def main(argv: list[str]) -> int:
         check_budget(size)  # now, not at the first run
     if args.learning_rates:
         size = dataclasses.replace(size, learning_rates=tuple(args.learning_rates))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = destination.path
 
     def log(text: str) -> None:
         if not args.quiet:
@@ -1101,22 +1165,8 @@ def main(argv: list[str]) -> int:
                 return 2
             setup.eval_sampler, setup.sampler = dict(setup.sampler), rollout
     isolate = not args.no_isolate
-    sweep: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
-    for task in args.tasks:
-        setup = setups[task]
-        log(f"{task}: base {setup.base or '(fresh model)'}")
-        for method in args.methods:
-            tried = [
-                cached_run(setup, RunSpec(task, method, lr, 0), size, out, isolate, log)
-                for lr in size.learning_rates
-            ]
-            sweep += tried
-            best = max(tried, key=lambda r: (r["heldout_accuracy"], r["heldout_reward"]))
-            results.append(best)
-            for seed in range(1, size.seeds):
-                spec = RunSpec(task, method, best["learning_rate"], seed)
-                results.append(cached_run(setup, spec, size, out, isolate, log))
+    with destination:  # an old folder goes once the first new run has its result
+        sweep, results = _run_all(args, setups, size, out, isolate, destination, log)
     slim = [{k: v for k, v in r.items() if k != "config"} for r in sweep]
     (out / "sweep.json").write_text(json.dumps(slim, indent=2))
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tiltmatch.config import RunConfig, build_config
+from tiltmatch.destination import Destination
 from tiltmatch.experiments.base_models import RECIPES
 from tiltmatch.experiments.maze_probe import MazeTargetProbe
 from tiltmatch.experiments.maze_target import maze_outcome
@@ -34,16 +35,11 @@ from tiltmatch.models.loading import shipped_model_dir
 from tiltmatch.tasks.maze.task import MazeTask, maze_of
 from tiltmatch.training.pretrain import pretrain
 from tiltmatch.training.rollouts import PromptPool
-from tiltmatch.training.runner import RUN_FILES, build_trainer, save_final
+from tiltmatch.training.runner import build_trainer, committed_at_first_checkpoint, save_final
 
 CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
 #: the training-maze probe's seeds start here (apart from the held-out probe's 0..199)
 TRAIN_PROBE_SEED = 7000
-
-
-#: What the demo writes into ``--out``: a run's files and the report (``--overwrite`` replaces
-#: exactly these; ``tiltmatch demo`` refuses a folder holding any of them without it).
-DEMO_FILES = (*RUN_FILES, "report.json", "report.md", "stages.png", "maze.png")
 
 
 #: Intra-op threads of the demo. A float sum split over N threads adds in another order than
@@ -367,8 +363,14 @@ def run_demo(
     target_samples: int = 400,
     train_mazes: int = 6,
     train_samples: int = 250,
+    destination: Destination | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return the report dict (also written as JSON).
+
+    ``destination``: how ``out`` is taken (``tiltmatch demo --overwrite`` passes one that may
+    replace an old run); by default a non-empty ``out`` is refused. It is checked first and
+    taken only once the config, model and probes are built; an old folder is deleted at the
+    new run's first checkpoint and put back if the demo fails before it.
 
     ``target_*``: the held-out exact-target mazes (generalisation); ``train_*``: the
     training mazes (the first ``train_mazes`` prompts the trainer's pool hands out).
@@ -379,8 +381,9 @@ def run_demo(
     import torch
 
     started = time.time()
+    destination = destination or Destination(out, what="demo run")
+    destination.check()
     config: RunConfig = build_config(config_path or demo_config_path(), overrides)
-    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(DEMO_THREADS)
     if config.task != "maze" or config.method != "dtm":
         raise ValueError("the demo runs DTM on the maze; use 'tiltmatch train' for other runs")
@@ -410,7 +413,8 @@ def run_demo(
     train_probe.count_training_rollouts()
     train_at0 = train_probe.measure(0.0, samples=train_probe.base_b)
     trainer.stage_callbacks.append(train_probe.stage_callback)
-    history = trainer.train()
+    with committed_at_first_checkpoint(trainer, destination):
+        history = trainer.train()
     final_eval = history[-1] if history else {}
     # The last stage ended at a_end = beta: its measurement is the final one.
     final = probe.last if history else base_at_beta

@@ -371,11 +371,12 @@ def convert_llada(
     folder and renamed into place, so a killed conversion leaves no half model; a
     non-empty ``dst`` is refused unless ``overwrite``, which replaces it whole.
     """
+    from tiltmatch.destination import Destination
+
     dst = Path(dst)
-    if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"{dst} exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise FileExistsError(f"{dst} exists and is not empty; pass --overwrite to replace it")
+    # The one destination check of every writer: never the source, nor a link or a non-empty
+    # folder without overwrite (tiltmatch.destination).
+    Destination(dst, "converted model", overwrite, sources=[Path(src)]).check()
     model, tokenizer, ids = load_llada(src, dtype=dtype, device="cpu")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"

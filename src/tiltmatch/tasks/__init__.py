@@ -83,6 +83,18 @@ def get_task(name: str, **options: Any) -> Task:
         return cls(**options)
     except TypeError as err:
         raise ValueError(f"bad options for task {name!r}: {err}") from None
+    except ValueError:
+        raise  # the task's own message about its options or data
+    except Exception as err:  # a plugin's constructor may raise anything: say which task
+        text = " ".join(str(err).split())[:300]
+        raise ValueError(
+            f"task {name!r} could not be built: {cls.__name__}(...) raised "
+            f"{type(err).__name__}: {text}"
+        ) from err
+    except SystemExit as exit_:  # sys.exit() in a plugin must not end the command
+        raise ValueError(
+            f"task {name!r} could not be built: {cls.__name__}(...) called sys.exit({exit_.code!r})"
+        ) from None
 
 
 __all__ = [

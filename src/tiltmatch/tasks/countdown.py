@@ -317,6 +317,8 @@ class CountdownTask(Task):
         out = []
         for i, row in enumerate(read_jsonl(path, required=("input", "output"))):
             where = f"{path}, row {i + 1}"
+            for field in ("input", "output"):
+                _check_digits(str(row[field]), field, where)
             try:
                 numbers = tuple(int(x) for x in str(row["input"]).split(","))
             except ValueError:
@@ -430,3 +432,19 @@ class CountdownTask(Task):
             correct if (rng.random() < self.demo_correct_prob and correct) or not wrong else wrong
         )
         return rng.choice(pool)
+
+
+#: digits a countdown number of a data file may have (a problem's numbers are small; a
+#: longer one is a damaged row, and past 4300 digits Python would refuse to read it)
+MAX_NUMBER_DIGITS = 18
+
+
+def _check_digits(text: str, field: str, where: str) -> None:
+    """Refuse a number too long to be a countdown number, saying so (not "bad format")."""
+    for piece in text.split(","):
+        digits = piece.strip().lstrip("+-")
+        if digits.isdigit() and len(digits) > MAX_NUMBER_DIGITS:
+            raise DatasetError(
+                f"{where}: field {field!r} has a {len(digits)}-digit number; countdown numbers "
+                f"have at most {MAX_NUMBER_DIGITS} digits"
+            )

@@ -167,6 +167,12 @@ class DatasetTask(Task):
             raise ValueError(
                 "the dataset task needs at least one reward (a function or a reward model)"
             )
+        if isinstance(response_length, bool) or not isinstance(response_length, int):
+            raise ValueError(f"response_length must be an integer, got {response_length!r}")
+        if response_length < 1:
+            raise ValueError(f"response_length must be at least 1, got {response_length}")
+        if alphabet is not None and (not isinstance(alphabet, str) or not alphabet):
+            raise ValueError(f"alphabet must be a non-empty string, got {alphabet!r}")
         rows, self.train_label = _load_rows(train)
         self.train_examples = rows_to_examples(rows, self.train_label)
         self.eval_label: str | None = None

@@ -15,6 +15,7 @@ it (the CLI exits 2), never a silent replacement by a default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -29,10 +30,21 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from tiltmatch.config import parse_task_options, validation_reasons
+from tiltmatch.destination import Destination
+from tiltmatch.model_checks import check_finite_weights, check_model_meta
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.folders import folder_family
 from tiltmatch.models.loading import load_model_folder, resolve_model_path
+from tiltmatch.preflight import (
+    Heartbeat,
+    ModelShape,
+    forward_need,
+    model_need,
+    noise_need,
+    refuse_over,
+    rows_need,
+)
 from tiltmatch.sampling.registry import SamplerRefused, strategy_for
 from tiltmatch.sampling.sampler import SamplingConfig, generate
 from tiltmatch.tasks import get_task
@@ -149,11 +161,22 @@ def check_device(name: str) -> torch.device:
     return device
 
 
+def response_length(task: Task, gen_length: int | None) -> int:
+    """``--gen-length``, else the task's own response length; at least one token."""
+    length = gen_length if gen_length is not None else task.response_length
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise EvalArgumentError(
+            f"task {task.name}: the response length must be at least 1 token, got {length!r} "
+            "(its response_length option, or --gen-length)"
+        )
+    return length
+
+
 def resolve_protocol(
     args: argparse.Namespace, task: Task, gen_length: int | None, max_positions: int | None
 ) -> Protocol:
     """The protocol for ``task``: the published defaults where an argument is not given."""
-    length = gen_length if gen_length is not None else task.response_length
+    length = response_length(task, gen_length)
     if max_positions is not None and length > max_positions:
         raise EvalArgumentError(
             f"--gen-length {length} exceeds the model's {max_positions} positions"
@@ -252,9 +275,19 @@ def _write_outputs(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def _refuse_overwrite(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists: pass --overwrite to replace it")
+def _destination(args: argparse.Namespace, model_path: Path) -> Destination | None:
+    """Where ``--out`` puts the results: checked now, written in one piece at the end."""
+    if args.out is None:
+        return None
+    sources = [model_path]
+    for value in [args.split, *parse_task_options(args.task_option).values()]:
+        if isinstance(value, str) and Path(value).expanduser().exists():
+            sources.append(Path(value))
+    destination = Destination(
+        args.out, what="evaluation", overwrite=args.overwrite, sources=sources, staged=True
+    )
+    destination.check()
+    return destination
 
 
 def check_sampler_decodes(path: Path, args: argparse.Namespace) -> None:
@@ -275,25 +308,93 @@ def check_sampler_decodes(path: Path, args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace, task: Task | None) -> tuple[MaskedDenoiser, PromptCodec, Path]:
     path = resolve_model_path(args.model)
     check_sampler_decodes(path, args)
-    model, codec = load_model_folder(path, task)
-    model.to(check_device(args.device))  # type: ignore[arg-type]
+    check_model_meta(path)
+    device = check_device(args.device)
+    shape = _folder_shape(path)
+    if shape is not None:  # float32 weights (load_model_folder's dtype), before loading
+        refuse_over([model_need(shape, f"--model {args.model}", 4.0, 1.0)], device)
+    with Heartbeat("loading the model"):
+        model, codec = load_model_folder(path, task)
+    check_finite_weights(model, f"the model in {path}")
+    model.to(device)  # type: ignore[arg-type]
     denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
     return denoiser, codec, path
+
+
+def _folder_shape(path: Path) -> ModelShape | None:
+    try:
+        return ModelShape.from_config(json.loads((path / "config.json").read_text("utf-8")))
+    except (OSError, ValueError):
+        return None  # the loader names the file and the cause
+
+
+def preflight_eval(
+    args: argparse.Namespace,
+    denoiser: MaskedDenoiser,
+    codec: PromptCodec,
+    examples: Sequence[Example],
+    protocol: Protocol,
+) -> None:
+    """Refuse ``--samples`` / ``--batch-size`` (with the prompts' and responses' lengths)
+    whose memory exceeds the device's, before the first forward."""
+    rows = len(examples) * args.samples
+    batch = min(args.batch_size, rows)
+    tokens = max(len(codec.encode_prompt(e.prompt)) for e in examples) + protocol.gen_length
+    shape = ModelShape.from_config(denoiser.model.config)
+    first = next(iter(denoiser.parameters()))
+    width = float(first.element_size())
+    batch_knob = f"--batch-size {args.batch_size}"
+    needs = [
+        model_need(shape, f"--model {args.model}", width, 1.0),
+        forward_need(
+            "one sampling forward",
+            batch_knob,
+            batch,
+            tokens,
+            batch * protocol.block_length,
+            shape,
+            width,
+        ),
+        rows_need(
+            "the responses", f"--samples {args.samples} x {len(examples)} examples", rows, tokens
+        ),
+    ]
+    if first.device.type != "cpu" and protocol.temperature > 0:
+        noise = noise_need(batch_knob, batch, protocol.gen_length, shape.vocab)
+        needs.append(dataclasses.replace(noise, fix="lower --batch-size"))
+    refuse_over(
+        needs,
+        first.device,
+    )
+
+
+def _examples(args: argparse.Namespace, task: Task, split: str) -> list[Example]:
+    """The examples evaluated; none at all is an error naming the split (a headerless CSV,
+    an empty file), never a metric over nothing."""
+    with Heartbeat(f"reading {task.name} {split}"):
+        examples = task.examples(split, args.limit, args.seed)
+    if not examples:
+        raise EvalArgumentError(
+            f"task {task.name}: split {split!r} has no examples to evaluate (an empty file, "
+            "or a CSV without its header row?)"
+        )
+    return examples
 
 
 def _evaluate(
     args: argparse.Namespace,
     task: Task,
     split: str,
+    examples: list[Example],
     denoiser: MaskedDenoiser,
     codec: PromptCodec,
     protocol: Protocol,
     model_path: Path,
-    out_dir: Path | None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[tuple[Example, int]], list[str]]:
+    """Metrics, rows and responses of one task at one protocol."""
     device = check_device(args.device)
-    examples = task.examples(split, args.limit, args.seed)
     _warn_long_prompts(codec, examples, protocol.gen_length, _max_positions(denoiser.model))
+    preflight_eval(args, denoiser, codec, examples, protocol)
     started = time.time()
     with torch.no_grad():
         rows, responses = generate_responses(
@@ -324,9 +425,7 @@ def _evaluate(
             "seconds": time.time() - started,
         }
     )
-    if out_dir is not None:
-        _write_outputs(out_dir, task, rows, responses, metrics)
-    return metrics
+    return metrics, rows, responses
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -337,12 +436,18 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     options = parse_task_options(args.task_option)
     task = get_task(args.task, **options)
     split = args.split or PUBLISHED_TASKS.get(task.name, ("test",))[0]
-    out_dir = Path(args.out) if args.out else None
-    if out_dir is not None:
-        _refuse_overwrite(out_dir / "metrics.json", args.overwrite)
+    response_length(task, args.gen_length)  # before any file is read
+    destination = _destination(args, resolve_model_path(args.model))
+    examples = _examples(args, task, split)
     denoiser, codec, path = _load(args, task)
     protocol = resolve_protocol(args, task, args.gen_length, _max_positions(denoiser.model))
-    return _evaluate(args, task, split, denoiser, codec, protocol, path, out_dir)
+    metrics, rows, responses = _evaluate(
+        args, task, split, examples, denoiser, codec, protocol, path
+    )
+    if destination is not None:
+        with destination as folder:
+            _write_outputs(folder, task, rows, responses, metrics)
+    return metrics
 
 
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
@@ -361,8 +466,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.out is None:
         raise EvalArgumentError("--suite needs --out (a folder for the table and the outputs)")
-    out = Path(args.out)
-    _refuse_overwrite(out / "suite.json", args.overwrite)
+    destination = _destination(args, resolve_model_path(args.model))
+    assert destination is not None
     denoiser, codec, path = _load(args, None)
     max_positions = _max_positions(denoiser.model)
     # Every cell's protocol is checked before the first generation (no failure an hour in).
@@ -374,13 +479,31 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             plan.append((name, length, task, split, metric))
             resolve_protocol(args, task, length, max_positions)
     cells: dict[str, dict[str, Any]] = {}
-    for name, length, task, split, metric in plan:
-        protocol = resolve_protocol(args, task, length, max_positions)
-        metrics = _evaluate(
-            args, task, split, denoiser, codec, protocol, path, out / f"{name}-{length}"
-        )
-        cells.setdefault(name, {})[str(length)] = {"metric": metric, **metrics}
-    table = {
+    with destination as out:
+        for name, length, task, split, metric in plan:
+            protocol = resolve_protocol(args, task, length, max_positions)
+            examples = _examples(args, task, split)
+            metrics, rows, responses = _evaluate(
+                args, task, split, examples, denoiser, codec, protocol, path
+            )
+            _write_outputs(out / f"{name}-{length}", task, rows, responses, metrics)
+            cells.setdefault(name, {})[str(length)] = {"metric": metric, **metrics}
+        table = _suite_table(args, path, lengths, names, cells)
+        markdown = suite_markdown(table)
+        (out / "suite.json").write_text(json.dumps(table, indent=2))
+        (out / "suite.md").write_text(markdown)
+    table["markdown"] = markdown
+    return table
+
+
+def _suite_table(
+    args: argparse.Namespace,
+    path: Path,
+    lengths: Sequence[int],
+    names: Sequence[str],
+    cells: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    return {
         "suite": args.suite,
         "model": str(path),
         "lengths": list(lengths),
@@ -402,11 +525,6 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             name: {str(k): v for k, v in PUBLISHED_DTM[name].items()} for name in names
         },
     }
-    markdown = suite_markdown(table)
-    (out / "suite.json").write_text(json.dumps(table, indent=2))
-    (out / "suite.md").write_text(markdown)
-    table["markdown"] = markdown
-    return table
 
 
 def suite_markdown(table: dict[str, Any]) -> str:

@@ -22,6 +22,16 @@ from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.states import block_states, random_mask_states
 from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, save_denoiser, tiny_denoiser
+from tiltmatch.preflight import (
+    Heartbeat,
+    ModelShape,
+    check_positions,
+    model_need,
+    probe_examples,
+    refuse_over,
+    rows_need,
+    update_need,
+)
 from tiltmatch.sampling.sampler import left_pad
 from tiltmatch.tasks.base import Task
 
@@ -47,6 +57,51 @@ def char_codec_for(task: Task) -> CharTokenizer:
     return CharTokenizer(task.alphabet)
 
 
+def preflight_pretrain(task: Task, spec: TinyModelSpec, config: PretrainConfig) -> None:
+    """Refuse sizes whose memory exceeds the machine's (or whose one example takes too long
+    to build), naming the ``tiltmatch pretrain`` flags they come from."""
+    codec = char_codec_for(task)
+    shape = ModelShape(
+        codec.vocab_size,
+        spec.hidden_size,
+        spec.num_layers,
+        spec.num_heads,
+        spec.intermediate_size,
+        spec.max_positions,
+    )
+    sizes = (
+        f"--hidden-size {spec.hidden_size}, --num-layers {spec.num_layers}, "
+        f"--intermediate-size {spec.intermediate_size}"
+    )
+    refuse_over([model_need(shape, sizes, 4.0, 4.0)])  # weights, gradient, two AdamW moments
+    where = f"task {task.name}"
+    probe = probe_examples(
+        lambda: task.examples("train", 1, config.seed), where, config.train_examples
+    )
+    prompt = max((len(codec.encode_prompt(e.prompt)) for e in probe), default=0)
+    check_positions(prompt, task.response_length, shape, where)
+    tokens = prompt + task.response_length
+    refuse_over(
+        [
+            model_need(shape, sizes, 4.0, 4.0),
+            update_need(
+                f"--batch-size {config.batch_size}",
+                config.batch_size,
+                tokens,
+                task.response_length,
+                shape,
+                4.0,
+            ),
+            rows_need(
+                "the training examples",
+                f"--train-examples {config.train_examples}",
+                config.train_examples,
+                tokens,
+            ),
+        ]
+    )
+
+
 def pretrain(
     task: Task,
     spec: TinyModelSpec,
@@ -64,7 +119,8 @@ def pretrain(
     rng = random.Random(config.seed)
     model = tiny_denoiser(codec.vocab_size, spec, seed=config.seed)
     denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
-    examples = task.examples("train", config.train_examples, config.seed)
+    with Heartbeat(f"building {config.train_examples} {task.name} examples", quiet):
+        examples = task.examples("train", config.train_examples, config.seed)
     prompts = [codec.encode_prompt(e.prompt) for e in examples]
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,24 @@ from pydantic import ValidationError
 from transformers import PreTrainedModel
 
 from tiltmatch.baselines import BaselineOptions
-from tiltmatch.config import ConfigError, RunConfig, describe_validation_error
+from tiltmatch.config import (
+    ConfigError,
+    RunConfig,
+    describe_validation_error,
+    numeric_problems,
+)
+from tiltmatch.destination import PENDING, Destination, pending_holder
+from tiltmatch.model_checks import check_finite_weights, check_model_meta, check_sampler_family
 from tiltmatch.models.codecs import CharTokenizer, PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser, save_denoiser
-from tiltmatch.models.loading import load_model_and_codec
+from tiltmatch.models.loading import load_model_and_codec, resolve_model_path
 from tiltmatch.objective import Objective
+from tiltmatch.preflight import (
+    Heartbeat,
+    preflight_run,
+    preflight_run_before_load,
+    training_copies,
+)
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import check_prompts
@@ -32,43 +45,65 @@ from tiltmatch.training.pair import CopiedPair, DenoiserPair
 from tiltmatch.training.parallel import make_parallel
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
-#: What a training run writes into its folder (the demo adds its report files).
-RUN_FILES = (
-    "config.yaml",
-    "stages.jsonl",
-    CHECKPOINT,
-    "final",
-    "final_metrics.json",
-    "tensorboard",
-)
 STAGES = "stages.jsonl"
+#: what a refusal to write into a non-empty run folder suggests
+RUN_HINT = (
+    "pass --resume to continue it, --overwrite to replace it (the old folder is kept aside "
+    "until the new run's first checkpoint), or choose another --out"
+)
 
 
-def run_files(out_dir: Path, names: Iterable[str] = RUN_FILES) -> list[str]:
-    """Which of a run's files ``out_dir`` already holds (a killed save's siblings count)."""
-    found = [n for n in names if (out_dir / n).exists()]
-    if CHECKPOINT not in found and find_checkpoint(out_dir / CHECKPOINT) is not None:
-        found.append(CHECKPOINT)
+def config_sources(config: RunConfig) -> list[Path]:
+    """The files and folders a run reads (its base model, datasets, reward files and
+    models): its destination may be none of them, nor hold one."""
+    found: list[Path] = []
+    if config.model.base is not None and not config.model.base.startswith("shipped:"):
+        found.append(Path(config.model.base))
+
+    def add(value: Any) -> None:
+        if isinstance(value, str) and any(c in value for c in "/.~"):
+            for candidate in (value, value.rpartition(":")[0]):  # file.py:function
+                if candidate and Path(candidate).expanduser().exists():
+                    found.append(Path(candidate).expanduser())
+        elif isinstance(value, dict):
+            for item in value.values():
+                add(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                add(item)
+
+    add([config.train.train_split, config.eval.split, config.task, config.task_options])
     return found
 
 
-def refuse_overwrite(out_dir: Path, names: Iterable[str] = RUN_FILES, what: str = "run") -> None:
-    """:class:`FileExistsError` when ``out_dir`` already holds a run (names what it holds)."""
-    if found := run_files(out_dir, names):
-        raise FileExistsError(
-            f"{out_dir} already holds a {what} ({', '.join(found)}); pass --overwrite to "
-            "replace it or choose another --out"
+def run_destination(
+    out_dir: Path, config: RunConfig, overwrite: bool = False, writer: bool = True
+) -> Destination:
+    """The :class:`~tiltmatch.destination.Destination` of a new run in ``out_dir``."""
+    return Destination(
+        out_dir,
+        what="run",
+        overwrite=overwrite,
+        sources=config_sources(config),
+        hint=RUN_HINT,
+        writer=writer,
+    )
+
+
+def check_resumable(out_dir: Path) -> None:
+    """Refuse ``--resume`` on a folder without a checkpoint, saying why there is none."""
+    holder = pending_holder(out_dir)
+    if holder is not None:
+        raise CheckpointError(f"cannot resume {out_dir}: another tiltmatch process is writing it")
+    if find_checkpoint(out_dir / CHECKPOINT) is not None:
+        check_stage_log(out_dir / STAGES)
+        return
+    if (out_dir / PENDING).exists():
+        raise CheckpointError(
+            f"nothing to resume in {out_dir}: its run stopped before its first checkpoint; "
+            "start it again without --resume (the folder is reused)"
         )
-
-
-def clear_run(out_dir: Path, names: Iterable[str] = RUN_FILES) -> None:
-    """Remove a run's files from ``out_dir`` (``--overwrite``); other files stay."""
-    for name in [*names, *(p.name for p in out_dir.glob(f".{CHECKPOINT}.*-*"))]:
-        target = out_dir / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+    raise CheckpointError(f"cannot resume: no checkpoint in {out_dir}")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -126,8 +161,38 @@ def check_resume_config(
             )
 
 
+def _stage_lines(path: Path) -> list[str]:
+    """The records of a run log, split on newlines only (a JSON string may hold U+2028)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(
+            f"run log {path} is not UTF-8 text (byte {err.start}: {err.reason}); it is "
+            "damaged: move it aside to resume"
+        ) from None
+    return text.split("\n")
+
+
+def check_stage_log(path: Path) -> None:
+    """A resume reads and cuts ``stages.jsonl``: refuse one that is not a JSON-lines log."""
+    if not path.is_file():
+        return
+    for lineno, line in enumerate(_stage_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            record = err
+        if not isinstance(record, dict):
+            raise CheckpointError(
+                f"run log {path}, line {lineno}: not a JSON object (the file is damaged: "
+                "move it aside to resume)"
+            )
+
+
 def truncate_stage_log(out_dir: Path, stages: int) -> None:
-    """Keep the first ``stages`` lines of ``stages.jsonl`` (the stages the checkpoint holds).
+    """Keep the first ``stages`` records of ``stages.jsonl`` (the stages the checkpoint holds).
 
     A run killed between a stage's log line and its checkpoint repeats that stage on
     resume; without this the stage would be logged twice.
@@ -135,11 +200,11 @@ def truncate_stage_log(out_dir: Path, stages: int) -> None:
     path = out_dir / STAGES
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = [line for line in _stage_lines(path) if line.strip()]
     if len(lines) <= stages:
         return
     tmp = path.with_name(f".{STAGES}.tmp")
-    tmp.write_text("".join(lines[:stages]), encoding="utf-8")
+    tmp.write_text("".join(line + "\n" for line in lines[:stages]), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -157,6 +222,9 @@ def method_options(config: RunConfig) -> BaselineOptions | None:
                 "options in the 'dtm' section"
             )
         return None
+    if problems := numeric_problems(options, config.method_options, "method_options."):
+        head = f"invalid method_options for method {config.method!r}:"
+        raise ConfigError("\n".join([head, *problems]))
     try:
         validated: BaselineOptions = options.model_validate(config.method_options)
     except ValidationError as err:
@@ -245,11 +313,14 @@ def build_trainer(
         )
     if task is None:
         task = get_task(config.task, **config.task_options)
-    if loaded is None:
-        model, codec = load_model_and_codec(config.model, task, seed=config.seed)
-    else:
-        model, codec = loaded
+    check_response_length(task, "task_options.response_length")
+    copies = training_copies(_weight_copies(config), config.lora is not None)
+    if context.fsdp is not None:  # every weight, gradient and moment is sharded over the ranks
+        copies /= context.world_size
+    probe = preflight_run_before_load(config, task, copies)
+    model, codec = _load_checked(config, task, loaded, quiet)
     check_prompts(task, codec)
+    preflight_run(config, task, codec, model, probe, copies)
     if config.model.base is not None and config.model.dtype != "float32":
         from tiltmatch.models.quantisation import prepare_base_model
 
@@ -263,8 +334,73 @@ def build_trainer(
     pair = make_pair(config, model, codec)
     objective = make_objective(config, codec.mask_token_id)
     parallel = make_parallel(context)  # one process, data-parallel or sharded
-    trainer = Trainer(config, task, codec, pair, objective, out_dir, quiet, parallel)
+    with Heartbeat(f"building the {task.name} prompt pool", quiet):
+        trainer = Trainer(config, task, codec, pair, objective, out_dir, quiet, parallel)
+    _show_progress(trainer)
     return trainer, task, codec
+
+
+def _show_progress(trainer: Trainer) -> None:
+    """An elapsed-time bar (:class:`~tiltmatch.preflight.Heartbeat`) around the trainer's
+    buffer fills and evaluations, the phases that show nothing of their own and can run for
+    minutes before the first update (a large ``num_generations``, a long held-out set)."""
+    if trainer.quiet:
+        return
+    fill, evaluate = trainer._fill, trainer.evaluate
+    group = trainer.config.train.num_generations
+
+    def fill_with_progress(examples: list[Any]) -> Any:
+        with Heartbeat(f"sampling {len(examples) * group} completions"):
+            return fill(examples)
+
+    def evaluate_with_progress(denoiser: Any = None) -> dict[str, float]:
+        with Heartbeat("held-out evaluation"):
+            return evaluate(denoiser)
+
+    trainer._fill = fill_with_progress  # type: ignore[method-assign]
+    trainer.evaluate = evaluate_with_progress  # type: ignore[method-assign]
+
+
+def check_response_length(task: Task, setting: str) -> None:
+    """Refuse a task whose responses have no tokens (a task plugin or option may allow it;
+    every sampler and loss divides by it)."""
+    length = task.response_length
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ConfigError(
+            f"{setting}: task {task.name} needs responses of at least 1 token, got {length!r}"
+        )
+
+
+def _weight_copies(config: RunConfig) -> int:
+    """Weight copies of full fine-tuning: student and teacher, a frozen reference for
+    diffu-GRPO's KL term, an EMA teacher."""
+    ema = config.dtm.teacher_update == "ema"
+    return 2 + int(needs_reference(config)) + int(ema)
+
+
+def _load_checked(
+    config: RunConfig,
+    task: Task,
+    loaded: tuple[PreTrainedModel, PromptCodec] | None,
+    quiet: bool,
+) -> tuple[PreTrainedModel, PromptCodec]:
+    """The run's model and codec (loaded, or as given), refused when damaged: a folder's
+    metadata, weights that are not finite, a sampler mode the family has none of."""
+    where = "the given model"
+    if loaded is not None:
+        model, codec = loaded
+    else:
+        if config.model.base is not None:
+            where = f"the model in {config.model.base}"
+            check_model_meta(resolve_model_path(config.model.base))
+        with Heartbeat("loading the model", quiet):
+            model, codec = load_model_and_codec(config.model, task, seed=config.seed)
+    if config.model.base is not None or loaded is not None:
+        check_finite_weights(model, where)
+    check_sampler_family(model, config.sampler, "sampler.mode", "sampler.")
+    if config.eval.sampler is not None:
+        check_sampler_family(model, config.eval.sampler, "eval.sampler.mode", "eval.sampler.")
+    return model, codec
 
 
 def save_final(
@@ -303,32 +439,75 @@ def run_training(
     """Train (or resume) a run in ``out_dir``; returns its history and final metrics.
 
     A resume must ask for the config the run was started with, except for the fields named
-    in ``allow_change`` (:func:`check_resume_config`). A new run refuses a folder that
-    already holds one unless ``overwrite``, which removes the old run's files first.
-    Every refusal happens before anything is written.
+    in ``allow_change`` (:func:`check_resume_config`), and writes ``config.yaml`` only with
+    its first checkpoint. A new run checks its destination (:func:`run_destination`),
+    builds and checks everything else, and only then takes the folder: with ``overwrite``
+    the old one is kept aside until the new run's first checkpoint and put back if the
+    run fails before it. Every refusal happens before anything is written.
     """
     out_dir = Path(out_dir)
+    destination = None
     if resume:
+        check_resumable(out_dir)
         check_resume_config(out_dir, config, allow_change)
-    elif not overwrite and (found := run_files(out_dir)):
-        raise FileExistsError(
-            f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "
-            "it, --overwrite to replace it, or choose another --out"
-        )
+    else:
+        destination = run_destination(out_dir, config, overwrite, writer=_is_main_process())
+        destination.check()
     trainer, _task, codec = build_trainer(config, out_dir, quiet=quiet)
     if resume:
         trainer.load(out_dir / CHECKPOINT)
         if trainer.parallel.is_main:
             truncate_stage_log(out_dir, len(trainer.history))
-    elif overwrite and trainer.parallel.is_main:
-        clear_run(out_dir)
+    return train_to_end(trainer, codec, destination)
+
+
+def _is_main_process() -> bool:
+    return process_context().is_main
+
+
+def train_to_end(
+    trainer: Trainer, codec: PromptCodec, destination: Destination | None
+) -> dict[str, Any]:
+    """Run ``trainer`` to its end and save the final model and metrics (``tiltmatch train``).
+
+    ``destination``: a new run's folder, taken now and committed at the first checkpoint
+    (None: a resumed run, whose ``config.yaml`` is rewritten with its first checkpoint).
+    """
+    out_dir = trainer.out_dir
+    if destination is None:
+        trainer.config_at_open = False
+        trainer.checkpoint_callbacks.append(_write_config_once())
     try:
-        history = trainer.train()
-        final = history[-1] if history else {}
-        whole = trainer.parallel.student_weights_to_save(trainer.pair)  # collective under FSDP
-        if trainer.parallel.is_main:  # one writer under a multi-process launch
-            save_final(trainer, codec, out_dir / "final", whole)
-            (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+        with committed_at_first_checkpoint(trainer, destination):
+            history = trainer.train()
+            final = history[-1] if history else {}
+            whole = trainer.parallel.student_weights_to_save(trainer.pair)  # collective (FSDP)
+            if trainer.parallel.is_main:  # one writer under a multi-process launch
+                save_final(trainer, codec, out_dir / "final", whole)
+                (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     finally:
         close_process_group()
     return {"history": history, "final": final, "trainer": trainer}
+
+
+def committed_at_first_checkpoint(
+    trainer: Trainer, destination: Destination | None
+) -> contextlib.AbstractContextManager[Any]:
+    """``destination`` as a context (taken on entry, put back on an error before it is
+    committed), committed by ``trainer``'s first checkpoint; a no-op context for None."""
+    if destination is None:
+        return contextlib.nullcontext()
+    trainer.checkpoint_callbacks.append(lambda _trainer, _path: destination.commit())
+    return destination
+
+
+def _write_config_once() -> Callable[[Trainer, Path], None]:
+    """A checkpoint callback writing ``config.yaml`` after a resumed run's first checkpoint."""
+    done: list[bool] = []
+
+    def write(trainer: Trainer, _path: Path) -> None:
+        if not done and trainer.parallel.is_main:
+            trainer.write_config()
+        done.append(True)
+
+    return write

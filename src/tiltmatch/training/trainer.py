@@ -134,6 +134,12 @@ class Trainer:
         self.stage_callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
         #: write checkpoints during :meth:`train` (off for throwaway benchmark runs)
         self.checkpointing = True
+        #: called as ``callback(trainer, path)`` after every checkpoint is written (the
+        #: runner commits a new run's destination at the first one)
+        self.checkpoint_callbacks: list[Callable[[Trainer, Path], None]] = []
+        #: write config.yaml when the log opens; a resume writes it after its first
+        #: checkpoint instead, so a resume that fails before leaves the stored config alone
+        self.config_at_open = True
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -341,7 +347,10 @@ class Trainer:
             "config": self.config.model_dump(mode="json"),
         }
         path = self.out_dir / CHECKPOINT
-        return self.parallel.write_checkpoint(path, self.pair.state_dict(), own, shared, meta)
+        written = self.parallel.write_checkpoint(path, self.pair.state_dict(), own, shared, meta)
+        for callback in self.checkpoint_callbacks:
+            callback(self, written)
+        return written
 
     def load(self, path: str | Path | None = None) -> None:
         """Restore the training state from a checkpoint folder (default ``out_dir/checkpoint``)."""
@@ -420,11 +429,16 @@ class Trainer:
                 self.log.close()
         return self.history
 
+    def write_config(self) -> None:
+        """The resolved config, as ``config.yaml`` beside the run's outputs."""
+        (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
+
     def _open_log(self) -> Any:
         """The run log, with the resolved config beside it (written by the main process)."""
         from tiltmatch.training.runlog import RunLog
 
-        (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
+        if self.config_at_open:
+            self.write_config()
         config = self.config.model_dump(mode="json")
         return RunLog(
             self.out_dir, quiet=self.quiet, report_to=self.config.train.report_to, config=config
