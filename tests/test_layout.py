@@ -157,6 +157,99 @@ def test_the_cycle_finder_sees_function_level_and_package_imports(tmp_path: Path
     assert find_cycle(graph) is None
 
 
+#: The package's rooms (its top-level modules and subpackages) in dependency order: a room may
+#: import only rooms before it, so no two rooms import each other, whatever path an import
+#: takes. Leaves first (settings, batch, examples, ...); then the model, the sampler, the
+#: rewards and the tasks that use them, the objectives, the trainer (which composes the run
+#: config from every room's section); ``config`` (the public facade), ``api``, ``experiments``
+#: and ``cli`` are the entry points on top (ARCHITECTURE.md).
+ROOM_ORDER = (
+    "data",
+    "plugins",
+    "settings",
+    "destination",
+    "batch",
+    "examples",
+    "models",
+    "sampling",
+    "model_checks",
+    "rewards",
+    "tasks",
+    "preflight",
+    "objective",
+    "dtm",
+    "baselines",
+    "training",
+    "config",
+    "api",
+    "experiments",
+    "cli",
+)
+
+
+def room_of(module: str) -> str:
+    """The room of a dotted module name: its first component under ``tiltmatch``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def room_edges(graph: dict[str, set[str]]) -> dict[tuple[str, str], str]:
+    """Room -> room imports, each with one module-level example (the package root aside: it
+    only re-exports, lazily)."""
+    edges: dict[tuple[str, str], str] = {}
+    for module, targets in graph.items():
+        for target in targets:
+            a, b = room_of(module), room_of(target)
+            if a and b and a != b:
+                edges.setdefault((a, b), f"{module} -> {target}")
+    return edges
+
+
+def backward_edges(graph: dict[str, set[str]], order: tuple[str, ...]) -> list[str]:
+    """Every room import that goes against ``order`` (or names a room ``order`` lacks)."""
+    rank = {room: k for k, room in enumerate(order)}
+    bad = []
+    for (a, b), example in sorted(room_edges(graph).items()):
+        if a not in rank or b not in rank:
+            bad.append(f"{a} -> {b}: a room missing from ROOM_ORDER ({example})")
+        elif rank[a] < rank[b]:
+            bad.append(f"{a} -> {b} ({example})")
+    return bad
+
+
+def test_rooms_import_one_way() -> None:
+    graph = import_graph()
+    rooms = {room_of(m) for m in graph} - {""}
+    assert rooms == set(ROOM_ORDER), (
+        f"rooms without a place in ROOM_ORDER: {rooms ^ set(ROOM_ORDER)}"
+    )
+    bad = backward_edges(graph, ROOM_ORDER)
+    assert not bad, "rooms importing against the data flow:\n" + "\n".join(bad)
+    room_graph: dict[str, set[str]] = {}
+    for a, b in room_edges(graph):
+        room_graph.setdefault(a, set()).add(b)
+    assert find_cycle(room_graph) is None
+
+
+def test_the_room_check_fails_on_a_room_cycle() -> None:
+    # models.x -> tasks.y at module level and tasks.z -> models.w inside a function: no module
+    # cycle, but the two rooms import each other, which the order check must refuse.
+    graph = {
+        "tiltmatch.models.x": {"tiltmatch.tasks.y"},
+        "tiltmatch.tasks.y": set(),
+        "tiltmatch.tasks.z": {"tiltmatch.models.w"},
+        "tiltmatch.models.w": set(),
+    }
+    assert find_cycle(graph) is None
+    assert backward_edges(graph, ("models", "tasks")) == [
+        "models -> tasks (tiltmatch.models.x -> tiltmatch.tasks.y)"
+    ]
+    assert backward_edges(graph, ("tasks", "models")) == [
+        "tasks -> models (tiltmatch.tasks.z -> tiltmatch.models.w)"
+    ]
+    assert "a room missing" in backward_edges(graph, ("models",))[0]
+
+
 def _experiment_references(path: Path, module: str) -> list[str]:
     """What in ``path`` loads ``tiltmatch.experiments``: imports, and registry strings."""
     tree = ast.parse(path.read_text(), filename=str(path))

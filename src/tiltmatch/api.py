@@ -312,7 +312,7 @@ class DTMTrainer:
         self.trainer, self.task, self.codec = build_trainer(
             self.config, self.output_dir, quiet=args.disable_tqdm, task=task_obj, loaded=loaded
         )
-        self.reward = self.trainer.worker.reward
+        self.reward = self.trainer.eval_worker.reward  # in its own units (no reward_scale)
         self.train_output: TrainOutput | None = None
 
     def _task(self, task: Any, reward: RewardFunction | None, train: Any, eval_: Any) -> Task:

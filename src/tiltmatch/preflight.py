@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from tiltmatch.config import RunConfig
     from tiltmatch.models.codecs import PromptCodec
     from tiltmatch.tasks.base import Example, Task
+    from tiltmatch.training.config import RunConfig
 
 #: an explicit memory cap (bytes, or with a unit: ``8GiB``, ``500MB``) below the machine's
 MEMORY_LIMIT_ENV = "TILTMATCH_MEMORY_LIMIT"

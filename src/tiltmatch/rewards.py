@@ -41,15 +41,25 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from tiltmatch.tasks.base import Example, RewardError, Task
+from tiltmatch.examples import Example, RewardError, reward_number
 
 #: the key of :attr:`Example.data` holding a dataset row's prompt as the dataset gave it
 #: (text, or a list of chat messages); the other keys are the row's extra columns.
 PROMPT_KEY = "prompt"
+
+
+class ScoringTask(Protocol):
+    """What the rewards stage reads of a task (a :class:`~tiltmatch.tasks.base.Task` is one):
+    its name and its checked reward of one response (the task's own [0, 1] check)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def checked_reward(self, response: str, example: Example) -> float: ...
 
 
 def raw_prompt(example: Example) -> str | list[dict[str, str]]:
@@ -93,21 +103,11 @@ def check_rewards(
             f"reward function {name!r} returned {len(values)} values for {len(completions)} "
             "completions (it must return one number per completion)"
         )
-    out = []
-    for i, value in enumerate(values):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise RewardError(
-                f"reward function {name!r} returned {value!r}, not a number, at "
-                + _describe_row(i, examples, completions)
-            ) from None
-        if not math.isfinite(number):
-            raise RewardError(
-                f"reward function {name!r} returned {number!r}, not a finite number, at "
-                + _describe_row(i, examples, completions)
-            )
-        out.append(number)
+    who = f"reward function {name!r}"
+    out = [
+        reward_number(value, who, ", at " + _describe_row(i, examples, completions))
+        for i, value in enumerate(values)
+    ]
     return torch.tensor(out, dtype=torch.float32)
 
 
@@ -157,7 +157,7 @@ class TaskReward(RewardFunction):
     #: a task's reward is in [0, 1] (:meth:`~tiltmatch.tasks.base.Task.checked_reward`)
     lower_bound = 0.0
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: ScoringTask) -> None:
         self.task = task
         self.name = task.name
 
@@ -369,6 +369,28 @@ class WeightedRewards(RewardFunction):
         return {f.name: f(completions, examples) for f in self.functions}
 
 
+class ScaledReward(RewardFunction):
+    """``factor * r`` of another reward (``train.reward_scale``: the Sudoku recipe's "2 x cell
+    accuracy", METHOD.md section 6). Training rollouts are scored through it; held-out
+    metrics stay in the reward's own units. A declared lower bound scales with it."""
+
+    def __init__(self, reward: RewardFunction, factor: float) -> None:
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"a reward scale must be a finite number > 0, got {factor!r}")
+        self.reward, self.factor, self.name = reward, float(factor), reward.name
+        bound = reward.lower_bound
+        self.lower_bound = None if bound is None else bound * self.factor
+
+    def compute(self, completions: Sequence[str], examples: Sequence[Example]) -> torch.Tensor:
+        """The inner reward's checked values times the factor."""
+        return self.reward(completions, examples) * self.factor
+
+
+def scaled(reward: RewardFunction, factor: float) -> RewardFunction:
+    """``reward`` scaled by ``factor`` (the reward itself when the factor is 1)."""
+    return reward if factor == 1.0 else ScaledReward(reward, factor)
+
+
 def as_reward_function(
     reward: Any, device: str | torch.device = "cpu", tokenizer: Any = None
 ) -> RewardFunction:
@@ -439,7 +461,7 @@ def char_level_tokenizer(alphabet: str, chat_template: str | None = None) -> Any
     return tokenizer
 
 
-def task_reward_function(task: Task) -> RewardFunction:
+def task_reward_function(task: ScoringTask) -> RewardFunction:
     """The batched reward the trainer calls for ``task``: the task's own
     ``reward_function()`` where it defines one (a dataset task with the user's rewards),
     else :class:`TaskReward` over its :meth:`~tiltmatch.tasks.base.Task.reward`."""

@@ -13,9 +13,8 @@ from collections.abc import Callable
 import torch
 
 from tiltmatch.batch import RolloutBatch
-from tiltmatch.config import DTMConfig
+from tiltmatch.dtm.config import FIXED_BASELINES, DTMConfig
 from tiltmatch.dtm.loss import dtm_loss
-from tiltmatch.dtm.options import FIXED_BASELINES
 from tiltmatch.dtm.schedule import (
     AdaptiveESSSchedule,
     FixedSchedule,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from tiltmatch.dtm.options import BASELINES, FIXED_BASELINES, Baseline
+from tiltmatch.dtm.config import BASELINES, FIXED_BASELINES, Baseline
 
 
 def resolve_baseline(kind: Baseline, declared_bound: float | None) -> Baseline:

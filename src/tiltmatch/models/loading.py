@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel
 
-from tiltmatch.config import ModelConfig
 from tiltmatch.models.codecs import CharTokenizer, ChatCodec, PromptCodec
+from tiltmatch.models.config import ModelConfig
 from tiltmatch.models.denoiser import (
     DENOISER_META,
     ModelLoadError,
@@ -31,7 +32,6 @@ from tiltmatch.models.folders import (
     shipped_model_dir,
 )
 from tiltmatch.models.registry import checkpoint_family, family_spec
-from tiltmatch.tasks.base import Task
 
 __all__ = [
     "SHIPPED_PREFIX",
@@ -44,8 +44,19 @@ __all__ = [
 ]
 
 
+class Alphabetic(Protocol):
+    """What loading reads of a task (a :class:`~tiltmatch.tasks.base.Task` is one): its name,
+    and the characters of a character-level model's alphabet, if it has one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def alphabet(self) -> str | None: ...
+
+
 def load_model_and_codec(
-    config: ModelConfig, task: Task, seed: int = 0
+    config: ModelConfig, task: Alphabetic, seed: int = 0
 ) -> tuple[PreTrainedModel, PromptCodec]:
     """The denoiser to fine-tune and the codec that goes with it.
 
@@ -84,7 +95,7 @@ def load_model_and_codec(
 
 
 def load_model_folder(
-    path: Path, task: Task | None = None, dtype: torch.dtype = torch.float32
+    path: Path, task: Alphabetic | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PromptCodec]:
     """Load a model folder: a character-level denoiser, or a released checkpoint of a
     registered family (LLaDA, Dream, SDAR / TraDo, ...), loaded by that family's spec."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from tiltmatch.config import ModelConfig
+from tiltmatch.models.config import ModelConfig
 from tiltmatch.models.dtypes import torch_dtype
 from tiltmatch.models.registry import family_names, family_spec
 

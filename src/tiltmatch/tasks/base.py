@@ -9,33 +9,14 @@ an example, which is what their base models are trained on (masked-diffusion SFT
 
 from __future__ import annotations
 
-import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
+from tiltmatch.examples import Example, RewardError, reward_number
 
-@dataclass(frozen=True)
-class Example:
-    """One prompt of a task.
-
-    ``prompt`` is the text the model is conditioned on, already formatted by the
-    task. ``reference`` is the gold answer where there is one. ``data`` holds the
-    task's own fields (a maze's grid, a puzzle, the numbers and the target).
-    ``uid`` identifies the example (used to group rollouts by prompt).
-    """
-
-    prompt: str
-    reference: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-    uid: str = ""
-
-
-class RewardError(ValueError):
-    """A reward function raised, or returned something outside its contract (a finite number;
-    a built-in task's reward also in [0, 1])."""
+__all__ = ["Example", "RewardError", "Task"]
 
 
 class Task(ABC):
@@ -80,16 +61,5 @@ class Task(ABC):
                 f"reward of task {self.name!r} raised {type(err).__name__}: {err} "
                 f"(example {example.uid!r}, response {response!r})"
             ) from err
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise RewardError(
-                f"reward of task {self.name!r} returned {value!r}, not a number "
-                f"(example {example.uid!r}, response {response!r})"
-            ) from None
-        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise RewardError(
-                f"reward of task {self.name!r} returned {value!r}, not a finite number in [0, 1] "
-                f"(example {example.uid!r}, response {response!r})"
-            )
-        return value
+        where = f" (example {example.uid!r}, response {response!r})"
+        return reward_number(value, f"reward of task {self.name!r}", where, bounds=(0.0, 1.0))

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from transformers import Cache, PreTrainedModel
 
-from tiltmatch.config import LoRAConfig, RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.family import lora_target_modules
+from tiltmatch.training.config import LoRAConfig, RunConfig
 from tiltmatch.training.pair import DenoiserPair
 
 STUDENT, TEACHER = "student", "teacher"

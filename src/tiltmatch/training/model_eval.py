@@ -29,7 +29,6 @@ import torch
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from tiltmatch.config import parse_task_options, validation_reasons
 from tiltmatch.destination import Destination
 from tiltmatch.model_checks import check_finite_weights, check_model_meta
 from tiltmatch.models.codecs import PromptCodec
@@ -47,6 +46,7 @@ from tiltmatch.preflight import (
 )
 from tiltmatch.sampling.registry import SamplerRefused, strategy_for
 from tiltmatch.sampling.sampler import SamplingConfig, generate
+from tiltmatch.settings import parse_task_options, validation_reasons
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Example, Task
 

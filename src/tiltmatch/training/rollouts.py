@@ -15,7 +15,7 @@ import torch
 from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.rewards import task_reward_function
+from tiltmatch.rewards import RewardFunction, task_reward_function
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.tasks.base import Example, Task
 
@@ -31,9 +31,11 @@ class RolloutWorker:
         sampling: SamplingConfig,
         record_states: bool = False,
         chunk_size: int = 256,
+        reward: RewardFunction | None = None,
     ) -> None:
         self.task, self.codec = task, codec
-        self.reward = task_reward_function(task)
+        #: the rewards stage that scores this worker's rollouts (default: the task's own)
+        self.reward = reward if reward is not None else task_reward_function(task)
         self.response_length = response_length
         self.sampling = sampling
         self.record_states = record_states

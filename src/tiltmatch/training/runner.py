@@ -14,12 +14,6 @@ from pydantic import ValidationError
 from transformers import PreTrainedModel
 
 from tiltmatch.baselines import BaselineOptions
-from tiltmatch.config import (
-    ConfigError,
-    RunConfig,
-    describe_validation_error,
-    numeric_problems,
-)
 from tiltmatch.destination import PENDING, Destination, pending_holder
 from tiltmatch.model_checks import check_finite_weights, check_model_meta, check_sampler_family
 from tiltmatch.models.codecs import CharTokenizer, PromptCodec
@@ -32,10 +26,12 @@ from tiltmatch.preflight import (
     preflight_run_before_load,
     training_copies,
 )
+from tiltmatch.settings import ConfigError, describe_validation_error, numeric_problems
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import check_prompts
 from tiltmatch.training.checkpoint import CheckpointError, checkpoint_meta, find_checkpoint
+from tiltmatch.training.config import RunConfig
 from tiltmatch.training.distributed import (
     close_process_group,
     process_context,
@@ -144,7 +140,7 @@ def check_resume_config(
         sources.append((f"{CHECKPOINT}/meta.json", meta["config"]))
     saved = out_dir / "config.yaml"
     if saved.is_file():
-        from tiltmatch.config import build_config
+        from tiltmatch.training.config import build_config
 
         sources.append(("config.yaml", build_config(saved).model_dump(mode="json")))
     for source, stored in sources:

@@ -26,12 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from tiltmatch.batch import RolloutBatch
-from tiltmatch.config import RunConfig
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.objective import Objective, Phase
+from tiltmatch.rewards import scaled, task_reward_function
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks.base import Example, Task
 from tiltmatch.training.checkpoint import CheckpointError, load_checkpoint
+from tiltmatch.training.config import RunConfig
 from tiltmatch.training.evaluation import evaluate
 from tiltmatch.training.pair import DenoiserPair
 from tiltmatch.training.parallel import Parallelism, SingleProcess
@@ -99,12 +100,24 @@ class Trainer:
         tc = config.train
         sampling = SamplingConfig(**config.sampler.model_dump())
         record = objective.records_trajectories
-        self.worker = RolloutWorker(task, codec, task.response_length, sampling, record)
-        #: held-out evaluation's worker: the rollouts' one unless ``eval.sampler`` is set
-        self.eval_worker = self.worker
+        reward = task_reward_function(task)
+        # Training rollouts are scored in training units (train.reward_scale, the Sudoku
+        # recipe's "2 x cell accuracy"); held-out evaluation in the reward's own.
+        self.worker = RolloutWorker(
+            task,
+            codec,
+            task.response_length,
+            sampling,
+            record,
+            reward=scaled(reward, tc.reward_scale),
+        )
+        #: held-out evaluation's worker: the rollouts' sampler unless ``eval.sampler`` is set
+        eval_sampling = sampling
         if config.eval.sampler is not None:
             eval_sampling = SamplingConfig(**config.eval.sampler.model_dump())
-            self.eval_worker = RolloutWorker(task, codec, task.response_length, eval_sampling)
+        self.eval_worker = RolloutWorker(
+            task, codec, task.response_length, eval_sampling, reward=reward
+        )
         examples = task.examples(tc.train_split, tc.train_examples, config.seed)
         self.pool = PromptPool(self.parallel.training_share(examples), config.seed)
         self.buffer = ReplayBuffer(
@@ -168,22 +181,16 @@ class Trainer:
 
     def _scored_rollouts(self, examples: list[Example], generator: torch.Generator) -> RolloutBatch:
         """``num_generations`` scored completions of each example from the teacher."""
-        batch = self.worker.rollout(
+        return self.worker.rollout(
             self.pair.teacher, examples, self.config.train.num_generations, generator
         )
-        # train.reward_scale multiplies the task reward (the Sudoku recipe's "cell accuracy x 2",
-        # METHOD.md section 6); evaluation metrics stay in the task's own units.
-        if self.config.train.reward_scale != 1.0:
-            batch.rewards = batch.rewards * self.config.train.reward_scale
-        return batch
 
     def _prepare(self) -> None:
         """Let the objective fix what must precede every rollout it weights (DTM's reward
         baseline, METHOD.md section 5), once per run; kept in the checkpointed phase."""
         tc, declared = self.config.train, self.config.dtm.reward_lower_bound
-        if declared is None:
-            declared = self.worker.reward.lower_bound
-        bound = None if declared is None else declared * tc.reward_scale
+        # In training units: a declared bound times train.reward_scale, as the rewards are.
+        bound = self.worker.reward.lower_bound if declared is None else declared * tc.reward_scale
 
         def calibration() -> torch.Tensor:
             # The base model's own samples of training prompts, with a generator of their own:

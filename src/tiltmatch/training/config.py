@@ -1,0 +1,278 @@
+"""One typed, validated run configuration (YAML file and/or ``--set`` overrides).
+
+The sections come from their rooms (``model:`` :mod:`tiltmatch.models.config`, ``sampler:``
+:mod:`tiltmatch.sampling.config`, ``dtm:`` :mod:`tiltmatch.dtm.config`); the training
+room's own (``train:``, ``eval:``, ``lora:``) are here, and :class:`RunConfig` composes them.
+Unknown fields and out-of-range values are rejected with a message that names them. Names
+follow TRL's GRPO vocabulary where they mean the same thing (``num_generations``,
+``learning_rate``, ``gradient_accumulation_steps``, ``max_grad_norm``); the DTM fields follow
+METHOD.md's symbols (``c``, ``h``, ``a_end``, ``steps_per_h``, ``rho``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tiltmatch.dtm.config import DTMConfig
+from tiltmatch.models.config import ModelConfig
+from tiltmatch.models.folders import base_family
+from tiltmatch.sampling.config import SamplingConfig
+from tiltmatch.sampling.registry import strategy_for
+from tiltmatch.settings import (
+    MAX_EXAMPLES,
+    MAX_SEED,
+    ConfigError,
+    StrictSection,
+    describe_config_error,
+    merge_settings,
+    numeric_problems,
+    parse_override,
+    read_config_file,
+)
+from tiltmatch.training.methods import check_method_name
+
+Tracker = Literal["tensorboard", "wandb", "trackio", "none", "all"]
+
+
+class LoRAConfig(StrictSection):
+    """LoRA adapters on a frozen base: student and teacher are two adapters.
+
+    See :mod:`tiltmatch.training.lora`.
+    """
+
+    r: int = Field(128, ge=1, description="adapter rank")
+    alpha: float = Field(64.0, gt=0, description="scaling numerator: updates scale by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        min_length=1,
+        description="module names adapted: by default every attention and MLP projection",
+    )
+
+
+# The sampler's own configuration is the run config's ``sampler:`` section: one definition.
+SamplerConfig = SamplingConfig
+
+
+class TrainConfig(StrictSection):
+    """Optimisation, rollouts and the replay buffer."""
+
+    # AdamW moves each weight by about the learning rate per step: above 1 no recipe makes
+    # sense, and 1e30 turns every weight into 1e30 on the first update.
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    final_learning_rate: float = Field(1e-4, ge=0, le=1)
+    warmup_fraction: float = Field(0.05, ge=0, le=1)
+    decay_fraction: float = Field(0.1, ge=0, le=1)
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    reward_scale: float = Field(
+        1.0, gt=0, description="factor on task rewards before weighting (Sudoku recipe: 2)"
+    )
+    num_generations: int = Field(8, ge=1, description="completions per prompt, G")
+    # Under data parallelism (tiltmatch.training.parallel) the batch and buffer sizes are per
+    # process, like TRL's per_device_* sizes: the global batch is world_size times larger.
+    prompts_per_batch: int = Field(8, ge=1, description="prompts per micro-batch (per process)")
+    # METHOD.md section 6: the published recipes' micro-batch is single completions drawn
+    # without replacement from the buffer across the accumulation window ("completions");
+    # "prompts" draws whole groups of G completions per prompt (the small benchmarks' way).
+    micro_batch: Literal["prompts", "completions"] = Field(
+        "prompts", description="what a micro-batch is made of: whole prompt groups or completions"
+    )
+    per_device_train_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="completions per micro-batch (per process) when micro_batch="
+        "completions (TRL's name)",
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    buffer_prompts: int = Field(32, ge=1, description="prompts held in the replay buffer, P")
+    refresh_prompts: int = Field(8, ge=0)
+    refresh_every: int = Field(20, ge=1)
+    train_examples: int = Field(
+        2000, ge=1, le=MAX_EXAMPLES, description="size of the training prompt pool"
+    )
+    train_split: str = Field(
+        "train", description="the task split (or a file / hub name) training prompts come from"
+    )
+    max_stages: int = Field(100, ge=1)
+    checkpoint_every: int = Field(50, ge=1, description="updates between checkpoints")
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: list[Tracker](["tensorboard"]),
+        description="experiment trackers (TRL's name): tensorboard, wandb, trackio, all or none",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        # "wandb" or "tensorboard,wandb" (a YAML or --set string) reads as a list.
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        # AdamW needs 0 <= beta < 1 for both moments (beta = 1 never forgets, > 1 diverges).
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
+
+    @model_validator(mode="after")
+    def _fits(self) -> TrainConfig:
+        if self.prompts_per_batch > self.buffer_prompts:
+            raise ValueError(
+                f"prompts_per_batch {self.prompts_per_batch} exceeds buffer_prompts "
+                f"{self.buffer_prompts}"
+            )
+        if self.refresh_prompts > self.buffer_prompts:
+            raise ValueError("refresh_prompts exceeds buffer_prompts")
+        if self.micro_batch == "completions":
+            if self.per_device_train_batch_size is None:
+                raise ValueError("micro_batch=completions needs per_device_train_batch_size")
+            window = self.per_device_train_batch_size * self.gradient_accumulation_steps
+            held = self.buffer_prompts * self.num_generations
+            if window > held:
+                raise ValueError(
+                    f"per_device_train_batch_size {self.per_device_train_batch_size} x "
+                    f"gradient_accumulation_steps {self.gradient_accumulation_steps} = {window} "
+                    f"completions exceeds the buffer's {held} (buffer_prompts x num_generations): "
+                    "they are drawn without replacement"
+                )
+        elif self.per_device_train_batch_size is not None:
+            raise ValueError(
+                "per_device_train_batch_size is read only with micro_batch=completions "
+                "(with micro_batch=prompts a micro-batch is prompts_per_batch whole groups)"
+            )
+        return self
+
+
+class EvalConfig(StrictSection):
+    """Held-out evaluation."""
+
+    examples: int = Field(64, ge=1, le=MAX_EXAMPLES)
+    split: str = Field("test", description="the task split (or file) held-out prompts come from")
+    samples_per_example: int = Field(4, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    every_stage: bool = True
+    sampler: SamplingConfig | None = Field(
+        None,
+        description="held-out evaluation's sampler (its temperature is eval.temperature); "
+        "none: the rollouts' sampler section. Set it to evaluate every run with the exact "
+        "sampler while the rollouts use an approximate one (docs/sampling.md)",
+    )
+
+
+class RunConfig(StrictSection):
+    """Everything a run needs; written resolved next to its outputs."""
+
+    task: str = "maze"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    method: str = Field("dtm", description="a name in tiltmatch.training.methods.METHODS")
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampler: SamplingConfig = Field(default_factory=SamplingConfig)
+    dtm: DTMConfig = Field(default_factory=DTMConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    lora: LoRAConfig | None = Field(None, description="LoRA adapters; none = full fine-tuning")
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, name: str) -> str:
+        return check_method_name(name)
+
+    @model_validator(mode="after")
+    def _quantised_base_needs_adapters(self) -> RunConfig:
+        # A 4-bit base cannot be trained itself: only adapters on top of it can.
+        if self.model.load_in_4bit and self.lora is None:
+            raise ValueError("model.load_in_4bit needs a lora section (adapters to train)")
+        if self.model.load_in_4bit and self.model.base is None:
+            raise ValueError("model.load_in_4bit needs model.base (a checkpoint folder)")
+        # A micro-batch of single completions splits prompt groups. DTM's per-group statistics
+        # (baselines, self-normalising) read each row's whole group, which the micro-batch
+        # carries (METHOD.md section 5); the baselines' advantages and best-of-group are
+        # computed on the micro-batch's own groups, so they need whole ones.
+        if self.train.micro_batch == "completions" and self.method != "dtm":
+            raise ValueError(
+                f"train.micro_batch=completions works with method dtm only (method "
+                f"{self.method} needs whole prompt groups per micro-batch)"
+            )
+        if self.dtm.baseline == "leave_one_out" and self.train.num_generations < 2:
+            raise ValueError("dtm.baseline=leave_one_out needs train.num_generations >= 2")
+        if self.dtm.ema_student and self.dtm.teacher_update != "ema":
+            raise ValueError("dtm.ema_student needs dtm.teacher_update=ema")
+        return self
+
+    @model_validator(mode="after")
+    def _samplers_decode_the_model(self) -> RunConfig:
+        # A (family, sampler mode, setting) combination the model cannot honour is refused
+        # here, naming it (tiltmatch.sampling.registry.strategy_for). A base folder's family
+        # is read from its config.json when the folder is there; otherwise generate refuses
+        # the same combinations before its first forward.
+        family = self.model.family if self.model.base is None else base_family(self.model.base)
+        if family is None:
+            return self
+        rollouts = strategy_for(family, self.sampler, "sampler.mode", "sampler.")
+        if self.eval.sampler is not None:
+            strategy_for(family, self.eval.sampler, "eval.sampler.mode", "eval.sampler.")
+        if self.method == "dtm" and self.dtm.states == "trajectory" and not rollouts.fixed_steps:
+            raise ValueError(
+                f"dtm.states=trajectory records the sampler's canvases, which needs a fixed "
+                f"number of steps; sampler.mode={self.sampler.mode!r} decides it from the "
+                "confidences"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def build_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """A validated :class:`RunConfig` from defaults, a base dict, a YAML file and overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        loaded = read_config_file(path)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping, not {type(loaded).__name__}"
+            )
+        data = merge_settings(data, loaded)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    if problems := numeric_problems(RunConfig, data):
+        if len(problems) == 1:
+            raise ConfigError("invalid configuration: " + problems[0].strip())
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_config_error(err)) from None
