@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 from subprocess import PIPE
+from typing import Any
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from tiltmatch.config import build_config
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import States, random_mask_states
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
+from tiltmatch.rewards import RewardFunction
 from tiltmatch.sampling.sampler import left_pad
 from tiltmatch.tasks.maze.task import MazeTask
 from tiltmatch.training.distributed import (
@@ -108,6 +110,19 @@ def fixed_rollouts(
     return RolloutBatch(ids, mask, responses[rows], rewards[rows], GROUP)
 
 
+class FixedRollouts:
+    """A rollout worker that hands out one fixed batch, whatever it is asked to sample."""
+
+    def __init__(self, batch: RolloutBatch, reward: RewardFunction) -> None:
+        self.batch, self.reward = batch, reward
+
+    def rollout(
+        self, denoiser: Any, examples: Any, group_size: int, generator: torch.Generator
+    ) -> RolloutBatch:
+        assert group_size == self.batch.group_size
+        return self.batch
+
+
 def equivalence_run(
     context: DistributedContext, out: Path, rejection: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -143,7 +158,7 @@ def equivalence_run(
     assert isinstance(trainer.parallel, Sharded) == (context.fsdp is not None)
     rewards = REJECTION_REWARDS if rejection else None
     batch = fixed_rollouts(context.rank, context.world_size, task.response_length, rewards)
-    trainer._fill = lambda examples: batch  # type: ignore[method-assign]
+    trainer.worker = FixedRollouts(batch, trainer.worker.reward)  # type: ignore[assignment]
     trainer._begin_stage()
     for _ in range(UPDATES):
         trainer._update()

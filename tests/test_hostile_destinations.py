@@ -434,11 +434,17 @@ def test_destination_protocol_in_place_and_staged(tmp_path) -> None:
 
 def test_checkpoint_callbacks_see_every_save(tmp_path) -> None:
     from tiltmatch.config import build_config
+    from tiltmatch.training.callbacks import TrainerCallback
     from tiltmatch.training.runner import build_trainer
 
     trainer, _, _ = build_trainer(build_config(overrides=TINY_OVERRIDES), tmp_path, quiet=True)
     seen: list[str] = []
-    trainer.checkpoint_callbacks.append(lambda tr, path: seen.append(path.name))
+
+    class SeeSaves(TrainerCallback):
+        def on_save(self, trainer, path) -> None:
+            seen.append(path.name)
+
+    trainer.add_callback(SeeSaves())
     trainer.train(max_updates=4)
     assert seen == ["checkpoint", "checkpoint"]  # updates 2 and 4 (checkpoint_every=2)
     assert json.loads((tmp_path / "checkpoint" / "meta.json").read_text())["phase"]["updates"] == 4

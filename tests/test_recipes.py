@@ -319,14 +319,14 @@ def test_trainer_micro_batches_follow_the_config(tiny_overrides, tmp_path) -> No
         "train.gradient_accumulation_steps=2",
     ]
     trainer, _, _ = build_trainer(build_config(overrides=completions), tmp_path / "c")
-    trainer.buffer.rebuild(trainer._fill)
+    trainer.buffer.rebuild(trainer.teacher_rollouts)
     batches = list(trainer._micro_batches())
     assert [b.responses.shape[0] for b in batches] == [5, 5]
     # The default ("prompts") draws whole groups one micro-batch at a time, with exactly the
     # generator calls it always made (the benchmarks' and the demo's figures depend on it).
     prompts = [*tiny_overrides, "train.gradient_accumulation_steps=2"]
     trainer, _, _ = build_trainer(build_config(overrides=prompts), tmp_path / "p")
-    trainer.buffer.rebuild(trainer._fill)
+    trainer.buffer.rebuild(trainer.teacher_rollouts)
     state = trainer.generator.get_state()
     got = [b.responses for b in trainer._micro_batches()]
     trainer.generator.set_state(state)

@@ -19,7 +19,8 @@ non-number, a list of the wrong length, a function that raises) is one
 What the trainer does to rewards afterwards (tested in ``tests/test_rewards.py`` and
 ``tests/test_reward_baseline.py``):
 
-1. ``train.reward_scale`` multiplies them (:meth:`tiltmatch.training.trainer.Trainer._fill`);
+1. ``train.reward_scale`` multiplies them for the training rollouts
+   (:class:`ScaledReward`, applied by :class:`~tiltmatch.training.trainer.Trainer`);
 2. DTM weights each completion by ``e^{h (r - b)}`` with a baseline ``b`` fixed before the
    completions it weights are drawn (METHOD.md section 5): by default the reward's declared
    :attr:`RewardFunction.lower_bound` (a task's 0), else the lowest reward of a calibration

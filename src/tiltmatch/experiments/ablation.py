@@ -55,13 +55,13 @@ from typing import Any
 
 import torch
 
+from tiltmatch.experiments.measured_run import MeasuredRun, RolloutGrid
+
 SCHEDULES: tuple[str, ...] = ("none", "fixed", "adaptive")
 CONTROL_VARIATES: tuple[float, ...] = (0.0, 1.0)
 STATES: tuple[str, ...] = ("random", "sar", "trajectory")
 #: the baselines of METHOD.md section 8, run with ``--baselines``
 BASELINES: tuple[str, ...] = ("diffu-grpo", "wd1", "rejection")
-#: the training-maze probe's seeds start here (apart from the held-out probe's)
-TRAIN_PROBE_SEED = 7000
 #: the states of METHOD.md section 7's ablation (trajectory states on request)
 DEFAULT_STATES: tuple[str, ...] = ("random", "sar")
 
@@ -193,6 +193,37 @@ def overrides_of(
     return out + _model_overrides(base)
 
 
+#: the stage-record keys an ablation run keeps in its history
+HISTORY_KEYS: tuple[str, ...] = (
+    "stage",
+    "a",
+    "h",
+    "a_after",
+    "ess",
+    "eval_reward",
+    "eval_accuracy",
+    "eval_distinct_optimal_paths",
+    "tv_to_target",
+    "tv_noise_floor",
+    "train_tv_to_target",
+    "train_tv_noise_floor",
+    "train_expected_reward",
+    "train_target_expected_reward",
+    "train_distinct_optimal_paths",
+    "train_distinct_optimal_paths_base",
+    "train_tv_to_path",
+    "train_tv_to_path_beta",
+    "train_tv_to_path_noise_floor",
+    "train_rollouts_on_mazes",
+    "grad_norm",
+    "grad_norm_var",
+    "loss",
+    "rollouts",
+    "updates",
+    "wall_seconds",
+)
+
+
 def run_variant(
     size: AblationSize,
     schedule: str,
@@ -206,86 +237,37 @@ def run_variant(
     """Train one variant (or, with ``method``, one baseline) and return its record."""
     from tiltmatch.config import build_config
     from tiltmatch.experiments.demo import demo_config_path
-    from tiltmatch.experiments.maze_probe import MazeTargetProbe
-    from tiltmatch.training.runner import build_trainer
+    from tiltmatch.experiments.maze_probe import MazeTargetProbe, training_maze_probe
 
-    torch.set_num_threads(1)
     is_dtm = method == "dtm"
     overrides = (
         overrides_of(size, schedule, c, states, seed, base)
         if is_dtm
         else baseline_overrides(size, method, seed, base)
     )
-    config = build_config(demo_config_path(), overrides)
-    started = time.time()
-    trainer, task, _ = build_trainer(config, folder, quiet=True)
-    trainer.checkpointing = False  # no resume here: skip checkpoint writes
-    mazes = task.examples("test", size.target_mazes, seed=4242)
+    run = MeasuredRun(build_config(demo_config_path(), overrides), folder)
+    trainer = run.trainer
+    mazes = run.task.examples("test", size.target_mazes, seed=4242)
     with torch.no_grad():
         probe = MazeTargetProbe(trainer, mazes, size.target_samples, 1.0, seed)
-        train_probe = MazeTargetProbe(
-            trainer,
-            trainer.pool.examples,  # every training maze
-            size.train_samples,
-            1.0,
-            seed + TRAIN_PROBE_SEED,
-            prefix="train_",
+        # every training maze
+        train_probe = training_maze_probe(
+            trainer, trainer.pool.examples, size.train_samples, 1.0, seed
         )
-        train_probe.count_training_rollouts()
         base_eval = trainer.evaluate()
         at0 = train_probe.measure(0.0, samples=train_probe.base_b)
-    if is_dtm:
-        trainer.stage_callbacks += [probe.stage_callback, train_probe.stage_callback]
-    else:
+    if not is_dtm:
         # A baseline's stage is one batch: probe where its rollouts cross fixed-h DTM's
-        # stage boundaries, so every method is measured at the same rollout counts.
-        due = [
-            fixed_budget(size) * (i + 1) // fixed_stages(size) for i in range(fixed_stages(size))
-        ]
-
-        def at_checkpoints(tr: Any, record: dict[str, Any]) -> None:
-            if due and record["rollouts"] >= due[0]:
-                while due and record["rollouts"] >= due[0]:
-                    due.pop(0)
-                with torch.no_grad():
-                    train_probe.stage_callback(tr, record)
-
-        train_probe.beta = size.a_end  # against the target DTM anneals to
-        trainer.stage_callbacks.append(at_checkpoints)
-    history = trainer.train()
+        # stage boundaries, so every method is measured at the same rollout counts, against
+        # the target DTM anneals to (a baseline has no a).
+        stages = fixed_stages(size)
+        train_probe.due = RolloutGrid(
+            [fixed_budget(size) * (i + 1) // stages for i in range(stages)]
+        )
+        train_probe.beta = size.a_end
+    history = run.train([probe, train_probe] if is_dtm else [train_probe])
     with torch.no_grad():
         final = probe.measure(size.a_end, seed=seed + 5)
-    reached = history[-1]["a_after"] if history else 0.0
-    keys = (
-        "stage",
-        "a",
-        "h",
-        "a_after",
-        "ess",
-        "eval_reward",
-        "eval_accuracy",
-        "eval_distinct_optimal_paths",
-        "tv_to_target",
-        "tv_noise_floor",
-        "train_tv_to_target",
-        "train_tv_noise_floor",
-        "train_expected_reward",
-        "train_target_expected_reward",
-        "train_distinct_optimal_paths",
-        "train_distinct_optimal_paths_base",
-        "train_tv_to_path",
-        "train_tv_to_path_beta",
-        "train_tv_to_path_noise_floor",
-        "train_rollouts_on_mazes",
-        "grad_norm",
-        "grad_norm_var",
-        "loss",
-        "rollouts",
-        "updates",
-        "wall_seconds",
-    )
-    probed = [r for r in history if "train_tv_to_target" in r]
-    last = probed[-1] if probed else {}
     name = variant_name(schedule, c, states) if is_dtm else f"baseline/{method}"
     return {
         "variant": name,
@@ -294,7 +276,27 @@ def run_variant(
         "c": c if is_dtm else None,
         "states": states if is_dtm else "-",
         "seed": seed,
-        "a_reached": reached,
+        **variant_figures(run, base_eval, final, train_probe, at0),
+        "probe_seconds": probe.seconds + train_probe.seconds,
+        "history": [{k: r.get(k) for k in HISTORY_KEYS} for r in history],
+    }
+
+
+def variant_figures(
+    run: MeasuredRun,
+    base_eval: dict[str, float],
+    final: dict[str, Any],
+    train_probe: Any,
+    at0: dict[str, Any],
+) -> dict[str, Any]:
+    """A run's figures: held-out reward and TV to ``p_{a_end}`` (``final``), and on the
+    training mazes the last probed stage against the base (``at0``)."""
+    history = run.history
+    probed = [r for r in history if "train_tv_to_target" in r]
+    last = probed[-1] if probed else {}
+    nan = float("nan")
+    return {
+        "a_reached": history[-1]["a_after"] if history else 0.0,
         "base_reward": base_eval["reward"],
         "final_reward": history[-1]["eval_reward"],
         "final_accuracy": history[-1]["eval_accuracy"],
@@ -306,27 +308,25 @@ def run_variant(
         "train_mazes": len(train_probe.mazes),
         "train_base_reward": at0["expected_reward_base"],
         "train_floor_at_0": at0["tv_noise_floor"],
-        "train_tv_to_target": last.get("train_tv_to_target", float("nan")),
-        "train_tv_noise_floor": last.get("train_tv_noise_floor", float("nan")),
-        "train_tv_ratio": last.get("train_tv_to_target", float("nan"))
-        / max(last.get("train_tv_noise_floor", float("nan")), 1e-12),
+        "train_tv_to_target": last.get("train_tv_to_target", nan),
+        "train_tv_noise_floor": last.get("train_tv_noise_floor", nan),
+        "train_tv_ratio": last.get("train_tv_to_target", nan)
+        / max(last.get("train_tv_noise_floor", nan), 1e-12),
         "train_max_tv_ratio": max(
             (r["train_tv_to_target"] / max(r["train_tv_noise_floor"], 1e-12) for r in probed),
-            default=float("nan"),
+            default=nan,
         ),
-        "train_expected_reward": last.get("train_expected_reward", float("nan")),
-        "train_target_expected_reward": last.get("train_target_expected_reward", float("nan")),
-        "train_distinct_optimal_paths": last.get("train_distinct_optimal_paths", float("nan")),
+        "train_expected_reward": last.get("train_expected_reward", nan),
+        "train_target_expected_reward": last.get("train_target_expected_reward", nan),
+        "train_distinct_optimal_paths": last.get("train_distinct_optimal_paths", nan),
         "train_distinct_optimal_paths_base": at0["distinct_optimal_base"],
-        "train_tv_to_path": last.get("train_tv_to_path", float("nan")),
-        "train_tv_to_path_beta": last.get("train_tv_to_path_beta", float("nan")),
+        "train_tv_to_path": last.get("train_tv_to_path", nan),
+        "train_tv_to_path_beta": last.get("train_tv_to_path_beta", nan),
         "grad_norm_var_mean": statistics.fmean(r["grad_norm_var"] for r in history),
         "rollouts": history[-1]["rollouts"],
         "updates": history[-1]["updates"],
         "stages": len(history),
-        "seconds": time.time() - started,
-        "probe_seconds": probe.seconds + train_probe.seconds,
-        "history": [{k: r.get(k) for k in keys} for r in history],
+        "seconds": run.wall_seconds(),
     }
 
 

@@ -62,7 +62,9 @@ from typing import Any
 import torch
 
 from tiltmatch.destination import Destination
+from tiltmatch.experiments.measured_run import MeasuredRun, RolloutGrid, eval_metrics
 from tiltmatch.training import methods as registry
+from tiltmatch.training.callbacks import TrainerCallback
 
 TASKS: tuple[str, ...] = ("maze", "sudoku", "countdown")
 METHODS: tuple[str, ...] = tuple(registry.METHODS)  # the one registry's names
@@ -339,143 +341,155 @@ def run_one(setup: TaskSetup, spec: RunSpec, size: BenchSize, folder: Path) -> d
     """Train one run and return its record (called in a forked process)."""
     from tiltmatch.config import build_config
     from tiltmatch.experiments.maze_probe import MazeTargetProbe
-    from tiltmatch.training.evaluation import sample_texts
-    from tiltmatch.training.runner import build_trainer
 
-    torch.set_num_threads(1)
-    config = build_config(base=run_config_dict(setup, spec, size))
-    trainer, task, _codec = build_trainer(config, folder, quiet=True)
-    trainer.checkpointing = False  # the benchmark never resumes: skip checkpoint writes
+    run = MeasuredRun(build_config(base=run_config_dict(setup, spec, size)), folder)
+    trainer = run.trainer
     metric = ACCURACY_METRIC[setup.task]
-    timers = {"eval": 0.0, "rollout": 0.0}
-
-    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                timers[name] += time.perf_counter() - started
-
-        return wrapper
-
-    trainer.evaluate = timed("eval", trainer.evaluate)  # type: ignore[method-assign]
-    trainer._fill = timed("rollout", trainer._fill)  # type: ignore[method-assign]
-
+    diversity = Diversity(run, size, spec.seed)
     with torch.no_grad():
         probe = None
         if setup.task == "maze":  # the same target mazes for every seed; the base before training
-            mazes = task.examples("test", size.target_mazes, seed=4242)
+            mazes = run.task.examples("test", size.target_mazes, seed=4242)
             probe = MazeTargetProbe(
                 trainer, mazes, size.target_samples, 1.0, spec.seed, base=trainer.pair.student
             )
-        div_examples = trainer.eval_examples[: size.diversity_examples]
-
-        def diversity(denoiser: Any) -> tuple[float, float]:
-            texts = sample_texts(
-                trainer.eval_worker,
-                denoiser,
-                div_examples,
-                size.diversity_samples,
-                1.0,
-                spec.seed + 55,
-            )
-            return distinct_correct(task, texts, div_examples)
-
-        base_distinct, _ = diversity(trainer.pair.student)
-        base_metrics = trainer.evaluate()
-    curve: list[dict[str, Any]] = [_point(0, 0, 0.0, 0.0, base_metrics, metric)]
-    checkpoints = [size.budget * (i + 1) // size.dtm_stages for i in range(size.dtm_stages)]
-    started = time.perf_counter()
-    eval_before = timers["eval"]
-
-    def on_stage(tr: Any, record: dict[str, Any]) -> None:
-        # Evaluate where the rollouts consumed cross the next point of the shared grid.
-        due = checkpoints and record["rollouts"] >= checkpoints[0]
-        while checkpoints and record["rollouts"] >= checkpoints[0]:
-            checkpoints.pop(0)
-        finished = tr.objective.finished(tr.phase)
-        if not (due or finished):
-            return
-        if "eval_reward" not in record:
-            record.update({f"eval_{k}": v for k, v in tr.evaluate().items()})
-        metrics = {k[5:]: v for k, v in record.items() if k.startswith("eval_")}
-        seconds = time.perf_counter() - started - (timers["eval"] - eval_before)
-        curve.append(
-            _point(
-                record["rollouts"], record["updates"], seconds, timers["rollout"], metrics, metric
-            )
-        )
-
-    trainer.stage_callbacks.append(on_stage)
-    history = trainer.train()
-    train_seconds = time.perf_counter() - started - (timers["eval"] - eval_before)
-    final = history[-1]
-    if curve[-1]["rollouts"] != final["rollouts"]:  # the last stage was evaluated by train()
-        metrics = {k[5:]: v for k, v in final.items() if k.startswith("eval_")}
-        curve.append(
-            _point(
-                final["rollouts"],
-                final["updates"],
-                train_seconds,
-                timers["rollout"],
-                metrics,
-                metric,
-            )
-        )
-    if final["rollouts"] != size.budget:
+        base_distinct = diversity.measure()
+        curve = HeldOutCurve(run, metric, size, trainer.evaluate())
+    history = run.train([curve])
+    curve.finish(history[-1])
+    if history[-1]["rollouts"] != size.budget:
         raise RuntimeError(
-            f"{spec.key} sampled {final['rollouts']} completions, not the budget {size.budget}"
+            f"{spec.key} sampled {history[-1]['rollouts']} completions, not the budget "
+            f"{size.budget}"
         )
     with torch.no_grad():
-        distinct, _ = diversity(trainer.pair.student)
-        # The final evaluation again, per held-out prompt (the trainer's evaluation seed,
-        # so the same draws): what the paired bootstrap over prompts resamples.
-        ec = config.eval
-        final_texts = sample_texts(
-            trainer.eval_worker,
-            trainer.pair.student,
-            trainer.eval_examples,
-            ec.samples_per_example,
-            ec.temperature,
-            config.seed + 777,
-        )
-        per_prompt = [
-            float(task.metrics(group, [example] * len(group))[metric])
-            for group, example in zip(final_texts, trainer.eval_examples, strict=True)
-        ]
+        distinct = diversity.measure()
+        per_prompt = per_prompt_accuracy(run, metric)
         maze = {}
         if probe is not None:
             draws = probe.sample(trainer.pair.student, spec.seed + 3)
             maze = probe.path_report(size.a_end, draws)
-    norms = [r["grad_norm"] for r in history]
-    updates = final["updates"]
-    update_seconds = max(train_seconds - timers["rollout"], 0.0)
+    costs = run_costs(run)
+    last, base = curve.points[-1], curve.points[0]
     return {
         "task": spec.task,
         "method": spec.method,
         "seed": spec.seed,
         "learning_rate": spec.learning_rate,
-        "rollouts": final["rollouts"],
-        "updates": updates,
-        "heldout_accuracy": curve[-1]["heldout_accuracy"],
-        "heldout_reward": curve[-1]["reward"],
+        "rollouts": costs.pop("rollouts"),
+        "updates": costs.pop("updates"),
+        "heldout_accuracy": last["heldout_accuracy"],
+        "heldout_reward": last["reward"],
         "per_prompt_accuracy": per_prompt,
-        "base_heldout_accuracy": curve[0]["heldout_accuracy"],
+        "base_heldout_accuracy": base["heldout_accuracy"],
         "accuracy_metric": metric,
-        "final_metrics": curve[-1]["metrics"],
+        "final_metrics": last["metrics"],
         "distinct_correct_per_prompt": distinct,
         "base_distinct_correct_per_prompt": base_distinct,
         **maze,
-        "train_seconds": train_seconds,
-        "rollout_seconds": timers["rollout"],
-        "eval_seconds": timers["eval"],
-        "seconds_per_update": update_seconds / max(updates, 1),
-        "seconds_per_rollout": timers["rollout"] / max(final["rollouts"], 1),
+        **costs,
+        "curve": curve.points,
+        "config": run.config.model_dump(mode="json"),
+    }
+
+
+class Diversity:
+    """Distinct correct responses per held-out prompt, on the first ``diversity_examples``
+    prompts with ``diversity_samples`` draws each (always the same seed)."""
+
+    def __init__(self, run: MeasuredRun, size: BenchSize, seed: int) -> None:
+        self.run, self.samples, self.seed = run, size.diversity_samples, seed + 55
+        self.examples = run.trainer.eval_examples[: size.diversity_examples]
+
+    def measure(self) -> float:
+        """The student's mean distinct correct responses per prompt."""
+        from tiltmatch.training.evaluation import sample_texts
+
+        trainer = self.run.trainer
+        texts = sample_texts(
+            trainer.eval_worker, trainer.pair.student, self.examples, self.samples, 1.0, self.seed
+        )
+        return distinct_correct(self.run.task, texts, self.examples)[0]
+
+
+class HeldOutCurve(TrainerCallback):
+    """Held-out accuracy and reward along the rollout budget: the base model's, then one
+    point where the rollouts consumed cross the next point of the grid every method shares
+    (``budget`` split in ``dtm_stages``), and the last stage's."""
+
+    def __init__(
+        self, run: MeasuredRun, metric: str, size: BenchSize, base_metrics: dict[str, float]
+    ) -> None:
+        self.run, self.metric = run, metric
+        stages = size.dtm_stages
+        self.grid = RolloutGrid([size.budget * (i + 1) // stages for i in range(stages)])
+        self.points: list[dict[str, Any]] = [_point(0, 0, 0.0, 0.0, base_metrics, metric)]
+
+    def on_stage_end(self, trainer: Any, record: dict[str, Any]) -> None:
+        due = self.grid.crossed(record["rollouts"])
+        if not (due or trainer.objective.finished(trainer.phase)):
+            return
+        if "eval_reward" not in record:
+            record.update({f"eval_{k}": v for k, v in trainer.evaluate().items()})
+        seconds = self.run.training_seconds()
+        self._add(record, seconds)
+
+    def finish(self, final: dict[str, Any]) -> None:
+        """The last stage's point, if the grid did not end there (``train`` evaluated it)."""
+        if self.points[-1]["rollouts"] != final["rollouts"]:
+            self._add(final, self.run.train_seconds)
+
+    def _add(self, record: dict[str, Any], seconds: float) -> None:
+        metrics = eval_metrics(record)
+        self.points.append(
+            _point(
+                record["rollouts"],
+                record["updates"],
+                seconds,
+                self.run.rollout_seconds,
+                metrics,
+                self.metric,
+            )
+        )
+
+
+def per_prompt_accuracy(run: MeasuredRun, metric: str) -> list[float]:
+    """The final evaluation again, per held-out prompt (the trainer's evaluation seed, so
+    the same draws): what the paired bootstrap over prompts resamples."""
+    from tiltmatch.training.evaluation import sample_texts
+
+    trainer, ec = run.trainer, run.config.eval
+    texts = sample_texts(
+        trainer.eval_worker,
+        trainer.pair.student,
+        trainer.eval_examples,
+        ec.samples_per_example,
+        ec.temperature,
+        run.config.seed + 777,
+    )
+    return [
+        float(run.task.metrics(group, [example] * len(group))[metric])
+        for group, example in zip(texts, trainer.eval_examples, strict=True)
+    ]
+
+
+def run_costs(run: MeasuredRun) -> dict[str, Any]:
+    """What a run cost: seconds (training without evaluation, rollouts, evaluation), per
+    update and per rollout; rollouts, updates, stages; the mean gradient norm."""
+    history = run.history
+    final = history[-1]
+    updates, rollout_seconds = final["updates"], run.rollout_seconds
+    norms = [r["grad_norm"] for r in history]
+    return {
+        "rollouts": final["rollouts"],
+        "updates": updates,
+        "train_seconds": run.train_seconds,
+        "rollout_seconds": rollout_seconds,
+        "eval_seconds": run.eval_seconds,
+        "seconds_per_update": max(run.train_seconds - rollout_seconds, 0.0) / max(updates, 1),
+        "seconds_per_rollout": rollout_seconds / max(final["rollouts"], 1),
         "grad_norm_mean": sum(norms) / max(len(norms), 1),
         "stages": len(history),
-        "curve": curve,
-        "config": config.model_dump(mode="json"),
     }
 
 

@@ -29,17 +29,16 @@ from typing import Any
 from tiltmatch.config import RunConfig, build_config
 from tiltmatch.destination import Destination
 from tiltmatch.experiments.base_models import RECIPES
-from tiltmatch.experiments.maze_probe import MazeTargetProbe
+from tiltmatch.experiments.maze_probe import MazeTargetProbe, training_maze_probe
 from tiltmatch.experiments.maze_target import maze_outcome
+from tiltmatch.experiments.measured_run import MeasuredRun
 from tiltmatch.models.loading import shipped_model_dir
 from tiltmatch.tasks.maze.task import MazeTask, maze_of
 from tiltmatch.training.pretrain import pretrain
 from tiltmatch.training.rollouts import PromptPool
-from tiltmatch.training.runner import build_trainer, committed_at_first_checkpoint, save_final
+from tiltmatch.training.runner import save_final
 
 CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"
-#: the training-maze probe's seeds start here (apart from the held-out probe's 0..199)
-TRAIN_PROBE_SEED = 7000
 
 
 #: Intra-op threads of the demo. A float sum split over N threads adds in another order than
@@ -378,63 +377,32 @@ def run_demo(
     base draws and one per stage): about 10% of the demo's sampling, so ``make demo``
     stays within its 10 minutes.
     """
-    import torch
-
     started = time.time()
     destination = destination or Destination(out, what="demo run")
     destination.check()
-    config: RunConfig = build_config(config_path or demo_config_path(), overrides)
-    torch.set_num_threads(DEMO_THREADS)
-    if config.task != "maze" or config.method != "dtm":
-        raise ValueError("the demo runs DTM on the maze; use 'tiltmatch train' for other runs")
-    task = MazeTask(**config.task_options)
-    if config.model.base in (None, "shipped:maze"):
-        config.model.base = str(ensure_base_model(task, quiet))
-    trainer, task_built, _codec = build_trainer(config, out, quiet=quiet)
-    assert isinstance(task_built, MazeTask)
-    beta = config.dtm.a_end
-    mazes = task_built.examples("test", target_mazes, seed=config.seed + 4242)
-    probe = MazeTargetProbe(trainer, mazes, target_samples, config.eval.temperature, config.seed)
+    config = demo_config(config_path, overrides, quiet)
+    run = MeasuredRun(config, out, threads=DEMO_THREADS, quiet=quiet, checkpointing=True)
+    trainer, beta, temperature = run.trainer, config.dtm.a_end, config.eval.temperature
+    mazes = run.task.examples("test", target_mazes, seed=config.seed + 4242)
+    probe = MazeTargetProbe(trainer, mazes, target_samples, temperature, config.seed)
     base_eval = trainer.evaluate()
     at0 = probe.measure(0.0, denoiser=trainer.pair.teacher, seed=config.seed + 99)
     base_at_beta = probe.measure(beta, samples=at0["samples"])
-    trainer.stage_callbacks.append(probe.stage_callback)
     # The training mazes: a fresh pool with the trainer's seed hands out its first prompts
     # in the order the trainer's own pool will (the trainer's pool is not touched).
     first = PromptPool(trainer.pool.examples, trainer.pool.seed).take(train_mazes)
-    train_probe = MazeTargetProbe(
-        trainer,
-        [trainer.pool.examples[i] for i in first],
-        train_samples,
-        config.eval.temperature,
-        config.seed + TRAIN_PROBE_SEED,
-        prefix="train_",
+    train_probe = training_maze_probe(
+        trainer, [trainer.pool.examples[i] for i in first], train_samples, temperature, config.seed
     )
-    train_probe.count_training_rollouts()
     train_at0 = train_probe.measure(0.0, samples=train_probe.base_b)
-    trainer.stage_callbacks.append(train_probe.stage_callback)
-    with committed_at_first_checkpoint(trainer, destination):
-        history = trainer.train()
-    final_eval = history[-1] if history else {}
+    history = run.train([probe, train_probe], destination)
     # The last stage ended at a_end = beta: its measurement is the final one.
     final = probe.last if history else base_at_beta
     train_final = (
         train_probe.last if history else train_probe.measure(beta, samples=train_probe.base_b)
     )
-    save_final(trainer, _codec, out / "final")
-
-    maze = mazes[0]
-    base_counts = Counter(maze_outcome(t, maze) for t in probe.base_a[0])
-    final_counts = Counter(maze_outcome(t, maze) for t in final["samples"][0])
-    from tiltmatch.experiments.maze_figure import before_after_figure
-
-    before_after_figure(
-        maze_of(maze),
-        base_counts,
-        final_counts,
-        out / "maze.png",
-        titles=("base model", f"after DTM (a = {beta:g})"),
-    )
+    save_final(trainer, run.codec, out / "final")
+    _maze_figure(mazes[0], probe.base_a[0], final["samples"][0], beta, out)
     base_summary = {
         "eval_reward": base_eval["reward"],
         "target_reward_at_0": at0["expected_reward_target"],
@@ -444,30 +412,84 @@ def run_demo(
         "train_target_reward_at_0": train_at0["expected_reward_target"],
         "train_tv_noise_floor_at_0": train_at0["tv_noise_floor"],
     }
-    plots = _plots(history, base_summary, out)
-    report: dict[str, Any] = {
+    plots = [*_plots(history, base_summary, out), "maze.png"]
+    held_out: dict[str, Any] = {"base": base_eval, "final": final, "base_at_beta": base_at_beta}
+    held_out.update(mazes=mazes, samples=target_samples)
+    training = {"probe": train_probe, "base": train_at0, "final": train_final}
+    report = demo_report(run, held_out, training, plots)
+    report["wall_seconds"] = time.time() - started
+    report["config"] = config.model_dump(mode="json")
+    report["numerics"] = numerics_environment()
+    report["train_goal"] = train_goal(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(_markdown(report))
+    return report
+
+
+def demo_config(config_path: str | None, overrides: list[str] | None, quiet: bool) -> RunConfig:
+    """The demo's run configuration (DTM on the maze, refused otherwise) with its base model
+    (the shipped one, pretrained once at the demo's thread count if the package lacks it)."""
+    import torch
+
+    config: RunConfig = build_config(config_path or demo_config_path(), overrides)
+    torch.set_num_threads(DEMO_THREADS)
+    if config.task != "maze" or config.method != "dtm":
+        raise ValueError("the demo runs DTM on the maze; use 'tiltmatch train' for other runs")
+    task = MazeTask(**config.task_options)
+    if config.model.base in (None, "shipped:maze"):
+        config.model.base = str(ensure_base_model(task, quiet))
+    return config
+
+
+def _maze_figure(
+    maze: Any, base_samples: list[str], final_samples: list[str], beta: float, out: Path
+) -> None:
+    """``maze.png``: the first exact-target maze's paths, base model against fine-tuned."""
+    from tiltmatch.experiments.maze_figure import before_after_figure
+
+    before_after_figure(
+        maze_of(maze),
+        Counter(maze_outcome(t, maze) for t in base_samples),
+        Counter(maze_outcome(t, maze) for t in final_samples),
+        out / "maze.png",
+        titles=("base model", f"after DTM (a = {beta:g})"),
+    )
+
+
+def demo_report(
+    run: MeasuredRun, held_out: dict[str, Any], training: dict[str, Any], plots: list[str]
+) -> dict[str, Any]:
+    """The report's figures: held-out (``base`` and ``final`` evaluation, the exact target's
+    ``final`` measurement and the base's at beta) and on the training mazes (the probe, its
+    ``base`` and ``final`` measurements)."""
+    config, history = run.config, run.history
+    base_eval, final = held_out["base"], held_out["final"]
+    final_eval = history[-1] if history else {}
+    train_probe, train_at0, train_final = training["probe"], training["base"], training["final"]
+    nan = float("nan")
+    return {
         "base_model": config.model.base,
-        "beta": beta,
+        "beta": config.dtm.a_end,
         "eval_examples": config.eval.examples,
         "base_reward": base_eval["reward"],
-        "final_reward": final_eval.get("eval_reward", float("nan")),
+        "final_reward": final_eval.get("eval_reward", nan),
         "base_accuracy": base_eval["accuracy"],
-        "final_accuracy": final_eval.get("eval_accuracy", float("nan")),
+        "final_accuracy": final_eval.get("eval_accuracy", nan),
         "base_valid": base_eval["valid"],
-        "final_valid": final_eval.get("eval_valid", float("nan")),
+        "final_valid": final_eval.get("eval_valid", nan),
         "tv_to_target": final["tv_to_target"],
         "tv_noise_floor": final["tv_noise_floor"],
         "tv_ratio": final["tv_to_target"] / max(final["tv_noise_floor"], 1e-12),
-        "tv_base_to_target": base_at_beta["tv_to_target"],
+        "tv_base_to_target": held_out["base_at_beta"]["tv_to_target"],
         "target_reward": final["expected_reward_target"],
         "target_exact_model_reward": final["expected_reward_model"],
         "distinct_optimal_paths_base": final["distinct_optimal_base"],
         "distinct_optimal_paths_final": final["distinct_optimal_model"],
-        "target_mazes": len(mazes),
-        "target_samples": target_samples,
+        "target_mazes": len(held_out["mazes"]),
+        "target_samples": held_out["samples"],
         "train_mazes": len(train_probe.mazes),
-        "train_samples": train_samples,
-        "train_pool": len(trainer.pool.examples),
+        "train_samples": train_probe.samples,
+        "train_pool": len(run.trainer.pool.examples),
         "train_base_reward": train_at0["expected_reward_base"],
         "train_final_reward": train_final["expected_reward_model"],
         "train_target_reward": train_final["expected_reward_target"],
@@ -480,12 +502,5 @@ def run_demo(
         "train_probe_seconds": train_probe.seconds,
         "train_probe_cpu_seconds": train_probe.cpu_seconds,
         "history": history,
-        "plots": [*plots, "maze.png"],
-        "wall_seconds": time.time() - started,
-        "config": config.model_dump(mode="json"),
-        "numerics": numerics_environment(),
+        "plots": plots,
     }
-    report["train_goal"] = train_goal(report)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(_markdown(report))
-    return report

@@ -3,9 +3,9 @@
 It draws two independent base samples on a fixed set of mazes before training
 (the first estimates the tilted target ``p_a ∝ p_0 e^{a r}``, the second sets
 the noise floor of the TV estimator) and then measures any model against
-``p_a``: at one ``a`` (:meth:`MazeTargetProbe.measure`), at every stage end
-(:meth:`MazeTargetProbe.stage_callback`), or against the nearest point of the
-annealing path (:meth:`MazeTargetProbe.path_report`).
+``p_a``: at one ``a`` (:meth:`MazeTargetProbe.measure`), at stage ends (the probe is a
+:class:`~tiltmatch.training.callbacks.TrainerCallback`: :meth:`MazeTargetProbe.on_stage_end`),
+or against the nearest point of the annealing path (:meth:`MazeTargetProbe.path_report`).
 
 Every draw goes through :func:`tiltmatch.training.evaluation.sample_texts`, which
 seeds its own generator: a probe never touches the trainer's generator, so adding
@@ -20,22 +20,31 @@ from typing import Any
 
 from tiltmatch.dtm.exact_target import TargetReport, mean_report
 from tiltmatch.experiments.maze_target import maze_target_report
+from tiltmatch.experiments.measured_run import RolloutGrid
 from tiltmatch.tasks.base import Example
 from tiltmatch.tasks.maze.task import MazeTask
+from tiltmatch.training.callbacks import TrainerCallback
 from tiltmatch.training.evaluation import sample_texts
 
 #: inverse temperatures on which a model's distance to the annealing path is measured
 BETA_GRID: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
+#: a training-maze probe's seeds start here (apart from a held-out probe's)
+TRAIN_PROBE_SEED = 7000
 
 
-class MazeTargetProbe:
+class MazeTargetProbe(TrainerCallback):
     """A model's distance to the tilted base ``p_a`` on fixed mazes.
 
     ``base`` is the denoiser the target is estimated from (default: the trainer's
     teacher, which is the base model before training starts); it is sampled with
-    seeds ``seed + 1`` and ``seed + 2``. ``prefix`` names the keys the stage
-    callback adds to a stage record (``""`` for held-out mazes, ``"train_"`` for
-    training mazes), so two probes can report side by side.
+    seeds ``seed + 1`` and ``seed + 2``. ``prefix`` names the keys the probe adds to a
+    stage record (``""`` for held-out mazes, ``"train_"`` for training mazes), so two
+    probes can report side by side.
+
+    Registered with ``trainer.add_callback``, it measures the student at stage ends
+    (:meth:`on_stage_end`; only where the rollouts cross the next point of :attr:`due`
+    when that is set) and counts, per probe maze, the completions the trainer samples
+    on it for training (:meth:`on_rollouts_begin`).
     """
 
     def __init__(
@@ -64,8 +73,11 @@ class MazeTargetProbe:
         #: wall and CPU seconds spent sampling (what the probe costs its run)
         self.seconds = 0.0
         self.cpu_seconds = 0.0
-        #: completions the trainer sampled on each probe maze (see count_training_rollouts)
+        #: completions the trainer sampled on each probe maze (:meth:`on_rollouts_begin`)
         self.rollouts = [0] * len(self.mazes)
+        self._index = {ex.prompt: i for i, ex in enumerate(self.mazes)}
+        #: the rollout counts at whose crossing a stage end is measured; None: every one
+        self.due: RolloutGrid | None = None
         base = base if base is not None else trainer.pair.teacher
         self.base_a = self.sample(base, seed + 1)
         self.base_b = self.sample(base, seed + 2)
@@ -86,23 +98,13 @@ class MazeTargetProbe:
             self.seconds += time.perf_counter() - wall
             self.cpu_seconds += time.process_time() - cpu
 
-    def count_training_rollouts(self) -> None:
-        """Count, per probe maze, the completions the trainer samples on it for training.
-
-        Wraps the trainer's rollout fill (it only counts: the batch is returned as is),
-        so a probe on training mazes can say how much data each maze had.
-        """
-        fill = self.trainer._fill
-        index = {ex.prompt: i for i, ex in enumerate(self.mazes)}
-        group = self.trainer.config.train.num_generations
-
-        def counted(examples: list[Example]) -> Any:
-            for ex in examples:
-                if ex.prompt in index:
-                    self.rollouts[index[ex.prompt]] += group
-            return fill(examples)
-
-        self.trainer._fill = counted
+    def on_rollouts_begin(self, trainer: Any, examples: Sequence[Example]) -> None:
+        """Count the completions the trainer is about to sample on each probe maze, so a
+        probe on training mazes can say how much data each maze had."""
+        group = trainer.config.train.num_generations
+        for ex in examples:
+            if ex.prompt in self._index:
+                self.rollouts[self._index[ex.prompt]] += group
 
     def reports(self, beta: float, samples: list[list[str]]) -> list[TargetReport]:
         """One :class:`TargetReport` per maze for the model draws ``samples`` at ``beta``."""
@@ -160,12 +162,15 @@ class MazeTargetProbe:
         """The seed of the model draw at the end of ``stage`` (a fixed function of it)."""
         return self.seed + 100 + stage
 
-    def stage_callback(self, trainer: Any, record: dict[str, Any]) -> None:
+    def on_stage_end(self, trainer: Any, record: dict[str, Any]) -> None:
         """Adds the TV to ``p_a`` at the stage's new ``a``, its floor and ``p_a``'s reward.
 
         With a non-empty prefix (a probe on training mazes) it also adds the model's
-        expected reward and distinct shortest paths on those mazes.
+        expected reward and distinct shortest paths on those mazes. With :attr:`due` set,
+        only at the stage ends where the rollouts cross its next point.
         """
+        if self.due is not None and not self.due.crossed(record["rollouts"]):
+            return
         beta = trainer.phase.a if self.beta is None else self.beta
         result = self.measure(beta, seed=self.stage_seed(trainer.phase.stage))
         self.last = result
@@ -184,3 +189,13 @@ class MazeTargetProbe:
             record[f"{p}tv_to_path_beta"] = path["tv_to_path_beta"]
             record[f"{p}tv_to_path_noise_floor"] = path["tv_to_path_noise_floor"]
             record[f"{p}mazes_trained_on"] = sum(1 for n in self.rollouts if n > 0)
+
+
+def training_maze_probe(
+    trainer: Any, mazes: Sequence[Example], samples: int, temperature: float, seed: int
+) -> MazeTargetProbe:
+    """A probe on training mazes: seeds from ``seed + TRAIN_PROBE_SEED`` (apart from a
+    held-out probe's with the same ``seed``), keys prefixed ``train_``."""
+    return MazeTargetProbe(
+        trainer, mazes, samples, temperature, seed + TRAIN_PROBE_SEED, prefix="train_"
+    )

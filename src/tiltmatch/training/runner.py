@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from tiltmatch.settings import ConfigError, describe_validation_error, numeric_p
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import check_prompts
+from tiltmatch.training.callbacks import ProgressHeartbeat, TrainerCallback
 from tiltmatch.training.checkpoint import CheckpointError, checkpoint_meta, find_checkpoint
 from tiltmatch.training.config import RunConfig
 from tiltmatch.training.distributed import (
@@ -332,29 +333,9 @@ def build_trainer(
     parallel = make_parallel(context)  # one process, data-parallel or sharded
     with Heartbeat(f"building the {task.name} prompt pool", quiet):
         trainer = Trainer(config, task, codec, pair, objective, out_dir, quiet, parallel)
-    _show_progress(trainer)
+    if not trainer.quiet:  # elapsed-time bars around the rollouts and evaluations
+        trainer.add_callback(ProgressHeartbeat())
     return trainer, task, codec
-
-
-def _show_progress(trainer: Trainer) -> None:
-    """An elapsed-time bar (:class:`~tiltmatch.preflight.Heartbeat`) around the trainer's
-    buffer fills and evaluations, the phases that show nothing of their own and can run for
-    minutes before the first update (a large ``num_generations``, a long held-out set)."""
-    if trainer.quiet:
-        return
-    fill, evaluate = trainer._fill, trainer.evaluate
-    group = trainer.config.train.num_generations
-
-    def fill_with_progress(examples: list[Any]) -> Any:
-        with Heartbeat(f"sampling {len(examples) * group} completions"):
-            return fill(examples)
-
-    def evaluate_with_progress(denoiser: Any = None) -> dict[str, float]:
-        with Heartbeat("held-out evaluation"):
-            return evaluate(denoiser)
-
-    trainer._fill = fill_with_progress  # type: ignore[method-assign]
-    trainer.evaluate = evaluate_with_progress  # type: ignore[method-assign]
 
 
 def check_response_length(task: Task, setting: str) -> None:
@@ -472,7 +453,7 @@ def train_to_end(
     out_dir = trainer.out_dir
     if destination is None:
         trainer.config_at_open = False
-        trainer.checkpoint_callbacks.append(_write_config_once())
+        trainer.add_callback(WriteConfigOnce())
     try:
         with committed_at_first_checkpoint(trainer, destination):
             history = trainer.train()
@@ -493,17 +474,28 @@ def committed_at_first_checkpoint(
     committed), committed by ``trainer``'s first checkpoint; a no-op context for None."""
     if destination is None:
         return contextlib.nullcontext()
-    trainer.checkpoint_callbacks.append(lambda _trainer, _path: destination.commit())
+    trainer.add_callback(CommitAtSave(destination))
     return destination
 
 
-def _write_config_once() -> Callable[[Trainer, Path], None]:
-    """A checkpoint callback writing ``config.yaml`` after a resumed run's first checkpoint."""
-    done: list[bool] = []
+class CommitAtSave(TrainerCallback):
+    """Commits a run's :class:`~tiltmatch.destination.Destination` when a checkpoint is
+    written (the first commit drops the old folder kept aside; later ones do nothing)."""
 
-    def write(trainer: Trainer, _path: Path) -> None:
-        if not done and trainer.parallel.is_main:
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+
+    def on_save(self, trainer: Trainer, path: Path) -> None:
+        self.destination.commit()
+
+
+class WriteConfigOnce(TrainerCallback):
+    """Writes ``config.yaml`` after a resumed run's first checkpoint (main process only)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_save(self, trainer: Trainer, path: Path) -> None:
+        if not self.done and trainer.parallel.is_main:
             trainer.write_config()
-        done.append(True)
-
-    return write
+        self.done = True

@@ -7,6 +7,10 @@ annealing state, refresh the teacher, evaluate, log and checkpoint. All
 randomness flows from one ``torch.Generator`` whose state is checkpointed, so
 a resumed run ends with exactly the parameters of an uninterrupted one.
 
+What happens around its rollouts, updates, evaluations, stage ends and checkpoints
+(timing, probes, progress) is a :class:`~tiltmatch.training.callbacks.TrainerCallback`
+registered with :meth:`Trainer.add_callback`.
+
 The trainer is the loop only: one optimiser update is
 :func:`~tiltmatch.training.update.optimizer_update`, and what differs on
 several processes (buffers per rank, averaged gradients, sharded weights,
@@ -18,9 +22,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +35,7 @@ from tiltmatch.objective import Objective, Phase
 from tiltmatch.rewards import scaled, task_reward_function
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks.base import Example, Task
+from tiltmatch.training.callbacks import TrainerCallback
 from tiltmatch.training.checkpoint import CheckpointError, load_checkpoint
 from tiltmatch.training.config import RunConfig
 from tiltmatch.training.evaluation import evaluate
@@ -40,6 +45,7 @@ from tiltmatch.training.rollouts import PromptPool, ReplayBuffer, RolloutWorker
 from tiltmatch.training.update import optimizer_update
 
 CHECKPOINT = "checkpoint"
+_Callback = TypeVar("_Callback", bound=TrainerCallback)
 
 
 def stage_lr_lambda(total: int, warmup: float, decay: float, final_ratio: float):
@@ -142,17 +148,26 @@ class Trainer:
         self._wall_offset = 0.0
         self._run_started = time.time()
         self.log: Any = None
-        #: called as ``callback(trainer, record)`` at every stage end, before the record is
-        #: logged; a callback may add keys to the record (the demo adds TV to the target).
-        self.stage_callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
+        #: what happens around rollouts, updates, evaluations, stage ends and checkpoints,
+        #: called in this order (:meth:`add_callback`; :mod:`tiltmatch.training.callbacks`)
+        self.callbacks: list[TrainerCallback] = []
         #: write checkpoints during :meth:`train` (off for throwaway benchmark runs)
         self.checkpointing = True
-        #: called as ``callback(trainer, path)`` after every checkpoint is written (the
-        #: runner commits a new run's destination at the first one)
-        self.checkpoint_callbacks: list[Callable[[Trainer, Path], None]] = []
         #: write config.yaml when the log opens; a resume writes it after its first
         #: checkpoint instead, so a resume that fails before leaves the stored config alone
         self.config_at_open = True
+
+    # -- callbacks ----------------------------------------------------------------------------
+
+    def add_callback(self, callback: _Callback) -> _Callback:
+        """Register ``callback`` (called after those registered before it); returns it."""
+        self.callbacks.append(callback)
+        return callback
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every callback, in the order they were added."""
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -175,11 +190,21 @@ class Trainer:
             factor = _constant
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
-    def _fill(self, examples: list[Example]) -> RolloutBatch:
-        """Rollouts of the teacher (the current stage's ``p_a``) for the buffer."""
-        return self._scored_rollouts(examples, self.generator)
+    def teacher_rollouts(self, examples: Sequence[Example]) -> RolloutBatch:
+        """Scored rollouts of the teacher (the current stage's ``p_a``) for the buffer, drawn
+        with the trainer's generator, between the callbacks' ``on_rollouts_begin`` and
+        ``on_rollouts_end``."""
+        self._notify("on_rollouts_begin", examples)
+        batch = None
+        try:
+            batch = self._scored_rollouts(examples, self.generator)
+            return batch
+        finally:  # the end hooks run even when sampling raised (a timer stops)
+            self._notify("on_rollouts_end", examples, batch)
 
-    def _scored_rollouts(self, examples: list[Example], generator: torch.Generator) -> RolloutBatch:
+    def _scored_rollouts(
+        self, examples: Sequence[Example], generator: torch.Generator
+    ) -> RolloutBatch:
         """``num_generations`` scored completions of each example from the teacher."""
         return self.worker.rollout(
             self.pair.teacher, examples, self.config.train.num_generations, generator
@@ -211,7 +236,7 @@ class Trainer:
             self._prepare()
         self._stage_started = time.time()
         # Every process fills a buffer of its own: the job made world_size times as many.
-        self.phase.rollouts += self.buffer.rebuild(self._fill) * self.parallel.world_size
+        self.phase.rollouts += self.buffer.rebuild(self.teacher_rollouts) * self.parallel.world_size
         assert self.buffer.data is not None
         # h and the stage statistics come from every process's rollouts.
         rewards = self.parallel.all_rewards(self.buffer.data.grouped_rewards)
@@ -227,6 +252,25 @@ class Trainer:
         self.phase.extra["clamp_rates"] = []
 
     def _update(self) -> None:
+        """One optimiser update (between the callbacks' ``on_update_begin`` and
+        ``on_update_end``), then a partial buffer refresh every ``train.refresh_every``."""
+        self._notify("on_update_begin")
+        metrics = None
+        try:
+            metrics = self._optimizer_update()
+        finally:
+            self._notify("on_update_end", metrics)
+        tc = self.config.train
+        if (
+            self.phase.step % tc.refresh_every == 0
+            and self.phase.step < self.objective.steps_in_stage()
+        ):
+            made = self.buffer.refresh(tc.refresh_prompts, self.teacher_rollouts)
+            self.phase.rollouts += made * self.parallel.world_size
+
+    def _optimizer_update(self) -> dict[str, float]:
+        """One update of the student, counted and logged; returns its loss, gradient norm,
+        learning rate and the objective's extras."""
         tc = self.config.train
         assert self.optimizer is not None and self.scheduler is not None
         step = optimizer_update(
@@ -247,17 +291,11 @@ class Trainer:
         self.phase.extra["losses"].append(total)
         self.phase.extra["grad_norms"].append(grad_norm)
         self.phase.extra["clamp_rates"].append(float(extras.get("clamp_rate", 0.0)))
+        lr = float(self.scheduler.get_last_lr()[0])
+        metrics = {"loss": total, "grad_norm": grad_norm, "lr": lr, **extras}
         if self.log is not None:
-            lr = self.scheduler.get_last_lr()[0]
-            self.log.scalars(
-                "update",
-                {"loss": total, "grad_norm": grad_norm, "lr": lr, **extras},
-                self.phase.updates,
-            )
-        tc_refresh = tc.refresh_every
-        if self.phase.step % tc_refresh == 0 and self.phase.step < self.objective.steps_in_stage():
-            made = self.buffer.refresh(tc.refresh_prompts, self._fill)
-            self.phase.rollouts += made * self.parallel.world_size
+            self.log.scalars("update", metrics, self.phase.updates)
+        return metrics
 
     def _micro_batches(self) -> Iterator[RolloutBatch]:
         """The micro-batches of one update (``train.micro_batch``, METHOD.md section 6).
@@ -295,8 +333,7 @@ class Trainer:
         if self.config.eval.every_stage or self.objective.finished(self.phase):
             metrics = self.evaluate()
             record.update({f"eval_{k}": v for k, v in metrics.items()})
-        for callback in self.stage_callbacks:
-            callback(self, record)
+        self._notify("on_stage_end", record)
         record["wall_seconds"] = self.wall_seconds()
         self.history.append(record)
         if self.log is not None:
@@ -310,18 +347,24 @@ class Trainer:
         """Held-out metrics of the student (or ``denoiser``), with a fixed private seed.
 
         Collective under data parallelism: every process must call it (the loop does,
-        at stage ends).
+        at stage ends). Between the callbacks' ``on_evaluate_begin`` and ``on_evaluate``.
         """
         ec = self.config.eval
-        return evaluate(
-            self.eval_worker,
-            denoiser or self.pair.student,
-            self.eval_examples,
-            ec.samples_per_example,
-            ec.temperature,
-            seed=self.config.seed + 777,
-            spread=self.parallel.sample_shares,
-        )
+        self._notify("on_evaluate_begin")
+        metrics = None
+        try:
+            metrics = evaluate(
+                self.eval_worker,
+                denoiser or self.pair.student,
+                self.eval_examples,
+                ec.samples_per_example,
+                ec.temperature,
+                seed=self.config.seed + 777,
+                spread=self.parallel.sample_shares,
+            )
+            return metrics
+        finally:
+            self._notify("on_evaluate", metrics)
 
     def wall_seconds(self) -> float:
         """Training wall time, continued across resumes."""
@@ -355,8 +398,7 @@ class Trainer:
         }
         path = self.out_dir / CHECKPOINT
         written = self.parallel.write_checkpoint(path, self.pair.state_dict(), own, shared, meta)
-        for callback in self.checkpoint_callbacks:
-            callback(self, written)
+        self._notify("on_save", written)
         return written
 
     def load(self, path: str | Path | None = None) -> None:
