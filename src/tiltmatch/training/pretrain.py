@@ -12,14 +12,17 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from tiltmatch.dtm.loss import dtm_loss
-from tiltmatch.dtm.states import block_states, random_mask_states
+from tiltmatch.dtm.states import States, block_states, random_mask_states
+from tiltmatch.examples import Example
 from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, save_denoiser, tiny_denoiser
 from tiltmatch.preflight import (
@@ -126,35 +129,16 @@ def pretrain(
     optimizer = torch.optim.AdamW(
         denoiser.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-
-    def lr_factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
-        floor = config.final_learning_rate / config.learning_rate
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, pretrain_lr_factor(config))
     started = time.time()
     losses: list[float] = []
     denoiser.train()
     bar = tqdm(range(config.steps), desc=f"pretrain {task.name}", disable=quiet, unit="step")
     for _ in bar:
         rows = [rng.randrange(len(examples)) for _ in range(config.batch_size)]
-        x = torch.tensor(
-            [
-                codec.encode_response(task.demonstration(examples[i], rng), task.response_length)
-                for i in rows
-            ]
-        )
+        x = demonstrations(task, codec, [examples[i] for i in rows], rng)
         prompt_ids, prompt_mask = left_pad([prompts[i] for i in rows], codec.pad_token_id)
-        if denoiser.family.block_size is None:
-            states = random_mask_states(x, codec.mask_token_id, generator, inverse_t_weight=True)
-        else:  # block diffusion SFT: one active block given clean earlier blocks (as SDAR)
-            lengths = prompt_mask.sum(1)
-            states = block_states(
-                x, lengths, denoiser.family.block_size, codec.mask_token_id, generator
-            )
+        states = sft_states(denoiser, x, prompt_mask, generator)
         logits = denoiser.response_logits(prompt_ids, prompt_mask, states.z)
         loss, _ = dtm_loss(logits, x, states, torch.ones(x.shape[0]), c=0.0)
         optimizer.zero_grad(set_to_none=True)
@@ -173,16 +157,65 @@ def pretrain(
         "parameters": sum(p.numel() for p in denoiser.parameters()),
     }
     if out_dir is not None:
-        save_denoiser(
-            out_dir,
-            denoiser.model,
-            {
-                "task": task.name,
-                "alphabet": codec.alphabet,
-                "mask_token_id": codec.mask_token_id,
-                "pad_token_id": codec.pad_token_id,
-                "eos_token_id": codec.eos_token_id,
-                "pretrain": {**config.__dict__, **summary},
-            },
-        )
+        save_base(out_dir, denoiser, task, codec, {**config.__dict__, **summary})
     return denoiser, summary
+
+
+def pretrain_lr_factor(config: PretrainConfig) -> Callable[[int], float]:
+    """The learning-rate factor per step: linear warmup over ``warmup_steps``, then a cosine
+    from 1 down to ``final_learning_rate / learning_rate`` at ``steps``."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+        floor = config.final_learning_rate / config.learning_rate
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def demonstrations(
+    task: Task, codec: CharTokenizer, examples: Sequence[Example], rng: random.Random
+) -> torch.Tensor:
+    """One demonstration of each example, encoded as a response ``[N, L]`` (drawn from
+    ``rng`` in order: a prompt with several valid answers gets one of them)."""
+    return torch.tensor(
+        [
+            codec.encode_response(task.demonstration(example, rng), task.response_length)
+            for example in examples
+        ]
+    )
+
+
+def sft_states(
+    denoiser: MaskedDenoiser, x: torch.Tensor, prompt_mask: torch.Tensor, generator: torch.Generator
+) -> States:
+    """The masked states of one SFT batch: the c-DTM loss's random masking with ``1/t``
+    weights (METHOD.md section 4 at ``h = 0``), or, for block diffusion, one active block
+    given clean earlier blocks (as SDAR trains)."""
+    mask_token_id = denoiser.mask_token_id
+    block_size = denoiser.family.block_size
+    if block_size is None:
+        return random_mask_states(x, mask_token_id, generator, inverse_t_weight=True)
+    return block_states(x, prompt_mask.sum(1), block_size, mask_token_id, generator)
+
+
+def save_base(
+    out_dir: str | Path,
+    denoiser: MaskedDenoiser,
+    task: Task,
+    codec: CharTokenizer,
+    pretrain_record: dict[str, Any],
+) -> Path:
+    """The pretrained base as a loadable denoiser folder, with its task, alphabet, special
+    ids and how it was pretrained."""
+    meta = {
+        "task": task.name,
+        "alphabet": codec.alphabet,
+        "mask_token_id": codec.mask_token_id,
+        "pad_token_id": codec.pad_token_id,
+        "eos_token_id": codec.eos_token_id,
+        "pretrain": pretrain_record,
+    }
+    return save_denoiser(out_dir, denoiser.model, meta)
