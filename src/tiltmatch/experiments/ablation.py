@@ -627,8 +627,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str]) -> int:
-    """Run the ablation grid (cached per run) and write JSON, Markdown and a plot."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maze_ablation", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -651,7 +650,12 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--base", help="maze base model folder (default: shipped, else runs/bases)")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run the ablation grid (cached per run) and write JSON, Markdown and a plot."""
+    args = _parser().parse_args(argv)
     torch.set_num_threads(1)
     size = SIZES[args.size]
     if args.seeds is not None:
@@ -670,40 +674,8 @@ def main(argv: list[str]) -> int:
         )
     ]
     jobs += [(m, "-", 1.0, "-", seed) for seed in range(size.seeds) for m in baselines]
-    records = []
-    for method, schedule, c, states, seed in jobs:
-        name = variant_name(schedule, c, states) if method == "dtm" else f"baseline/{method}"
-        folder = out / "runs" / size.name / name / f"seed{seed}"
-        result = folder / "result.json"
-        overrides = (
-            overrides_of(size, schedule, c, states, seed, base)
-            if method == "dtm"
-            else baseline_overrides(size, method, seed, base)
-        )
-        if result.is_file():
-            cached = json.loads(result.read_text())
-            if cached.get("overrides") == overrides:
-                records.append(cached)
-                continue
-            shutil.rmtree(folder)  # an older protocol's run: rerun it from an empty folder
-        record = run_variant(size, schedule, c, states, seed, base, folder, method)
-        record["overrides"] = overrides
-        result.write_text(json.dumps(record, indent=2))
-        records.append(record)
-        if not args.quiet:
-            print(
-                f"{record['variant']} seed {seed}: train TV/floor {record['train_tv_ratio']:.2f} "
-                f"train E[r] {record['train_expected_reward']:.3f} held-out reward "
-                f"{record['final_reward']:.3f} ({record['seconds']:.0f} s)",
-                flush=True,
-            )
-
-    def order(r: dict[str, Any]) -> tuple[Any, ...]:
-        if r["method"] != "dtm":
-            return (1, BASELINES.index(r["method"]), 0.0, "", r["seed"])
-        return (0, SCHEDULES.index(r["schedule"]), r["c"], r["states"], r["seed"])
-
-    records.sort(key=order)
+    records = [cached_variant(size, job, base, out, args.quiet) for job in jobs]
+    records.sort(key=_grid_order)
     date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
     (out / "ablation.json").write_text(json.dumps(records, indent=2))
     text = (
@@ -724,6 +696,49 @@ def main(argv: list[str]) -> int:
     if not args.quiet:
         print(text)
     return 0
+
+
+def cached_variant(
+    size: AblationSize,
+    job: tuple[str, str, float, str, int],
+    base: str | None,
+    out: Path,
+    quiet: bool,
+) -> dict[str, Any]:
+    """One run of the grid (``job``: method, schedule, c, states, seed), read from
+    ``out/runs`` when it was run with the same overrides, else run (from an empty folder)."""
+    method, schedule, c, states, seed = job
+    name = variant_name(schedule, c, states) if method == "dtm" else f"baseline/{method}"
+    folder = out / "runs" / size.name / name / f"seed{seed}"
+    result = folder / "result.json"
+    overrides = (
+        overrides_of(size, schedule, c, states, seed, base)
+        if method == "dtm"
+        else baseline_overrides(size, method, seed, base)
+    )
+    if result.is_file():
+        cached: dict[str, Any] = json.loads(result.read_text())
+        if cached.get("overrides") == overrides:
+            return cached
+        shutil.rmtree(folder)  # an older protocol's run: rerun it from an empty folder
+    record = run_variant(size, schedule, c, states, seed, base, folder, method)
+    record["overrides"] = overrides
+    result.write_text(json.dumps(record, indent=2))
+    if not quiet:
+        print(
+            f"{record['variant']} seed {seed}: train TV/floor {record['train_tv_ratio']:.2f} "
+            f"train E[r] {record['train_expected_reward']:.3f} held-out reward "
+            f"{record['final_reward']:.3f} ({record['seconds']:.0f} s)",
+            flush=True,
+        )
+    return record
+
+
+def _grid_order(r: dict[str, Any]) -> tuple[Any, ...]:
+    """DTM variants first (schedule, c, states, seed), then the baselines."""
+    if r["method"] != "dtm":
+        return (1, BASELINES.index(r["method"]), 0.0, "", r["seed"])
+    return (0, SCHEDULES.index(r["schedule"]), r["c"], r["states"], r["seed"])
 
 
 def _maze_base() -> str:

@@ -939,71 +939,8 @@ def report_markdown(
         "",
     ]
     for task, block in summary["tasks"].items():
-        lines += [
-            f"#### {task} (held-out accuracy = `{ACCURACY_METRIC[task]}`)",
-            "",
-            "| method | best lr | sweep (seed 0: lr -> acc) | final acc | reward | base acc "
-            "| distinct correct / prompt (base) | s / update | ms / rollout | peak RSS MB |"
-            + (
-                " TV to p_beta (floor) | TV to nearest p_b | E[r] model / target |"
-                if task == "maze"
-                else ""
-            ),
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-            + (" --- | --- | --- |" if task == "maze" else ""),
-        ]
-        for method, row in block["methods"].items():
-            sweep = ", ".join(f"{lr}: {acc:.3f}" for lr, acc in row["sweep"].items())
-            ms = row["seconds_per_rollout"]
-            ms_text = f"{1000 * ms['mean']:.1f}" if ms.get("n") else "-"
-            cells = [
-                _LABELS.get(method, method),
-                f"{row['learning_rate']:g}",
-                sweep,
-                _fmt(row["heldout_accuracy"]),
-                _fmt(row["heldout_reward"]),
-                _fmt(row["base_heldout_accuracy"]),
-                f"{_fmt(row['distinct_correct_per_prompt'], '.2f')} "
-                f"({_fmt(row['base_distinct_correct_per_prompt'], '.2f')})",
-                _fmt(row["seconds_per_update"]),
-                ms_text,
-                f"{row['peak_rss_mb']['mean']:.0f}",
-            ]
-            if task == "maze":
-                cells += [
-                    f"{_fmt(row['tv_to_target'])} ({row['tv_noise_floor']['mean']:.3f})",
-                    f"{_fmt(row['tv_to_path'])} ({row['tv_to_path_noise_floor']['mean']:.3f})",
-                    f"{row['model_expected_reward']['mean']:.3f} / "
-                    f"{row['target_expected_reward']['mean']:.3f}",
-                ]
-            lines.append("| " + " | ".join(cells) + " |")
-        goal = block["goal"]
-        if goal:
-            reach = goal["dtm_rollouts_to_reach"]
-            reach_text = "never" if reach is None else f"{reach:.0f} rollouts"
-            lines += [
-                "",
-                f"Goal check: best baseline {goal['best_baseline']} ends at "
-                f"{goal['best_baseline_accuracy']:.3f} after {goal['best_baseline_rollouts']} "
-                f"rollouts; DTM's mean curve reaches that level at {reach_text} "
-                f"(half budget: {'yes' if goal['reaches_with_half'] else 'no'}) and ends at "
-                f"{goal['dtm_accuracy']:.3f} (at least as high: "
-                f"{'yes' if goal['ends_at_least_as_high'] else 'no'}).",
-            ]
-            if not goal["best_baseline_above_base"]:
-                lines.append(
-                    f"No baseline ends above the base model ({goal['base_accuracy']:.3f}): "
-                    "reaching the best baseline's level is trivial here, not a win."
-                )
-            pg = block.get("paired_goal") or {}
-            if pg:
-                lines.append(_paired_goal_line(pg))
-            if "dtm_tv_ratio" in goal:
-                others = ", ".join(f"{m} {v:.2f}" for m, v in goal["baseline_tv_ratio"].items())
-                lines.append(
-                    f"Maze TV / noise floor at beta = a_end: DTM {goal['dtm_tv_ratio']:.2f} "
-                    f"(within 2x: {'yes' if goal['dtm_within_2x_floor'] else 'no'}); {others}."
-                )
+        lines += _task_table(task, block)
+        lines += _goal_lines(block)
         if block.get("comparisons"):
             lines += ["", *_comparison_table(block["comparisons"])]
         lines.append("")
@@ -1014,6 +951,79 @@ def report_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _task_table(task: str, block: dict[str, Any]) -> list[str]:
+    """One task's table: a row per method at its selected learning rate (seed means)."""
+    maze = task == "maze"
+    lines = [
+        f"#### {task} (held-out accuracy = `{ACCURACY_METRIC[task]}`)",
+        "",
+        "| method | best lr | sweep (seed 0: lr -> acc) | final acc | reward | base acc "
+        "| distinct correct / prompt (base) | s / update | ms / rollout | peak RSS MB |"
+        + (" TV to p_beta (floor) | TV to nearest p_b | E[r] model / target |" if maze else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        + (" --- | --- | --- |" if maze else ""),
+    ]
+    for method, row in block["methods"].items():
+        sweep = ", ".join(f"{lr}: {acc:.3f}" for lr, acc in row["sweep"].items())
+        ms = row["seconds_per_rollout"]
+        ms_text = f"{1000 * ms['mean']:.1f}" if ms.get("n") else "-"
+        cells = [
+            _LABELS.get(method, method),
+            f"{row['learning_rate']:g}",
+            sweep,
+            _fmt(row["heldout_accuracy"]),
+            _fmt(row["heldout_reward"]),
+            _fmt(row["base_heldout_accuracy"]),
+            f"{_fmt(row['distinct_correct_per_prompt'], '.2f')} "
+            f"({_fmt(row['base_distinct_correct_per_prompt'], '.2f')})",
+            _fmt(row["seconds_per_update"]),
+            ms_text,
+            f"{row['peak_rss_mb']['mean']:.0f}",
+        ]
+        if maze:
+            cells += [
+                f"{_fmt(row['tv_to_target'])} ({row['tv_noise_floor']['mean']:.3f})",
+                f"{_fmt(row['tv_to_path'])} ({row['tv_to_path_noise_floor']['mean']:.3f})",
+                f"{row['model_expected_reward']['mean']:.3f} / "
+                f"{row['target_expected_reward']['mean']:.3f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _goal_lines(block: dict[str, Any]) -> list[str]:
+    """The goal check of one task (DTM against the best baseline), if it has one."""
+    goal = block["goal"]
+    if not goal:
+        return []
+    reach = goal["dtm_rollouts_to_reach"]
+    reach_text = "never" if reach is None else f"{reach:.0f} rollouts"
+    lines = [
+        "",
+        f"Goal check: best baseline {goal['best_baseline']} ends at "
+        f"{goal['best_baseline_accuracy']:.3f} after {goal['best_baseline_rollouts']} "
+        f"rollouts; DTM's mean curve reaches that level at {reach_text} "
+        f"(half budget: {'yes' if goal['reaches_with_half'] else 'no'}) and ends at "
+        f"{goal['dtm_accuracy']:.3f} (at least as high: "
+        f"{'yes' if goal['ends_at_least_as_high'] else 'no'}).",
+    ]
+    if not goal["best_baseline_above_base"]:
+        lines.append(
+            f"No baseline ends above the base model ({goal['base_accuracy']:.3f}): "
+            "reaching the best baseline's level is trivial here, not a win."
+        )
+    pg = block.get("paired_goal") or {}
+    if pg:
+        lines.append(_paired_goal_line(pg))
+    if "dtm_tv_ratio" in goal:
+        others = ", ".join(f"{m} {v:.2f}" for m, v in goal["baseline_tv_ratio"].items())
+        lines.append(
+            f"Maze TV / noise floor at beta = a_end: DTM {goal['dtm_tv_ratio']:.2f} "
+            f"(within 2x: {'yes' if goal['dtm_within_2x_floor'] else 'no'}); {others}."
+        )
+    return lines
 
 
 # ----- the command --------------------------------------------------------------------------

@@ -116,7 +116,19 @@ def _plots(history: list[dict[str, Any]], base: dict[str, Any], out: Path) -> li
 
     a = [0.0] + [r["a_after"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax = axes[0]
+    _reward_panel(axes[0], a, history, base)
+    _tv_panel(axes[1], a, history, base)
+    fig.suptitle("DTM on the maze: tracking the annealing path p_a ∝ p_0 e^{a r}")
+    fig.tight_layout()
+    fig.savefig(out / "stages.png", dpi=110)
+    plt.close(fig)
+    return ["stages.png"]
+
+
+def _reward_panel(
+    ax: Any, a: list[float], history: list[dict[str, Any]], base: dict[str, Any]
+) -> None:
+    """Expected reward per stage: the model's and ``p_a``'s, on training and held-out mazes."""
     ax.plot(
         a,
         [base["train_reward"]] + [r["train_expected_reward"] for r in history],
@@ -151,7 +163,10 @@ def _plots(history: list[dict[str, Any]], base: dict[str, Any], out: Path) -> li
     ax.set_ylabel("expected reward")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax = axes[1]
+
+
+def _tv_panel(ax: Any, a: list[float], history: list[dict[str, Any]], base: dict[str, Any]) -> None:
+    """TV to ``p_a`` per stage against the noise floor, on training and held-out mazes."""
     # At a = 0 the model is the base: its TV to p_0 is the floor by construction.
     ax.plot(
         a,
@@ -185,11 +200,6 @@ def _plots(history: list[dict[str, Any]], base: dict[str, Any], out: Path) -> li
     ax.set_ylabel("total variation")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.suptitle("DTM on the maze: tracking the annealing path p_a ∝ p_0 e^{a r}")
-    fig.tight_layout()
-    fig.savefig(out / "stages.png", dpi=110)
-    plt.close(fig)
-    return ["stages.png"]
 
 
 def _train_stage_table(report: dict[str, Any]) -> list[str]:
@@ -230,9 +240,8 @@ def train_goal(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _markdown(report: dict[str, Any]) -> str:
-    cfg = report["config"]["dtm"]
-    r = report
+def _summary_table(r: dict[str, Any]) -> list[str]:
+    """Base against fine-tuned on the held-out mazes."""
     summary = [
         ("held-out expected reward", r["base_reward"], r["final_reward"], ".3f"),
         ("held-out shortest-path rate", r["base_accuracy"], r["final_accuracy"], ".3f"),
@@ -246,7 +255,11 @@ def _markdown(report: dict[str, Any]) -> str:
         (f"TV to p_beta (beta = {r['beta']:g})", r["tv_base_to_target"], r["tv_to_target"], ".3f"),
     ]
     table = ["| | base | fine-tuned |", "| --- | --- | --- |"]
-    table += [f"| {name} | {a:{fmt}} | {b:{fmt}} |" for name, a, b, fmt in summary]
+    return table + [f"| {name} | {a:{fmt}} | {b:{fmt}} |" for name, a, b, fmt in summary]
+
+
+def _stage_table(r: dict[str, Any]) -> list[str]:
+    """The stage records (held-out TV measured against ``p_a`` at the ``a`` reached)."""
     stage_keys = [
         ("stage", "d"),
         ("a", ".3g"),
@@ -266,6 +279,12 @@ def _markdown(report: dict[str, Any]) -> str:
     stages.append("|" + " --- |" * len(stage_keys))
     for rec in r["history"]:
         stages.append("| " + " | ".join(f"{rec[k]:{f}}" for k, f in stage_keys) + " |")
+    return stages
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    cfg = report["config"]["dtm"]
+    r = report
     goal = r["train_goal"]
     yes = {True: "yes", False: "no"}
     lines = [
@@ -296,7 +315,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         f"## Generalisation: held-out mazes ({r['eval_examples']} test mazes)",
         "",
-        *table,
+        *_summary_table(r),
         "",
         f"Noise floor of the TV estimator (two independent base samples): "
         f"{r['tv_noise_floor']:.3f}; TV / floor = {r['tv_ratio']:.2f}.",
@@ -305,7 +324,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         "### Stages (held-out TV measured against p_a at the a reached)",
         "",
-        *stages,
+        *_stage_table(r),
         "",
         "![stages](stages.png)",
         "",
