@@ -216,6 +216,7 @@ def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
             "block_length": block,
             "remasking": remasking,
             "temperature": 1.0,
+            "noise": "compatible",  # the recorded figures' draws (docs/sampling.md)
         }
 
         def draw(
