@@ -124,7 +124,9 @@ def compare(
                 steps=steps, block_length=args.block_length, temperature=0.0, **fields
             )
 
-            def run_theirs(function: str = function) -> torch.Tensor:
+            def run_theirs(
+                function: str = function, steps: int = steps, length: int = length
+            ) -> torch.Tensor:
                 outs = []
                 for _ in range(args.batch):
                     x, _ = getattr(fast, function)(
@@ -135,7 +137,7 @@ def compare(
                     outs.append(x[:, args.prompt_length :])
                 return torch.cat(outs)
 
-            def run_ours(config: SamplingConfig = config) -> torch.Tensor:
+            def run_ours(config: SamplingConfig = config, length: int = length) -> torch.Tensor:
                 prompts = [prompt[0].tolist()] * args.batch
                 g = torch.Generator().manual_seed(0)
                 return generate(denoiser, prompts, length, config, g).responses
