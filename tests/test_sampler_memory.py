@@ -95,3 +95,32 @@ def test_block_decoder_lean_at_temperature_zero_is_its_argmax(temperature) -> No
     assert not (a == MASK).any()
     if temperature == 0.0:
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_block_decoder_lean_draw_is_softmax_over_temperature(temperature) -> None:
+    """The block decoder's convention: tokens from ``softmax(logits / T)`` and, as their
+    confidence, their probability under it; the lean draw on the open columns keeps both."""
+    from types import SimpleNamespace
+
+    from tiltmatch.sampling.families import BlockDecoding, BlockSampler
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, 0.5]])
+    open_ = torch.tensor([[False, True]])
+    generator = torch.Generator().manual_seed(0)
+    block = SimpleNamespace(
+        job=SimpleNamespace(banned=[3], generator=generator),
+        decoding=BlockDecoding(1, temperature=temperature, noise="lean"),
+        run=lambda at=None: logits.clone(),
+    )
+    target = torch.softmax(logits[0].double().masked_fill(torch.arange(5) == 3, -torch.inf)
+                           / temperature, -1)  # fmt: skip
+    counts = torch.zeros(5)
+    for _ in range(4000):
+        tokens, confidence = BlockSampler._propose(block, open_)  # type: ignore[arg-type]
+        token = int(tokens[0, 1])
+        counts[token] += 1
+        assert confidence[0, 1] == pytest.approx(float(target[token]), rel=1e-6)
+        assert confidence[0, 0] == 0.0  # a closed column is never scored
+    assert counts[3] == 0
+    assert torch.allclose(counts / counts.sum(), target.float(), atol=0.03)

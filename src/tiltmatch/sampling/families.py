@@ -351,9 +351,9 @@ class BlockSampler(SamplerStrategy):
             return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
         chosen = block.run(at=open_).float()
         chosen[:, job.banned] = -torch.inf
-        if temperature not in (0.0, 1.0):  # draw from, and score under, softmax(logits / T)
+        if temperature > 0:  # draw from, and score under, softmax(logits / T)
             chosen.div_(temperature)
-        picked, confident = _lean_draw(chosen, min(temperature, 1.0), job.generator)
+        picked, confident = _lean_draw(chosen, 1.0 if temperature > 0 else 0.0, job.generator)
         tokens = torch.zeros(open_.shape, dtype=torch.long, device=open_.device)
         tokens[open_] = picked
         confidence = torch.zeros(open_.shape, dtype=torch.float64, device=open_.device)
