@@ -28,6 +28,14 @@ rollouts, masks and states are small real CPU tensors (they would be on the GPU 
 and are counted), so boolean indexing by the SAR loss mask gives the true number of
 loss positions; only reading a scalar out of a fake tensor (a logged loss) returns 0.
 
+The sampler (:func:`simulate_sampler`) runs the package's ``generate`` as it runs, default
+lean noise, with the model fake and its control tensors real (canvas, open positions), so
+its vocabulary work is sized by the true number of open positions; what fake values decide
+(a boolean selection by them, a truth value) is taken at its upper bound
+(:class:`SamplerMemory`). It is simulated at every ``generate`` batch the LLaDA recipes make
+(:func:`recipe_generate_calls`), in each fixed-step mode; compatible noise's float64
+``rows x L x V`` draw on a GPU is added by arithmetic (:func:`compatible_noise_bytes`).
+
 Layers are identical, so the model is simulated at 1 and 2 decoder layers and every
 figure is extrapolated linearly to 32 (``fixed + 32 x per-layer``); ``--check-layers 32``
 runs one configuration at full depth to check the extrapolation.
