@@ -28,6 +28,14 @@ rollouts, masks and states are small real CPU tensors (they would be on the GPU 
 and are counted), so boolean indexing by the SAR loss mask gives the true number of
 loss positions; only reading a scalar out of a fake tensor (a logged loss) returns 0.
 
+The sampler (:func:`simulate_sampler`) runs the package's ``generate`` as it runs, default
+lean noise, with the model fake and its control tensors real (canvas, open positions), so
+its vocabulary work is sized by the true number of open positions; what fake values decide
+(a boolean selection by them, a truth value) is taken at its upper bound
+(:class:`SamplerMemory`). It is simulated at every ``generate`` batch the LLaDA recipes make
+(:func:`recipe_generate_calls`), in each fixed-step mode; compatible noise's float64
+``rows x L x V`` draw on a GPU is added by arithmetic (:func:`compatible_noise_bytes`).
+
 Layers are identical, so the model is simulated at 1 and 2 decoder layers and every
 figure is extrapolated linearly to 32 (``fixed + 32 x per-layer``); ``--check-layers 32``
 runs one configuration at full depth to check the extrapolation.
@@ -59,11 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import (
-    DynamicOutputShapeException,
-    FakeTensor,
-    FakeTensorMode,
-)
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -472,6 +476,63 @@ def simulate_update(
     )
 
 
+def _upper_bound_indices(index: torch.Tensor) -> list[torch.Tensor]:
+    """A fake boolean index as long indices selecting every element: the largest shape the
+    data-dependent selection can take (its values are unknown)."""
+    assert isinstance(index, FakeTensor)
+    with index.fake_mode:
+        return [torch.zeros(index.numel(), dtype=torch.long) for _ in range(index.dim())]
+
+
+def _fake_bool(t: object) -> bool:
+    return isinstance(t, FakeTensor) and t.dtype == torch.bool
+
+
+class SamplerMemory(DeviceMemory):
+    """:class:`DeviceMemory` for the sampler, whose control tensors stay real.
+
+    The model is fake; the canvas, the open positions and the committed ones are real CPU
+    tensors (small: they would be on the GPU too, and are counted), so the vocabulary work
+    is sized by the true number of open positions. What the fake values decide instead
+    (the lean draw's rare correction of an index of weight 0, a confidence rule) is taken
+    at its upper bound: a boolean selection by a fake mask selects every element, a fake
+    truth value is True. Tokens drawn from fake values are never committed (writing fake
+    values into a real canvas changes nothing), so every step of a block sees all of its
+    positions open: the largest step, every time.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func is torch.ops.aten.nonzero.default and _fake_bool(args[0]):
+            with args[0].fake_mode:
+                out = torch.zeros((args[0].numel(), args[0].dim()), dtype=torch.long)
+            self._track(out)
+            return out
+        if func in _INDEX_OPS and any(_fake_bool(i) for i in args[1]):
+            indices: list[torch.Tensor | None] = []
+            for index in args[1]:
+                indices.extend(_upper_bound_indices(index) if _fake_bool(index) else [index])
+            args = (args[0], indices, *args[2:])
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+#: the sampler settings whose step is simulated (the fixed-step modes; a parallel mode's
+#: step is its fixed-step mode's, its number of steps follows the confidences)
+SAMPLER_MODES: dict[str, dict[str, Any]] = {
+    "exact": {"mode": "exact"},
+    "cached prefix": {"mode": "cached", "cache": "prefix"},
+    "cached dual": {"mode": "cached", "cache": "dual"},
+}
+
+
+def fake_denoiser(arch: dict[str, Any], layers: int) -> MaskedDenoiser:
+    """The bare bf16 base of ``arch`` at ``layers`` decoder layers, as fake tensors."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    model = meta_model(llama_config(arch, layers), torch.bfloat16)
+    with mode:
+        model.to_empty(device="cpu")
+    return MaskedDenoiser(model, arch["mask_token_id"], arch["pad_token_id"])
+
+
 def simulate_sampler(
     arch: dict[str, Any],
     layers: int,
@@ -480,51 +541,61 @@ def simulate_sampler(
     response_length: int,
     block_length: int,
     count_flops: bool = False,
+    steps: int | None = None,
+    sampler: dict[str, Any] | None = None,
 ) -> dict[str, int]:
-    """The package's sampler (:func:`generate`, as it is) on the bare bf16 base, all fake.
+    """The package's sampler (:func:`generate`, as it runs: lean noise, the default) on the
+    bare bf16 base, the model fake, one call of ``rows`` prompts.
 
-    One step per block (the peak of a step does not depend on how many there are):
-    the peak of a denoiser forward alone, the peak of a whole sampler step (the logits
-    work after the forward), and the FLOPs of one forward.
+    Memory (``count_flops`` False): the peak of one denoiser forward alone
+    (``peak_forward_bytes``) and of the whole call (``peak_step_bytes``: every step with all
+    of its block open, the cache of the cached modes included), with two steps per block
+    unless ``steps`` says (the peak of a step does not depend on how many there are).
+    FLOPs (``count_flops``): of one full forward (``flops_forward``) and of the whole call
+    at ``steps`` steps (``flops_generate``). ``sampler``: :data:`SAMPLER_MODES` fields.
     """
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    model = meta_model(llama_config(arch, layers), torch.bfloat16)
-    with mode:
-        model.to_empty(device="cpu")
-    denoiser = MaskedDenoiser(model, arch["mask_token_id"], arch["pad_token_id"])
+    denoiser = fake_denoiser(arch, layers)
     vocab = min(arch["mask_token_id"], arch["pad_token_id"])
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, vocab, (rows, prompt_length), generator=generator).tolist()
-    memory = DeviceMemory()
+    blocks = response_length // block_length
+    config = SamplingConfig(
+        steps=steps or 2 * blocks,
+        block_length=block_length,
+        temperature=1.0,
+        **(sampler or {}),
+    )
+    memory = SamplerMemory()
     out: dict[str, int] = {}
-    with memory, cuda_attention(), mode:
-        memory.register(model.parameters())
-        memory.register(model.buffers())
-        static = memory.allocated
+    with memory, cuda_attention(), torch.no_grad():
+        memory.register(denoiser.parameters())
+        memory.register(denoiser.buffers())
+        out["static_bytes"] = memory.allocated
         ids = torch.zeros((rows, prompt_length + response_length), dtype=torch.long)
-        attention = torch.ones_like(ids)
-        memory.reset_peak()
         if count_flops:
-            with FlopCounterMode(display=False) as flops, torch.no_grad():
-                denoiser(ids, attention, response_length)
+            with FlopCounterMode(display=False) as flops:
+                denoiser(ids, torch.ones_like(ids), response_length)
             out["flops_forward"] = flops.get_total_flops()
-        else:
-            with torch.no_grad():
-                denoiser(ids, attention, response_length)
-            out["peak_forward_bytes"] = memory.peak
-            del ids, attention
-            memory.reset_peak()
-            steps = response_length // block_length
-            config = SamplingConfig(steps=steps, block_length=block_length, temperature=1.0)
-            try:
+            with FlopCounterMode(display=False) as flops:
                 generate(denoiser, prompts, response_length, config, generator)
-                out["peak_step_bytes"] = memory.peak
-            except DynamicOutputShapeException:
-                # The lean-logits sampler picks the open positions by boolean indexing, a
-                # data-dependent shape that plain fake tensors cannot carry.
-                out["peak_step_bytes"] = -1
-    out["static_bytes"] = static
+            out["flops_generate"] = flops.get_total_flops()
+            return out
+        memory.reset_peak()
+        denoiser(ids, torch.ones_like(ids), response_length)
+        out["peak_forward_bytes"] = memory.peak
+        del ids
+        memory.reset_peak()
+        generate(denoiser, prompts, response_length, config, generator)
+        out["peak_step_bytes"] = memory.peak
     return out
+
+
+def compatible_noise_bytes(rows: int, response_length: int, vocab: int) -> int:
+    """What ``noise: compatible`` adds to a step on a GPU: its float64 uniform draw of every
+    response position and vocabulary entry (a CUDA generator fills it in a device-specific
+    order, so it is made whole; on the CPU it is stepped over, so the simulation, which
+    runs a CPU generator, cannot see it: arithmetic)."""
+    return allocator_block(rows * response_length * vocab * 8)
 
 
 # ----- depth extrapolation and arithmetic -----------------------------------------------------
@@ -809,25 +880,8 @@ def markdown(record: dict[str, Any]) -> str:
                 f"| {w['largest_rows']} | {w['peak_gib_at_largest']:.1f} "
                 f"| {w['peak_gib_one_more']:.1f} |"
             )
-    smp = record.get("sampler")
-    if smp:
-        lines += [
-            "",
-            f"Sampler (the package's `generate` as it is, bare bf16 base, {smp['rows']} rows of "
-            f"{s['prompt_length']} + {s['response_length']}): one step's forward peaks at "
-            f"{smp['peak_forward_gib']:.1f} GiB, the whole step (logits work on the open "
-            f"positions) at "
-            + (
-                "(not simulated: the lean-logits step indexes by data)"
-                if smp["peak_step_gib"] is None
-                else f"{smp['peak_step_gib']:.1f} GiB"
-            )
-            + "; one forward "
-            f"{smp['tflops_forward']:.0f} TFLOP, a rollout of {s['response_length']} tokens in "
-            f"{smp['steps']} steps {smp['tflops_rollout']:.0f} TFLOP = "
-            f"{smp['gflops_per_rollout_token']:.0f} GFLOP per generated token, "
-            f"{smp['seconds_per_rollout']:.1f} s per batch at the stated utilisation.",
-        ]
+    if record.get("sampler"):
+        lines += ["", sampler_markdown(record["sampler"], s)]
     for chk in record.get("depth_checks", []):
         c = chk["case"]
         lines.append(
@@ -839,35 +893,150 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: RolloutWorker's default chunk: the most rows one ``generate`` call gets
+GENERATE_CHUNK = 256
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "llada"
+
+
+def recipe_generate_calls(folder: Path = RECIPES) -> list[dict[str, Any]]:
+    """Per LLaDA recipe (``configs/llada/*.yaml``), the ``generate`` calls of one process: the
+    buffer rebuild (``buffer_prompts x num_generations`` rows), a refresh, and held-out
+    evaluation, each in chunks of at most :data:`GENERATE_CHUNK` rows, with the sampler
+    settings they run."""
+    import yaml
+
+    from tiltmatch.tasks import get_task
+
+    calls = []
+    for path in sorted(folder.glob("*.yaml")):
+        config = RunConfig.model_validate(yaml.safe_load(path.read_text()))
+        task = get_task(config.task, **config.task_options)
+        tc, ev = config.train, config.eval
+        sampler = config.sampler if ev.sampler is None else ev.sampler
+        for purpose, rows, settings in (
+            ("buffer rebuild", tc.buffer_prompts * tc.num_generations, config.sampler),
+            ("refresh", tc.refresh_prompts * tc.num_generations, config.sampler),
+            ("evaluation", ev.examples * ev.samples_per_example, sampler),
+        ):
+            if rows:
+                calls.append(
+                    {
+                        "recipe": path.stem,
+                        "purpose": purpose,
+                        "rows": min(rows, GENERATE_CHUNK),
+                        "calls": -(-rows // GENERATE_CHUNK),
+                        "response_length": task.response_length,
+                        "steps": settings.steps,
+                        "block_length": settings.block_length,
+                    }
+                )
+    return calls
+
+
 def sampler_record(
     arch: dict[str, Any], args: argparse.Namespace, prompt: int, response: int, block: int
 ) -> dict[str, Any]:
-    """The sampler step's peaks and the FLOPs of a rollout, at full depth."""
-    rows = args.sampler_rows
-    smp = [simulate_sampler(arch, n, rows, prompt, response, block) for n in (1, 2)]
-    smp_flops = [
-        simulate_sampler(arch, n, rows, prompt, response, block, count_flops=True) for n in (1, 2)
-    ]
+    """Per sampler mode (:data:`SAMPLER_MODES`, lean noise): the peak of one ``generate`` call
+    at each batch the recipes hand it (``--sampler-rows``: these instead), with what
+    compatible noise would add on a GPU; and the FLOPs of a rollout (per completion)."""
     layers = arch["n_layers"]
-    fwd = extrapolate(smp_flops[0]["flops_forward"], smp_flops[1]["flops_forward"], layers)
-    rollout = fwd["total"] * args.sampler_steps
+    calls = [c for c in recipe_generate_calls() if c["response_length"] == response]
+    batches = args.sampler_rows or sorted({c["rows"] for c in calls})
+    if args.tiny and not args.sampler_rows:
+        batches = [4]
+    vocab = arch["embedding_size"]
+    peaks: dict[str, dict[str, dict[str, float]]] = {}
+    for rows in batches:
+        per_mode = {}
+        for name, fields in SAMPLER_MODES.items():
+            sims = [
+                simulate_sampler(arch, n, rows, prompt, response, block, sampler=fields)
+                for n in (1, 2)
+            ]
+            forward, step = (
+                extrapolate(sims[0][key], sims[1][key], layers)["total"] / GIB
+                for key in ("peak_forward_bytes", "peak_step_bytes")
+            )
+            extra = compatible_noise_bytes(rows, response, vocab) / GIB
+            per_mode[name] = {
+                "peak_forward_gib": forward,
+                "peak_step_gib": step,
+                "peak_step_compatible_gib": step + extra,
+                "fits_one_80gb": fits(step * GIB),
+            }
+        peaks[str(rows)] = per_mode
+    flops: dict[str, dict[str, float]] = {}
+    rows = 2  # FLOPs are linear in the rows: a rollout's, per completion
+    for name, fields in SAMPLER_MODES.items():
+        sims = [
+            simulate_sampler(
+                arch, n, rows, prompt, response, block, True, args.sampler_steps, fields
+            )
+            for n in (1, 2)
+        ]
+        forward = extrapolate(sims[0]["flops_forward"], sims[1]["flops_forward"], layers)
+        rollout = extrapolate(sims[0]["flops_generate"], sims[1]["flops_generate"], layers)
+        flops[name] = {
+            "tflops_forward_per_row": forward["total"] / rows / 1e12,
+            "tflops_rollout_per_row": rollout["total"] / rows / 1e12,
+            "seconds_per_rollout_row": rollout["total"]
+            / rows
+            / (H100_BF16_DENSE_FLOPS * args.utilisation),
+        }
     return {
-        "rows": rows,
         "steps": args.sampler_steps,
-        "peak_forward_gib": extrapolate(
-            smp[0]["peak_forward_bytes"], smp[1]["peak_forward_bytes"], layers
-        )["total"]
-        / GIB,
-        # None: the step (lean logits) could not be simulated; see simulate_sampler.
-        "peak_step_gib": None
-        if min(smp[0]["peak_step_bytes"], smp[1]["peak_step_bytes"]) < 0
-        else extrapolate(smp[0]["peak_step_bytes"], smp[1]["peak_step_bytes"], layers)["total"]
-        / GIB,
-        "tflops_forward": fwd["total"] / 1e12,
-        "tflops_rollout": rollout / 1e12,
-        "gflops_per_rollout_token": rollout / (rows * response) / 1e9,
-        "seconds_per_rollout": rollout / (H100_BF16_DENSE_FLOPS * args.utilisation),
+        "block_length": block,
+        "noise": "lean",
+        "generate_calls": calls,
+        "peaks": peaks,
+        "flops": flops,
     }
+
+
+def sampler_markdown(smp: dict[str, Any], s: dict[str, Any]) -> str:
+    """The sampler part of the plan as Markdown."""
+    lines = [
+        f"Sampler: the package's `generate` as it runs (default lean noise; every step with "
+        f"its whole block open, the upper bound of the data-dependent selection), bare bf16 "
+        f"base, prompts of {s['prompt_length']} + {s['response_length']} tokens, block "
+        f"{smp['block_length']}. Peak GiB of one call; compatible noise on a GPU adds its "
+        f"float64 draw of rows x L x V.",
+        "",
+        "| rows in one call | mode | forward peak | call peak (lean) | fits one 80 GB "
+        "| call peak, compatible noise |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for rows, per_mode in smp["peaks"].items():
+        for name, p in per_mode.items():
+            lines.append(
+                f"| {rows} | {name} | {p['peak_forward_gib']:.1f} | {p['peak_step_gib']:.1f} "
+                f"| {'yes' if p['fits_one_80gb'] else 'no'} "
+                f"| {p['peak_step_compatible_gib']:.1f} |"
+            )
+    lines += [
+        "",
+        f"A rollout of {s['response_length']} tokens in {smp['steps']} steps, per completion:",
+        "",
+        "| mode | TFLOP per completion | vs exact | s per completion at the stated utilisation |",
+        "| --- | --- | --- | --- |",
+    ]
+    exact = smp["flops"]["exact"]["tflops_rollout_per_row"]
+    for name, f in smp["flops"].items():
+        lines.append(
+            f"| {name} | {f['tflops_rollout_per_row']:.2f} "
+            f"| {f['tflops_rollout_per_row'] / exact:.2f} | {f['seconds_per_rollout_row']:.3f} |"
+        )
+    calls = [c for c in smp["generate_calls"] if c["purpose"] != "refresh"]
+    if calls:
+        lines += [
+            "",
+            "The recipes' calls (per process): "
+            + "; ".join(
+                f"{c['recipe']} {c['purpose']} {c['calls']} x {c['rows']} rows" for c in calls
+            )
+            + ".",
+        ]
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -875,7 +1044,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="JSON record to write")
     parser.add_argument("--tiny", action="store_true", help="the toy model (the CPU test)")
     parser.add_argument("--utilisation", type=float, default=0.4, help="of the bf16 peak")
-    parser.add_argument("--sampler-rows", type=int, default=32)
+    parser.add_argument(
+        "--sampler-rows",
+        type=int,
+        nargs="*",
+        default=None,
+        help="rows of the simulated generate calls (default: the LLaDA recipes' batches)",
+    )
     parser.add_argument("--sampler-steps", type=int, default=128)
     parser.add_argument("--no-sweep", action="store_true", help="skip the largest-batch sweep")
     parser.add_argument("--no-sampler", action="store_true", help="skip the sampler step")

@@ -18,7 +18,14 @@ measures, in one process:
     ``clip_grad_norm_`` and the AdamW step: seconds and peak GPU memory;
 (c) one diffu-GRPO update (METHOD.md section 8) with the same pair: current
     policy = student, old policy = teacher, reference = the base with its
-    adapters disabled; the objective comes from ``tiltmatch.training.runner.make_objective``.
+    adapters disabled; the objective comes from ``tiltmatch.training.runner.make_objective``;
+(d) the sampler's settings on the bare base (issue 23): exact decoding with lean noise (the
+    default) and with compatible noise (its float64 draw of rows x L x V per step), the
+    prefix and the dual cache: seconds and peak memory of one ``generate`` call each, after
+    a warm-up (a setting that runs out of memory is recorded as such);
+(e) one c-DTM update with the recipes' SAR states (block ``--block-length``) with the
+    vocabulary projected only where the loss reads (now) and at every response position
+    (before issue 23's item 1, ``benchmarks/update_cost.py``'s ``full_logits``).
 
 Each update is timed twice on the same micro-batch: the first includes AdamW
 allocating its moments, the repeat does not. The checksums of the student
@@ -35,6 +42,7 @@ random too.
 
     python benchmarks/gpu_check.py                    # one H100/H200: LLaDA-8B, B = 8, G = 2
     python benchmarks/gpu_check.py --parts a          # the sampler only
+    python benchmarks/gpu_check.py --parts abcde      # issue 23's check, about 5 minutes
     python benchmarks/gpu_check.py --model tiny --device cpu --gen-length 16 --steps 8 \\
         --block-length 8 --batch 4 --lora-r 4        # the same code path on a CPU, seconds
 
@@ -61,6 +69,8 @@ from typing import Any, TypeVar
 import torch
 from transformers import LlamaForCausalLM
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # update_cost, for part (e)
+
 from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
@@ -74,7 +84,20 @@ from tiltmatch.training.update import UpdateResult, optimizer_update
 
 T = TypeVar("T")
 
-PARTS = {"a": "sampler", "b": "c-DTM update", "c": "diffu-GRPO update"}
+PARTS = {
+    "a": "sampler",
+    "b": "c-DTM update",
+    "c": "diffu-GRPO update",
+    "d": "sampler modes",
+    "e": "c-DTM update, SAR states",
+}
+#: part (d): the sampler settings compared on the bare base (the default first)
+SAMPLER_MODES: list[tuple[str, dict[str, Any]]] = [
+    ("exact, lean noise (default)", {}),
+    ("exact, compatible noise", {"noise": "compatible"}),
+    ("cached prefix", {"mode": "cached", "cache": "prefix"}),
+    ("cached dual", {"mode": "cached", "cache": "dual"}),
+]
 
 # The keys of LLaDA's own config.json that decide the model are the package's
 # LLADA_8B_INSTRUCT_CONFIG (as LLaDA-8B-Instruct's file sets them); llada_config_to_llama
@@ -189,8 +212,11 @@ def build_base(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Lla
     return model
 
 
-def run_config(method: str, args: argparse.Namespace, dtype: torch.dtype) -> RunConfig:
-    """The run configuration of the measured updates: LoRA, batch, sampler and optimiser."""
+def run_config(
+    method: str, args: argparse.Namespace, dtype: torch.dtype, states: str = "random"
+) -> RunConfig:
+    """The run configuration of the measured updates: LoRA, batch, sampler and optimiser
+    (``states``: c-DTM's, random masking or the recipes' SAR states of ``--block-length``)."""
     prompts = args.batch // args.group
     return RunConfig.model_validate(
         {
@@ -205,7 +231,7 @@ def run_config(method: str, args: argparse.Namespace, dtype: torch.dtype) -> Run
                 "remasking": "low_confidence",
                 "temperature": 1.0,
             },
-            "dtm": {"c": 1.0, "states": "random"},
+            "dtm": {"c": 1.0, "states": states, "sar_block_length": args.block_length},
             "train": RECIPE_TRAIN
             | {
                 "num_generations": args.group,
@@ -331,6 +357,39 @@ def measure_sampler(
     }
 
 
+def measure_modes(
+    denoiser: MaskedDenoiser,
+    prompts: list[list[int]],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    """(d): one ``generate`` call per sampler setting of :data:`SAMPLER_MODES`."""
+    num_blocks = args.gen_length // args.block_length
+    out: dict[str, Any] = {}
+    for name, fields in SAMPLER_MODES:
+        config = SamplingConfig(steps=args.steps, block_length=args.block_length, **fields)
+        warmup = SamplingConfig(steps=2 * num_blocks, block_length=args.block_length, **fields)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+
+        def sample(c: SamplingConfig, g: torch.Generator = generator) -> torch.Tensor:
+            return generate(denoiser, prompts, args.gen_length, c, g).responses
+
+        try:
+            timed(lambda c=warmup: sample(c), device)
+            responses, seconds, peak = timed(lambda c=config: sample(c), device)
+        except torch.cuda.OutOfMemoryError as err:
+            out[name] = {"out_of_memory": str(err).splitlines()[0]}
+        else:
+            out[name] = {
+                "seconds": seconds,
+                "tokens_per_second": responses.numel() / seconds,
+                "peak_memory_gib": peak,
+                "seconds_per_step": seconds / args.steps,
+            }
+        release(device)
+    return out
+
+
 def measure_update(
     part: str,
     pair: LoRAPair,
@@ -427,10 +486,20 @@ def markdown_table(record: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     rows = []
+    lines_oom: list[str] = []
     for key, part in record["parts"].items():
         if key == "a":
             rows.append(("(a) sampler, bare base", part))
             rows.append(("(a) sampler, teacher adapter", part["teacher"]))
+        elif key == "d":
+            for name, mode in part["modes"].items():
+                if "out_of_memory" in mode:
+                    lines_oom.append(f"(d) {name}: out of memory ({mode['out_of_memory']})")
+                else:
+                    rows.append((f"(d) sampler, {name}", mode))
+        elif key == "e":
+            rows.append(("(e) c-DTM update, SAR states, logits where the loss reads", part))
+            rows.append(("(e) c-DTM update, SAR states, full logits", part["full_logits"]))
         else:
             rows.append((f"({key}) {part['name']}", part))
     for label, part in rows:
@@ -447,6 +516,7 @@ def markdown_table(record: dict[str, Any]) -> str:
         "per second of the first update for (b) and (c). Repeat: the same update again, "
         "AdamW's moments already allocated. Peak: torch.cuda.max_memory_allocated, everything "
         "resident included.",
+        *lines_oom,
     ]
     return "\n".join(lines)
 
@@ -488,7 +558,9 @@ def check_settings(args: argparse.Namespace) -> None:
     if not 1 <= lo <= hi:
         raise UsageError(f"--prompt-lengths {lo} {hi}: need 1 <= MIN <= MAX")
     if not args.parts or set(args.parts) - set(PARTS):
-        raise UsageError(f"--parts {args.parts!r}: choose among a, b, c (e.g. 'abc' or 'a,c')")
+        raise UsageError(
+            f"--parts {args.parts!r}: choose among a, b, c, d, e (e.g. 'abc' or 'a,c')"
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -530,12 +602,15 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         args.batch // args.group, args.group, args.prompt_lengths, spec.ordinary_tokens, args.seed
     )
     sampler: dict[str, Any] = {}
+    # The bare base first: PEFT injects the adapters into this very model below.
+    bare = MaskedDenoiser(model, spec.mask_token_id, spec.pad_token_id)
     if "a" in args.parts:
-        # The bare base first: PEFT injects the adapters into this very model below.
-        bare = MaskedDenoiser(model, spec.mask_token_id, spec.pad_token_id)
         sampler["base"] = measure_sampler(bare, prompts, args, device)
         release(device)
         progress(f"(a) sampler, bare base: {sampler['base']['seconds']:.2f} s")
+    modes = measure_modes(bare, prompts, args, device) if "d" in args.parts else None
+    if modes is not None:
+        progress(f"(d) sampler modes: {sorted(modes)}")
     pair, pair_seconds, _ = timed(
         lambda: LoRAPair.from_config(dtm_config, model, spec.mask_token_id, spec.pad_token_id),
         device,
@@ -591,6 +666,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         # The part's own numbers are the bare base's; the rollout path's sit under "teacher".
         record["parts"]["a"] = {"name": PARTS["a"], **sampler["base"]}
         record["parts"]["a"]["teacher"] = sampler["teacher"]
+    if modes is not None:
+        record["parts"]["d"] = {"name": PARTS["d"], "modes": modes}
     batch = random_rollouts(prompts, spec, args, device)
     configs = {"b": dtm_config, "c": run_config("diffu-grpo", args, dtype)}
     for part in "bc":
@@ -598,6 +675,22 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             record["parts"][part] = measure_update(part, pair, configs[part], batch, device)
             release(device)
             progress(f"({part}) {PARTS[part]}: {record['parts'][part]['seconds']:.2f} s")
+    if "e" in args.parts:
+        from update_cost import full_logits  # benchmarks/update_cost.py, beside this script
+
+        sar = run_config("dtm", args, dtype, states="sar")
+        start = [p.detach().clone() for p in pair.trainable_parameters()]
+        projected = measure_update("e", pair, sar, batch, device)
+        release(device)
+        with torch.no_grad():  # both ways from the same adapter weights: the same loss
+            for p, saved in zip(pair.trainable_parameters(), start, strict=True):
+                p.copy_(saved)
+        del start
+        with full_logits():
+            full = measure_update("e", pair, sar, batch, device)
+        release(device)
+        record["parts"]["e"] = {**projected, "full_logits": full}
+        progress(f"(e) {PARTS['e']}: {projected['seconds']:.2f} s, full {full['seconds']:.2f} s")
     # The sections the measured code reads (the model section's sizes are the tiny default's).
     sections: dict[str, Any] = {
         "method": True,

@@ -3,8 +3,14 @@
 Three parts, each printing a table and writing JSON (``--out``):
 
 - ``share``: the sampler's own share of ``generate`` (everything but the denoiser's
-  forwards) on a LLaDA-vocabulary model (V = 126464, mask id 126336), for the
-  compatible noise (same tokens as before lean logits) and the lean noise.
+  forwards) on a LLaDA-vocabulary model (V = 126464, mask id 126336; ``--share-model``
+  LAYERSxHIDDEN, 2x256 by default), for the lean noise (the default) and the compatible
+  noise (same tokens as before lean logits).
+- ``cache``: the dual cache against the exact sampler at ``--cache-length`` (1024) and
+  ``--cache-batch`` (1) on a LLaDA-vocabulary model (``--hidden``, ``--layers``): process CPU
+  seconds of each (default noise), the FLOPs of each (``FlopCounterMode`` over a second,
+  untimed call), and the fraction of its FLOP bound the cache reaches: (exact seconds /
+  dual seconds) / (exact FLOPs / dual FLOPs).
 - ``speed``: tokens per second of each mode on a LLaDA-shaped model (its vocabulary
   and mask id; random weights, so its confidences are near uniform and parallel
   decoding falls back to one token per step: see ``maze`` for parallel on a trained
@@ -18,6 +24,8 @@ Three parts, each printing a table and writing JSON (``--out``):
   approximate 95% interval (two standard errors over the seeds).
 
     PYTHONPATH=src python benchmarks/sampler_speed.py share speed maze tasks --out runs/sampler
+    PYTHONPATH=src python benchmarks/sampler_speed.py share --share-model 4x1024 --out runs/sampler
+    PYTHONPATH=src python benchmarks/sampler_speed.py cache --hidden 1024 --layers 4
 """
 
 from __future__ import annotations
@@ -79,12 +87,13 @@ def timed_generate(
 ) -> dict[str, Any]:
     """One ``generate`` call: wall seconds, the forwards' seconds and count."""
     denoiser.forwards, denoiser.seconds = 0, 0.0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = generate(denoiser, prompts, length, config, torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - start
     tokens = out.responses.numel()
     return {
         "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu,
         "forward_seconds": denoiser.seconds,
         "sampler_share": (seconds - denoiser.seconds) / seconds,
         "forwards": denoiser.forwards,
@@ -93,15 +102,24 @@ def timed_generate(
 
 
 def part_share(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The sampler's own share at the issue's setting (2 x 256, B 4, L 128, 64 steps)."""
-    denoiser = llada_shaped(256, 2)
+    """The sampler's own share (B 4, L 128, 64 steps, block 32) on a ``--share-model`` model:
+    the default configuration (lean noise) and compatible noise."""
+    layers, hidden = (int(v) for v in args.share_model.lower().split("x"))
+    denoiser = llada_shaped(hidden, layers)
     prompts = [list(range(100, 132))] * 4
     rows = []
     for noise in ("lean", "compatible"):
+        if noise == "compatible" and args.skip_compatible:
+            continue
         config = SamplingConfig(steps=64, block_length=32, temperature=1.0, noise=noise)
-        row = {"part": "share", "noise": noise, **timed_generate(denoiser, prompts, 128, config, 0)}
+        row = {
+            "part": "share",
+            "model": f"{layers}x{hidden}",
+            "noise": noise,
+            **timed_generate(denoiser, prompts, 128, config, 0),
+        }
         print(
-            f"share  noise={noise:<10} total {row['seconds']:7.1f}s  forwards "
+            f"share  {layers}x{hidden} noise={noise:<10} total {row['seconds']:7.1f}s  forwards "
             f"{row['forward_seconds']:6.1f}s  sampler share {100 * row['sampler_share']:4.0f}%",
             flush=True,
         )
@@ -152,6 +170,54 @@ def part_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
                 rows.append(row)
     return rows
+
+
+def counted_flops(
+    denoiser: CountingDenoiser, prompts: list[list[int]], length: int, config: SamplingConfig
+) -> int:
+    """FLOPs of one ``generate`` call (matrix products and attention; untimed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as flops:
+        generate(denoiser, prompts, length, config, torch.Generator().manual_seed(0))
+    return int(flops.get_total_flops())
+
+
+def part_cache(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The dual cache against exact decoding at one length and batch: CPU seconds, FLOPs, and
+    the fraction of its FLOP bound the speedup reaches (goal: at least 0.8)."""
+    denoiser = llada_shaped(args.hidden, args.layers)
+    length, batch = args.cache_length, args.cache_batch
+    prompts = [list(range(100, 100 + args.prompt_length))] * batch
+    timed: dict[str, dict[str, Any]] = {}
+    for name, fields in (("exact", {}), ("cached dual", {"mode": "cached", "cache": "dual"})):
+        config = SamplingConfig(steps=length // 2, block_length=32, temperature=1.0, **fields)
+        row = timed_generate(denoiser, prompts, length, config, 0)
+        row["flops"] = (
+            counted_flops(denoiser, prompts, length, config) if args.count_flops else None
+        )
+        timed[name] = row
+    exact, dual = timed["exact"], timed["cached dual"]
+    speedup = exact["cpu_seconds"] / dual["cpu_seconds"]
+    bound = exact["flops"] / dual["flops"] if exact["flops"] and dual["flops"] else None
+    row = {
+        "part": "cache",
+        "model": f"{args.layers}x{args.hidden}",
+        "length": length,
+        "batch": batch,
+        "exact": exact,
+        "dual": dual,
+        "speedup": speedup,
+        "flop_bound": bound,
+        "fraction_of_bound": speedup / bound if bound else None,
+    }
+    print(
+        f"cache  {args.layers}x{args.hidden} L={length} B={batch}  exact "
+        f"{exact['cpu_seconds']:.1f} CPU-s, dual {dual['cpu_seconds']:.1f} CPU-s: x{speedup:.2f}"
+        + (f" of a FLOP bound x{bound:.2f} = {speedup / bound:.2f}" if bound else ""),
+        flush=True,
+    )
+    return [row]
 
 
 MAZE_MODES: list[tuple[str, dict[str, Any]]] = [
@@ -216,6 +282,7 @@ def part_maze(args: argparse.Namespace) -> list[dict[str, Any]]:
             "block_length": block,
             "remasking": remasking,
             "temperature": 1.0,
+            "noise": "compatible",  # the recorded figures' draws (docs/sampling.md)
         }
 
         def draw(
@@ -366,7 +433,7 @@ def part_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen parts; print each table and write ``sampler_speed.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="+", choices=["share", "speed", "maze", "tasks"])
+    parser.add_argument("parts", nargs="+", choices=["share", "speed", "cache", "maze", "tasks"])
     parser.add_argument("--out", default="runs/sampler")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--hidden", type=int, default=128)
@@ -378,6 +445,17 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-compatible",
         action="store_true",
         help="speed part: leave out the compatible-noise row (minutes per step at batch 16)",
+    )
+    parser.add_argument(
+        "--share-model", default="2x256", help="share part: LAYERSxHIDDEN of the model"
+    )
+    parser.add_argument("--cache-length", type=int, default=1024, help="cache part: L")
+    parser.add_argument("--cache-batch", type=int, default=1, help="cache part: rows")
+    parser.add_argument(
+        "--no-count-flops",
+        dest="count_flops",
+        action="store_false",
+        help="cache part: skip the FLOP-counting calls (no fraction of the bound then)",
     )
     parser.add_argument("--mazes", type=int, default=50)
     parser.add_argument("--samples", type=int, default=100, help="samples per maze")
@@ -401,7 +479,13 @@ def main(argv: list[str] | None = None) -> int:
         (text.split(":")[0], int(text.split(":")[1])) for text in args.maze_settings
     ]
     torch.set_num_threads(args.threads)
-    parts = {"share": part_share, "speed": part_speed, "maze": part_maze, "tasks": part_tasks}
+    parts = {
+        "share": part_share,
+        "speed": part_speed,
+        "cache": part_cache,
+        "maze": part_maze,
+        "tasks": part_tasks,
+    }
     rows: list[dict[str, Any]] = []
     for part in args.parts:
         rows += parts[part](args)

@@ -126,7 +126,7 @@ def test_script_end_to_end(
         "dtm",
         "--no-sweep",
         "--sampler-steps",
-        "4",
+        "8",
         "--out",
         str(out),
     ]
@@ -143,13 +143,53 @@ def test_script_end_to_end(
     for r in rows:
         assert r["gpu_peak_bytes"] > 0 and r["flops_per_update"] > 0
         assert r["flops_per_update"] == r["flops_per_micro_batch"] * r["case"]["accumulation"]
-    # The lean-logits sampler's step indexes the open positions by data, which fake tensors
-    # cannot carry: the step's peak is then recorded as not simulated, the forward's is.
-    assert record["sampler"]["peak_forward_gib"] > 0
-    assert record["sampler"]["peak_step_gib"] is None
+    # The sampler as it runs (lean selection at its upper bound), in every fixed-step mode.
+    peaks = record["sampler"]["peaks"]["4"]
+    assert set(peaks) == {"exact", "cached prefix", "cached dual"}
+    for p in peaks.values():
+        assert 0 < p["peak_forward_gib"] < p["peak_step_gib"] < p["peak_step_compatible_gib"]
+    flops = record["sampler"]["flops"]
+    exact = flops["exact"]["tflops_rollout_per_row"]
+    assert flops["cached dual"]["tflops_rollout_per_row"] < exact
+    assert flops["cached prefix"]["tflops_rollout_per_row"] < exact
     table = capsys.readouterr().out
-    assert "not simulated: the lean-logits step" in table
+    assert "| 4 | cached dual |" in table
     assert "| c-DTM (SAR, block 32) | Sudoku: 4 x 16 |" in table
+
+
+def test_sampler_simulation_sizes_the_vocabulary_work_by_the_open_positions(
+    plan: ModuleType,
+) -> None:
+    """The simulated sampler runs the package's lean step: its vocabulary work is the open
+    positions of one block, far below a rows x L x V tensor; compatible noise on a GPU adds
+    exactly that tensor in float64; the cached modes hold keys and values for every column."""
+    arch = plan.TINY | {"embedding_size": 8192, "vocab_size": 8192, "mask_token_id": 8000,
+                        "eos_token_id": 8001, "pad_token_id": 8001}  # fmt: skip
+    rows, prompt, response, block = 8, 20, 64, 16
+    peak = {
+        name: plan.simulate_sampler(arch, 1, rows, prompt, response, block, sampler=fields)
+        for name, fields in plan.SAMPLER_MODES.items()
+    }
+    full_width = rows * response * 8192 * 4  # float32 logits of every response position
+    open_block = rows * block * 8192 * 4
+    for p in peak.values():
+        growth = p["peak_step_bytes"] - p["static_bytes"]
+        assert open_block < growth < full_width
+    kv = 2 * 1 * rows * (prompt + response) * arch["d_model"] * 2  # keys + values, bf16, 1 layer
+    assert peak["cached dual"]["peak_step_bytes"] >= peak["exact"]["peak_step_bytes"] - 2**20
+    assert plan.compatible_noise_bytes(rows, response, 8192) == rows * response * 8192 * 8
+    assert kv > 0
+
+
+def test_recipes_generate_calls(plan: ModuleType) -> None:
+    """The batches the LLaDA recipes hand one generate call: Countdown's and GSM8K's buffer
+    rebuild is 40 prompts x 6 = 240 rows; evaluation goes in chunks of 256."""
+    calls = {(c["recipe"], c["purpose"]): c for c in plan.recipe_generate_calls()}
+    assert calls[("countdown", "buffer rebuild")]["rows"] == 240
+    assert calls[("gsm8k", "buffer rebuild")]["rows"] == 240
+    gsm_eval = calls[("gsm8k", "evaluation")]
+    assert (gsm_eval["rows"], gsm_eval["calls"]) == (256, 6)  # 1319 test problems
+    assert calls[("math500", "buffer rebuild")]["response_length"] == 512
 
 
 def test_bad_utilisation_is_one_line(plan: ModuleType) -> None:

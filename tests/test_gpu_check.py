@@ -26,6 +26,7 @@ def test_tiny_check_measures_every_part(
 ) -> None:
     out = tmp_path / "gpu_check.json"
     argv = [*TINY, "--device", "cpu", "--batch", "4", "--lora-r", "4", "--out", str(out)]
+    argv += ["--parts", "abcde"]
     assert gpu_check.main(argv) == 0
     record = json.loads(out.read_text())
     assert record["device_type"] == "cpu"
@@ -35,7 +36,13 @@ def test_tiny_check_measures_every_part(
     assert settings["prompt_lengths"] == [64, 128]  # mixed lengths: left padding is exercised
     assert settings["lora"]["r"] == 4 and settings["gradient_checkpointing"] is True
     parts = record["parts"]
-    assert set(parts) == {"a", "b", "c"}
+    assert set(parts) == {"a", "b", "c", "d", "e"}
+    modes = parts.pop("d")["modes"]
+    assert [name for name, _ in gpu_check.SAMPLER_MODES] == list(modes)
+    for mode in modes.values():
+        assert mode["seconds"] > 0 and mode["peak_memory_gib"] is None
+    sar = parts["e"]  # c-DTM with SAR states, projected and full logits: the same loss
+    assert sar["loss"] == pytest.approx(sar["full_logits"]["loss"], rel=1e-5)
     for part in parts.values():
         assert part["seconds"] > 0 and part["tokens_per_second"] > 0
         assert part["peak_memory_gib"] is None  # not measured on a CPU
@@ -56,6 +63,8 @@ def test_tiny_check_measures_every_part(
     for row in ("(a) sampler, bare base", "(a) sampler, teacher adapter", "(b) c-DTM update"):
         assert f"| {row} |" in table
     assert "| (c) diffu-GRPO update |" in table
+    assert "| (d) sampler, cached dual |" in table
+    assert "| (e) c-DTM update, SAR states, full logits |" in table
 
 
 def test_missing_cuda_is_one_clear_line(

@@ -165,7 +165,11 @@ def test_lean_exact_sampler_equals_the_old_one_token_for_token(
             denoiser, PROMPTS, 16, steps, block, remasking, temperature, g_old
         )
     cfg = SamplingConfig(
-        steps=steps, block_length=block, remasking=remasking, temperature=temperature
+        steps=steps,
+        block_length=block,
+        remasking=remasking,
+        temperature=temperature,
+        noise="compatible",
     )
     new = generate(denoiser, PROMPTS, 16, cfg, g_new, record_states=True, forbidden_token_ids=[PAD])
     assert torch.equal(new.responses, old)

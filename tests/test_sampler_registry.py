@@ -41,7 +41,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "block_length": {"block_length": 8},
     "remasking": {"remasking": "random"},
     "temperature": {"temperature": 0.0},
-    "noise": {"noise": "lean"},
+    "noise": {"noise": "compatible"},
     "early_finish": {"early_finish": True},
     "cache": {"cache": "prefix"},
     "refresh_every": {"refresh_every": 1},
@@ -61,9 +61,9 @@ _COMMON = {
                             early_finish=C, cache=C, refresh_every=C, threshold=C, factor=C),
 }  # fmt: skip
 _BLOCK = {
-    "exact": dict(steps=C, block_length=I, remasking=C, temperature=C, noise=R, early_finish=C,
+    "exact": dict(steps=C, block_length=I, remasking=C, temperature=C, noise=C, early_finish=C,
                   cache=R, refresh_every=R, threshold=R, factor=R),
-    "parallel": dict(steps=C, block_length=I, remasking=R, temperature=C, noise=R, early_finish=C,
+    "parallel": dict(steps=C, block_length=I, remasking=R, temperature=C, noise=C, early_finish=C,
                      cache=R, refresh_every=R, threshold=C, factor=C),
 }  # fmt: skip
 
@@ -155,9 +155,6 @@ def test_generate_refuses_what_the_config_check_refuses(denoisers) -> None:
         generate(denoisers["dream"], PROMPTS, LENGTH, SamplingConfig(mode="cached"), g)
     with pytest.raises(ValueError, match=r"its own decoder, which honours modes exact, parallel"):
         generate(denoisers["block_diffusion"], PROMPTS, LENGTH, SamplingConfig(mode="cached"), g)
-    lean = SamplingConfig(noise="lean")
-    with pytest.raises(ValueError, match=r"noise='lean' has no effect with the block diffusion"):
-        generate(denoisers["block_diffusion"], PROMPTS, LENGTH, lean, g)
     with pytest.raises(ValueError, match=r"threshold=0\.5 has no effect with mode 'exact'"):
         SamplingConfig(threshold=0.5)
     assert SamplingConfig(threshold=0.9).mode == "exact"  # the default, written out, passes

@@ -41,3 +41,21 @@ def test_tasks_part_reads_every_mode_against_exact_on_the_shipped_bases(tmp_path
             assert r["forwards_per_batch"] == 8  # the recipe's 8 steps
         else:
             assert 1 <= r["forwards_per_batch"] <= 16  # at least one token per step
+
+
+@pytest.mark.slow
+def test_share_and_cache_parts_at_a_toy_size(tmp_path: Path) -> None:
+    """The share part (default noise only) and the cache part's FLOP bound: the dual cache
+    does fewer FLOPs than exact decoding, and the fraction is the speedup over that ratio."""
+    script = load_script()
+    argv = ["share", "cache", "--share-model", "1x64", "--skip-compatible", "--hidden", "64",
+            "--layers", "1", "--cache-length", "64", "--prompt-length", "8", "--out",
+            str(tmp_path)]  # fmt: skip
+    assert script.main(argv) == 0
+    rows = json.loads((tmp_path / "sampler_speed_share_cache.json").read_text())["rows"]
+    share, cache = rows
+    assert share["noise"] == "lean" and share["model"] == "1x64"
+    assert 0.0 < share["sampler_share"] < 1.0
+    assert cache["dual"]["flops"] < cache["exact"]["flops"]
+    assert cache["flop_bound"] == pytest.approx(cache["exact"]["flops"] / cache["dual"]["flops"])
+    assert cache["fraction_of_bound"] == pytest.approx(cache["speedup"] / cache["flop_bound"])

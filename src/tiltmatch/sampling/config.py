@@ -89,10 +89,11 @@ class SamplingConfig(BaseModel):
         "on gets end-of-text for its remaining blocks without running them",
     )
     noise: Literal["compatible", "lean"] = Field(
-        "compatible",
-        description="Gumbel noise: drawn for every response position as earlier versions did "
-        "(the same generator gives the same tokens) or only where a token can be committed "
-        "(same distribution, other draws, less work)",
+        "lean",
+        description="token draws: only where a token can be committed (lean: an inverse CDF "
+        "on the open positions of the block) or as earlier versions drew them (compatible: "
+        "the same generator gives the same tokens; on a GPU it draws a float64 uniform per "
+        "response position and vocabulary entry at every step, rows x L x V x 8 bytes)",
     )
 
     @field_validator("mode")

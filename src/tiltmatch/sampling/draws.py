@@ -5,12 +5,16 @@ float64 (:func:`gumbel_max`): in low precision the Gumbel noise of unlikely toke
 away and sampling silently becomes less random.
 
 The common sampler's strategies draw with :func:`propose` on the still-masked positions of
-the active block alone (lean logits): only they are converted to float64, given noise and a
-softmax. With ``noise="compatible"`` (the default) the generator still advances exactly as
-it did when noise was drawn for every response position (:func:`_uniforms`), so the same
-generator gives the same tokens as earlier versions (the maze's exact-target checks and the
-recorded benchmark figures were made with them); ``noise="lean"`` draws by an inverse CDF
-only where a token can be committed (:func:`_lean_draw`: same distribution, other draws).
+the active block alone (lean logits). ``noise="lean"`` (the default) draws by an inverse
+CDF only where a token can be committed (:func:`_lean_draw`): nothing of size rows x L x V
+is ever made. ``noise="compatible"`` reproduces earlier versions token for token (the demo,
+the benchmark, the ablation, the sampler benchmarks and the shipped bases' recipes pin it:
+their recorded figures were made with it): the open positions are converted to float64 and
+given Gumbel noise and a softmax, and the generator advances exactly as it did when noise
+was drawn for every response position (:func:`_uniforms`). On the CPU the rest of that draw
+is stepped over; on a GPU it is made, a float64 tensor of rows x L x V per step (2.1 GB at 8
+rows of 256 tokens over LLaDA's 126,464 entries): the same distribution as lean, at that
+memory cost.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from transformers import DynamicCache
 
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.sampling.config import SamplingConfig
-from tiltmatch.sampling.draws import gumbel_max
+from tiltmatch.sampling.draws import _lean_draw, gumbel_max
 from tiltmatch.sampling.remasking import ConfidenceRule, commit_positions, tokens_per_step
 from tiltmatch.sampling.strategy import Job, SampleOutput, SamplerStrategy, ended_rows, left_pad
 
@@ -155,13 +155,17 @@ def dream_generate(
 class BlockDecoding:
     """The block decoder's own settings: denoising steps per model block, remasking,
     temperature, the confidence rule of threshold decoding (None: the fixed quota), and
-    whether rows that have ended stop being decoded (``early_finish``)."""
+    whether rows that have ended stop being decoded (``early_finish``), and how tokens are
+    drawn (``noise``: ``compatible``, float64 Gumbel-max over every column of the block, as
+    this decoder always drew; ``lean``, the common sampler's inverse-CDF draw on the block's
+    open columns only, :func:`~tiltmatch.sampling.draws._lean_draw`)."""
 
     steps_per_block: int
     remasking: str = "low_confidence"
     temperature: float = 0.0
     rule: ConfidenceRule | None = None
     early_finish: bool = False
+    noise: str = "compatible"
 
 
 @dataclass
@@ -185,14 +189,13 @@ class ModelBlock:
     visited: list[torch.Tensor] | None
     step: int = 0
 
-    def run(self, logits: bool = True) -> torch.Tensor:
+    def run(self, logits: bool = True, at: torch.Tensor | None = None) -> torch.Tensor:
         """The block's columns through the denoiser's join, against the cache (which the
-        forward extends by the block; logits ``[B, block, V]``, or none)."""
+        forward extends by the block; logits ``[B, block, V]``, only ``at`` ``[n_at, V]``,
+        or none)."""
         denoiser = self.job.denoiser
         prompt, canvas = self.x[:, : self.width], self.x[:, self.width :]
-        keep = (
-            None if logits else torch.zeros_like(self.x[:, : self.hi - self.lo], dtype=torch.bool)
-        )
+        keep = at if logits else torch.zeros_like(self.x[:, : self.hi - self.lo], dtype=torch.bool)
         return denoiser.response_logits(
             prompt, self.prompt_mask, canvas, self.cache, keep, columns=(self.lo, self.hi)
         )
@@ -208,7 +211,7 @@ class BlockSampler(SamplerStrategy):
     """
 
     name = "block"
-    reads = frozenset({"steps", "remasking", "temperature", "early_finish"})
+    reads = frozenset({"steps", "remasking", "temperature", "early_finish", "noise"})
     inert = frozenset({"block_length"})
 
     def __init__(self, config: SamplingConfig, decoding: BlockDecoding | None = None) -> None:
@@ -226,7 +229,12 @@ class BlockSampler(SamplerStrategy):
         config = self.config
         per_block = max(1, min(block_size, round(config.steps * block_size / response_length)))
         return BlockDecoding(
-            per_block, config.remasking, config.temperature, self.rule(), config.early_finish
+            per_block,
+            config.remasking,
+            config.temperature,
+            self.rule(),
+            config.early_finish,
+            config.noise,
         )
 
     def decode(self, job: Job) -> SampleOutput:
@@ -314,12 +322,10 @@ class BlockSampler(SamplerStrategy):
         open_ = window == job.denoiser.mask_token_id
         if not bool(open_.any()):
             return True
-        logits = block.run().double()
+        tokens, confidence = self._propose(block, open_)
         block.cache.crop(-(block.hi - block.lo))  # a denoising step must not extend the cache
-        logits[..., job.banned] = -torch.inf
-        tokens, probs = _draw(logits, decoding.temperature, job.generator)
         if decoding.remasking == "low_confidence":
-            score = probs.gather(-1, tokens[..., None]).squeeze(-1)
+            score = confidence
         elif decoding.remasking == "random":
             score = torch.rand(
                 open_.shape, generator=job.generator, dtype=torch.float64, device=open_.device
@@ -330,6 +336,29 @@ class BlockSampler(SamplerStrategy):
         commit = commit_positions(score, block.schedule[block.step], decoding.rule)
         window[commit] = tokens[commit]
         return True
+
+    @staticmethod
+    def _propose(block: ModelBlock, open_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``[B, block]`` drawn from ``softmax(logits / T)`` and their probabilities
+        under it (at ``T = 0`` the argmax and its probability): Gumbel-max over every column
+        of the block (``noise: compatible``), or the lean draw on the open ones only."""
+        job, decoding = block.job, block.decoding
+        temperature = decoding.temperature
+        if decoding.noise != "lean":
+            logits = block.run().double()
+            logits[..., job.banned] = -torch.inf
+            tokens, probs = _draw(logits, temperature, job.generator)
+            return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
+        chosen = block.run(at=open_).float()
+        chosen[:, job.banned] = -torch.inf
+        if temperature > 0:  # draw from, and score under, softmax(logits / T)
+            chosen.div_(temperature)
+        picked, confident = _lean_draw(chosen, 1.0 if temperature > 0 else 0.0, job.generator)
+        tokens = torch.zeros(open_.shape, dtype=torch.long, device=open_.device)
+        tokens[open_] = picked
+        confidence = torch.zeros(open_.shape, dtype=torch.float64, device=open_.device)
+        confidence[open_] = confident
+        return tokens, confidence
 
 
 class BlockParallelSampler(BlockSampler):

@@ -6,8 +6,8 @@ choices, each its own class (docs/sampling.md says what each does to ``p_theta``
 
 - how a step reads the denoiser: :class:`BlockForward`, one full forward of prompt +
   response per step (``exact``, ``parallel``), or :class:`CachedBlockForward`, the keys and
-  values outside the active block reused from a ``DynamicCache`` (``cached``,
-  ``cached+parallel``);
+  values outside the active block reused from a cache written in place
+  (:class:`~tiltmatch.sampling.cache.WindowCache`; ``cached``, ``cached+parallel``);
 - how many masked positions a step commits: the linear schedule's count over ``steps``
   (:class:`ExactSampler`, :class:`CachedSampler`), or every position a confidence rule
   passes, at least one per step (:class:`ParallelSampler`, :class:`CachedParallelSampler`).
@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from tiltmatch.models.denoiser import MaskedDenoiser
+from tiltmatch.sampling.cache import WindowCache
 from tiltmatch.sampling.config import SamplingConfig
 from tiltmatch.sampling.draws import propose
 from tiltmatch.sampling.remasking import ConfidenceRule, commit_positions, tokens_per_step
@@ -57,7 +56,8 @@ class BlockForward:
 
     Only the still-masked positions of the block can be committed, so only they are
     projected onto the vocabulary (the projection is most of a shallow, wide-vocabulary
-    model's forward). One full forward of prompt + response per step.
+    model's forward). One full forward of prompt + response per step. ``reuse``: the
+    previous block's forward, whose buffers a subclass may take over (the cache).
     """
 
     def __init__(
@@ -69,6 +69,7 @@ class BlockForward:
         lo: int,
         hi: int,
         config: SamplingConfig,
+        reuse: BlockForward | None = None,
     ) -> None:
         self.denoiser, self.prompt_ids, self.canvas = denoiser, prompt_ids, canvas
         self.prompt_mask, self.lo, self.hi, self.config = prompt_mask, lo, hi, config
@@ -98,12 +99,14 @@ class CachedBlockForward(BlockForward):
     """:class:`BlockForward` with the keys and values outside the block reused.
 
     A full forward at the block's first step (and every ``refresh_every`` steps) also fills
-    a transformers ``DynamicCache``; it then keeps the keys and values of the prefix (prompt
-    and finished blocks) or, for the dual cache, of everything outside the block, and later
-    steps run only the block (dual) or the block and the suffix (prefix) against it, through
-    the join's window of columns. Attention is bidirectional, so the order of cached keys
-    does not matter; positions are the join's and padding stays in the attention mask, so a
-    cached row's results still do not depend on its batch's padding.
+    a :class:`~tiltmatch.sampling.cache.WindowCache`; it then keeps the keys and values of
+    the prefix (prompt and finished blocks) or, for the dual cache, of everything outside the
+    block, and later steps run only the block (dual) or the block and the suffix (prefix)
+    against them, through the join's window of columns, writing the window's own keys and
+    values in place (no copy of the cached ones per step). Attention is bidirectional, so
+    the order of cached keys does not matter; positions are the join's and padding stays in
+    the attention mask, so a cached row's results still do not depend on its batch's padding.
+    The cache is handed from block to block (``reuse``) and lives as long as the call.
     """
 
     def __init__(
@@ -115,60 +118,44 @@ class CachedBlockForward(BlockForward):
         lo: int,
         hi: int,
         config: SamplingConfig,
+        reuse: BlockForward | None = None,
     ) -> None:
         super().__init__(denoiser, prompt_ids, canvas, prompt_mask, lo, hi, config)
-        self.cache: DynamicCache | None = None
-        self.kept = 0
+        self.cache: WindowCache = (
+            reuse.cache if isinstance(reuse, CachedBlockForward) else WindowCache()
+        )
+        self.fresh = False  # whether the cache holds this block's refresh
 
     def keep_rows(self, keep: torch.Tensor, canvas: torch.Tensor) -> None:
         """Go on with the rows ``keep`` only (their cached keys and values too)."""
         super().keep_rows(keep, canvas)
-        if self.cache is not None:
-            for layer in self.cache.layers:
-                assert isinstance(layer, DynamicLayer)  # checked by _keep_columns
-                keys, values = layer.keys, layer.values
-                assert keys is not None and values is not None
-                layer.keys, layer.values = keys[keep], values[keep]
+        if self.fresh:
+            self.cache.keep_rows(keep)
 
     def __call__(self, step: int, open_: torch.Tensor) -> torch.Tensor:
         """Logits at ``open_``: a refreshing full forward, or the window against the cache."""
-        config, wanted = self.config, self.wanted(open_)
+        config, wanted, cache = self.config, self.wanted(open_), self.cache
         every = config.refresh_every
-        if self.cache is None or (every is not None and step % every == 0):
-            cache = DynamicCache()
+        if not self.fresh or (every is not None and step % every == 0):
+            cache.restart()
             logits = self.denoiser.response_logits(
                 self.prompt_ids, self.prompt_mask, self.canvas, cache=cache, logits_at=wanted
             )
             width = self.prompt_ids.shape[1]
-            stop = width + self.hi if config.cache == "dual" else None
-            _keep_columns(cache, width + self.lo, stop)
-            self.cache, self.kept = cache, cache.get_seq_length()
+            cache.keep(width + self.lo, width + self.hi if config.cache == "dual" else None)
+            self.fresh = True
             return logits
-        # The block (dual) or block + suffix (prefix) against the cached columns.
+        # The block (dual) or block + suffix (prefix) against the cached columns; the
+        # window's keys and values go into the cache's room after them, overwritten next step.
         stop = self.hi if config.cache == "dual" else self.canvas.shape[1]
-        logits = self.denoiser.response_logits(
+        return self.denoiser.response_logits(
             self.prompt_ids,
             self.prompt_mask,
             self.canvas,
-            cache=self.cache,
+            cache=cache,
             logits_at=wanted[:, self.lo : stop],
             columns=(self.lo, stop),
         )
-        _keep_columns(self.cache, self.kept, None)  # drop this step's columns again
-        return logits
-
-
-def _keep_columns(cache: DynamicCache, start: int, stop: int | None) -> None:
-    """Keep the cached columns before ``start`` and, when ``stop`` is given, from ``stop`` on."""
-    for layer in cache.layers:
-        if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
-            raise TypeError(f"the sampler's cache needs full-attention layers, not {layer!r}")
-        keys, values = layer.keys, layer.values
-        if stop is None:
-            layer.keys, layer.values = keys[..., :start, :], values[..., :start, :]
-        else:
-            layer.keys = torch.cat([keys[..., :start, :], keys[..., stop:, :]], dim=-2)
-            layer.values = torch.cat([values[..., :start, :], values[..., stop:, :]], dim=-2)
 
 
 @dataclass
@@ -245,6 +232,7 @@ class SemiAutoregressiveSampler(SamplerStrategy):
         response = torch.full((batch, length), denoiser.mask_token_id, device=device)
         visited: list[torch.Tensor] | None = [] if job.record_states else None
         alive = torch.ones(batch, dtype=torch.bool, device=device)
+        forward: BlockForward | None = None
         for lo in range(0, length, config.block_length):
             if config.early_finish and lo > 0:
                 assert job.eos_token_id is not None  # checked by check()
@@ -260,7 +248,7 @@ class SemiAutoregressiveSampler(SamplerStrategy):
                 else (prompt_ids[rows], prompt_mask[rows], response[rows])
             )
             hi = lo + config.block_length
-            forward = self.forward(denoiser, ids, canvas, mask, lo, hi, config)
+            forward = self.forward(denoiser, ids, canvas, mask, lo, hi, config, forward)
             block = ActiveBlock(job, response, canvas, rows, lo, hi, forward, visited=visited)
             while self.step(block):
                 block.step += 1
