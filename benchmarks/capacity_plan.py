@@ -6,8 +6,9 @@ MLP 12288, 32 heads) on the meta device and materialises it as PyTorch fake tens
 (``FakeTensorMode``) on the CPU: every tensor has its shape, dtype and storage size but
 no data, so an 8B update "runs" in seconds on a laptop. Through the package's own code
 (:class:`tiltmatch.training.lora.LoRAPair`, the objectives of ``tiltmatch.dtm.objective``
-and ``tiltmatch.baselines.diffu_grpo`` built by ``make_objective``, and the trainer's one
-update :func:`tiltmatch.training.update.optimizer_update`) it measures, for one update:
+and ``tiltmatch.baselines`` (diffu-GRPO; SPG, ESPO and coupled-GRPO with their published
+defaults) built by ``make_objective``, and the trainer's one update
+:func:`tiltmatch.training.update.optimizer_update`) it measures, for one update:
 
 - **peak memory per GPU**: a ``TorchDispatchMode`` (:class:`DeviceMemory`) sees every
   tensor an operator returns, counts each storage once while it is alive (weak
@@ -316,7 +317,7 @@ class Case:
     """One simulated update: method, parameter setup and micro-batch."""
 
     name: str
-    method: str  # "dtm" (c-DTM, SAR states, block 32) or "diffu-grpo"
+    method: str  # "dtm" (c-DTM, SAR states, block 32) or a baseline's registry name
     setup: str  # "lora-bf16", "lora-4bit" (storage model) or "fsdp8-full"
     rows: int  # completions per micro-batch
     group: int  # completions per prompt in the micro-batch (1: single completions)
@@ -434,6 +435,8 @@ def simulate_update(
         models.append(pair.reference().model)
     batch = rollout_batch(case, arch)
     phase = Phase(a=0.0, h=5.0, begun=True)
+    # The recipes' rewards are task rewards in [0, 1]: the baseline is their bound, 0.
+    objective.prepare(phase, 0.0, lambda: batch.grouped_rewards)
     objective.begin_stage(phase, batch.grouped_rewards)
     generator = torch.Generator().manual_seed(1)
     flops = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
@@ -599,9 +602,25 @@ def fsdp_rank_bytes(
 # ----- the plan -------------------------------------------------------------------------------
 
 
+# The baselines DTM is published beside, each at its configs/llada Countdown recipe's update
+# (per process): whole groups of 6 (SPG, ESPO) or 10 (coupled-GRPO) completions.
+BESIDE = [
+    ("spg", "Countdown", 12, 6, 1),  # 2 prompts x 6, num_t = 2 block-wise states each
+    ("espo", "Countdown", 12, 6, 1),  # 2 prompts x 6, num_mc = 2 coupled ELBO estimates
+    ("coupled-grpo", "Countdown", 10, 10, 1),  # 1 prompt x 10, three passes per model
+]
+
+
+#: methods whose largest micro-batch of single completions is searched (the group-relative
+#: baselines beside DTM need whole groups: their rows are their recipes' updates only)
+SWEPT = ("dtm", "diffu-grpo")
+
+
 def recipe_cases() -> list[Case]:
-    """The measured updates: each recipe's micro-batch, the old 72-row one, both methods,
-    LoRA on bf16 with and without checkpointing, LoRA on 4-bit, full fine-tuning on 8."""
+    """The measured updates: each recipe's micro-batch, the old 72-row one, DTM and
+    diffu-GRPO, LoRA on bf16 with and without checkpointing, LoRA on 4-bit, full
+    fine-tuning on 8; and SPG, ESPO and coupled-GRPO at their recipes' update (LoRA on
+    bf16 with checkpointing, and on 4-bit)."""
     batches = [
         ("Sudoku", 4, 1, 16, False),  # 4 single completions, 16 micro-batches per update
         ("Countdown", 12, 1, 8, True),  # 12 single completions, 8 micro-batches, EMA teacher
@@ -613,6 +632,8 @@ def recipe_cases() -> list[Case]:
             ema = ema and method == "dtm"  # diffu-GRPO's old policy is the previous model
             for setup, ckpt in (("lora-bf16", True), ("lora-bf16", False), ("fsdp8-full", True)):
                 cases.append(Case(f"{label}", method, setup, rows, group, accumulation, ckpt, ema))
+    for method, label, rows, group, accumulation in BESIDE:
+        cases.append(Case(label, method, "lora-bf16", rows, group, accumulation, True))
     return cases
 
 
@@ -738,7 +759,13 @@ _SETUPS = {
     "lora-4bit": "LoRA r=128, 4-bit base (storage model)",
     "fsdp8-full": "full FT, FSDP 8 ranks (per rank)",
 }
-_METHODS = {"dtm": "c-DTM (SAR, block 32)", "diffu-grpo": "diffu-GRPO (beta_KL 0.04)"}
+_METHODS = {
+    "dtm": "c-DTM (SAR, block 32)",
+    "diffu-grpo": "diffu-GRPO (beta_KL 0.04)",
+    "spg": "SPG mix (num_t 2, block 32)",
+    "espo": "ESPO (num_mc 2, coupled, beta_KL 0.01)",
+    "coupled-grpo": "coupled-GRPO (3 passes, beta_KL 0.01)",
+}
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -918,6 +945,7 @@ def main(argv: list[str] | None = None) -> int:
         record["sweep"] = [
             largest_fitting(m, arch, lora_r, ck, args.sweep_limit)
             for m in args.methods
+            if m in SWEPT
             for ck in (True, False)
         ]
     if args.check_layers:

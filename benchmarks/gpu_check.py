@@ -341,6 +341,7 @@ def measure_update(
     """(b) or (c): the first update and a repeat on the same micro-batch, timed."""
     objective = make_objective(config, pair.mask_token_id)
     phase = Phase()
+    objective.prepare(phase, 0.0, lambda: batch.grouped_rewards)  # task rewards: b = bound 0
     stage = objective.begin_stage(phase, batch.grouped_rewards)  # DTM: h and the ESS
     phase.begun = True
     tc = config.train

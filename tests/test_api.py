@@ -84,8 +84,10 @@ def test_newcomer_script_trains_on_jsonl_with_a_reward_function(tmp_path):
     out = trainer.train()
     assert out.global_step == 4 and len(out.history) == 2
     assert out.history[-1]["a_after"] == pytest.approx(4.0)
-    # Batched: whole buffers (2 prompts x 2 completions) or refreshes, never one at a time.
-    assert calls and all(n >= 2 for n in calls) and max(calls) == 4
+    # Batched: first the baseline's calibration sample (the 4 prompts x 2 completions; the
+    # reward declares no lower bound), then whole buffers (2 x 2) or refreshes.
+    assert calls[0] == 8 and all(n >= 2 for n in calls) and max(calls[1:]) == 4
+    assert out.history[0]["reward_baseline"] >= 0.0  # letters_of_word is in [0, 1]
     folder = trainer.save_model()
     model, meta = load_denoiser(folder)
     assert meta["alphabet"] == "".join(sorted(set("".join(r["prompt"] for r in word_rows()))))
@@ -224,6 +226,49 @@ def test_a_prompt_the_models_tokenizer_cannot_encode_names_the_row(tmp_path):
             train_dataset=rows,
             args=tiny_args(tmp_path, max_completion_length=16, block_length=8, diffusion_steps=8),
         )
+
+
+# -- negative rewards (METHOD.md section 5) -------------------------------------------------------
+
+
+def signed_letters(prompts, completions, word, **columns):
+    """letters_of_word shifted to both signs, as a reward model's scores are."""
+    return [v - 0.5 for v in letters_of_word(prompts, completions, word)]
+
+
+def test_negative_rewards_take_a_calibrated_baseline_and_resume_exactly(tmp_path):
+    """A reward that declares no bound: b is the lowest reward of the base model's calibration
+    sample, fixed before the first rollout, logged each stage, and part of the checkpoint (a
+    killed run resumes to exactly the parameters of an uninterrupted one)."""
+    full = DTMTrainer(
+        reward_funcs=signed_letters, train_dataset=word_rows(), args=tiny_args(tmp_path / "f")
+    )
+    history = full.train().history
+    b = history[0]["reward_baseline"]
+    assert b < 0 and all(r["reward_baseline"] == b for r in history)
+    assert all(0.0 <= r["below_baseline"] <= 1.0 for r in history)
+    assert full.trainer.phase.extra["baseline"] == "calibrated"
+    killed = DTMTrainer(
+        reward_funcs=signed_letters, train_dataset=word_rows(), args=tiny_args(tmp_path / "k")
+    )
+    killed.trainer.train(max_updates=1)  # stopped inside the first stage, after a checkpoint
+    resumed = DTMTrainer(
+        reward_funcs=signed_letters, train_dataset=word_rows(), args=tiny_args(tmp_path / "k")
+    )
+    assert resumed.train(resume_from_checkpoint=True).history[-1]["reward_baseline"] == b
+    pairs = zip(
+        full.trainer.pair.student.parameters(),
+        resumed.trainer.pair.student.parameters(),
+        strict=True,
+    )
+    assert all(torch.equal(p, q) for p, q in pairs)
+    # A declared bound replaces the calibration: b is that bound (in training units).
+    declared = DTMTrainer(
+        reward_funcs=signed_letters,
+        train_dataset=word_rows(),
+        args=tiny_args(tmp_path / "d", reward_lower_bound=-0.5, reward_scale=2.0),
+    )
+    assert declared.train().history[0]["reward_baseline"] == -1.0
 
 
 # -- nothing lost on a bad reward -----------------------------------------------------------------

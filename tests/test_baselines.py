@@ -5,12 +5,18 @@ validation, and a smoke run of the real trainer for each method."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from tiltmatch.baselines import group_advantages
+from tiltmatch.baselines.coupled_grpo import (
+    CoupledGRPOObjective,
+    coupled_masks,
+    coupled_token_log_probs,
+)
 from tiltmatch.baselines.diffu_grpo import (
     DiffuGRPOObjective,
     DiffuGRPOOptions,
@@ -19,18 +25,20 @@ from tiltmatch.baselines.diffu_grpo import (
     grpo_token_loss,
     k3_kl,
 )
+from tiltmatch.baselines.espo import ESPOObjective, espo_states, stratified_mask_counts
 from tiltmatch.baselines.likelihood import (
     draw_prompt_mask,
     one_pass_inputs,
     one_pass_token_log_probs,
 )
 from tiltmatch.baselines.rejection import RejectionObjective, RejectionOptions, best_of_group
+from tiltmatch.baselines.spg import SPGObjective, block_states
 from tiltmatch.baselines.wd1 import WD1Objective, WD1Options, wd1_advantages, wd1_loss, wd1_weights
 from tiltmatch.config import ConfigError, build_config
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import random_mask_states
-from tiltmatch.dtm.weights import self_normalised_weights
+from tiltmatch.dtm.weights import rows_of_groups, self_normalised_weights
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.objective import LossInputs, Phase
 from tiltmatch.sampling.rollouts import RolloutBatch
@@ -333,7 +341,7 @@ def test_rejection_is_the_large_h_limit_of_self_normalised_dtm_weights() -> None
     g = torch.Generator().manual_seed(0)
     rewards = torch.randint(0, 4, (16, 6), generator=g).float() / 3  # many ties
     kept = best_of_group(rewards)
-    w = self_normalised_weights(rewards, h=1e4)
+    w = self_normalised_weights(*rows_of_groups(rewards), h=1e4).view_as(rewards)
     assert torch.equal(w > 1e-6, kept)
     k = kept.sum(1, keepdim=True).float()
     torch.testing.assert_close(w, kept.float() * rewards.shape[1] / k)
@@ -360,6 +368,151 @@ def test_rejection_loss_is_dtm_loss_with_zero_one_weights() -> None:
     zero.backward()
     grads = [p.grad for p in student.parameters()]
     assert all(g is not None and not g.any() for g in grads)
+
+
+# ----- SPG, ESPO, coupled-GRPO: the states they draw (losses: test_baseline_parity.py) --------
+
+
+def test_spg_block_states_follow_the_block_wise_rule() -> None:
+    batch = make_batch([[0.0] * 4] * 50, length=12)  # 200 rows, prompts with left padding
+    rows, num_t, block, p = 200, 2, 4, 0.15
+    # The same draws with p = 0 show the structure alone: the first block with a masked
+    # position is the active one.
+    _, bare = block_states(
+        batch.prompt_mask, 12, num_t, block, 0.0, torch.Generator().manual_seed(0)
+    )
+    prompt, masked = block_states(
+        batch.prompt_mask, 12, num_t, block, p, torch.Generator().manual_seed(0)
+    )
+    assert prompt.shape == (rows, num_t, 6) and masked.shape == (rows, num_t, 12)
+    blocks = bare.view(rows, num_t, 3, block)
+    active = blocks.any(-1).float().argmax(-1)  # [rows, num_t]
+    block_of = torch.arange(12) // block
+    later = block_of[None, None, :] > active[..., None]
+    before = block_of[None, None, :] < active[..., None]
+    assert torch.all(bare[later]) and not bare[before].any()
+    in_active = blocks.gather(2, active[..., None, None].expand(-1, -1, 1, block)).sum((-1, -2))
+    assert in_active.min() >= 1 and in_active.max() <= block
+    assert torch.all(active[:, 0] != active[:, 1])  # a row's states take distinct blocks
+    # p > 0 adds masks only before the active block (rate p), and on real prompt tokens only
+    assert torch.equal(masked & ~before, bare)
+    assert abs(float(masked[before].float().mean()) - p) < 0.04
+    real = batch.prompt_mask[:, None, :].expand_as(prompt).bool()
+    assert not prompt[~real].any() and abs(float(prompt[real].float().mean()) - p) < 0.03
+
+
+def test_spg_active_block_count_is_uniform_and_blocks_cycle_when_too_few() -> None:
+    g = torch.Generator().manual_seed(1)
+    prompt_mask = torch.ones(4000, 2, dtype=torch.long)
+    _, masked = block_states(prompt_mask, 4, 1, 4, 0.0, g)  # one block: the count is all
+    counts = torch.bincount(masked.sum(-1).view(-1), minlength=5)
+    assert counts[0] == 0 and torch.all((counts[1:] - 1000).abs() < 120)  # U{1..4}
+    # a ragged last block (L = 6, B = 4: blocks of 4 and 2) and more states than blocks
+    _, ragged = block_states(torch.ones(500, 2, dtype=torch.long), 6, 3, 4, 0.0, g)
+    first_active = ragged[..., :4].any(-1)  # else block 0 is clean and block 1 active
+    assert torch.all(ragged[..., 4:][first_active])  # block 1 is after the active block 0
+    second = ragged[..., 4:].sum(-1)[~first_active]
+    assert second.min() == 1 and second.max() == 2  # the short block's U{1..2}
+    # 3 states over 2 blocks: the first two take both blocks, the third either
+    assert torch.all(first_active[:, 0] != first_active[:, 1])
+
+
+def test_espo_mask_counts_are_stratified_and_uniform() -> None:
+    g = torch.Generator().manual_seed(0)
+    length, rows = 8, 3
+    seen = torch.zeros(length + 1)
+    for _ in range(3000):
+        counts = stratified_mask_counts(rows, length, g)
+        gaps = (counts.roll(-1) - counts) % (length + 1)
+        assert set(gaps[:-1].tolist()) <= {3}  # (L + 1) / rows apart, modulo L + 1
+        seen += torch.bincount(counts, minlength=length + 1)
+    assert torch.all((seen / seen.sum() - 1 / (length + 1)).abs() < 0.01)
+    masked, counts = espo_states(50, length, g)
+    assert torch.equal(masked.sum(1), counts)
+
+
+def test_coupled_masks_draw_one_ratio_per_micro_batch() -> None:
+    g = torch.Generator().manual_seed(0)
+    ratios = []
+    for _ in range(400):
+        masked, t = coupled_masks(20, 50, 0.2, 0.8, g)
+        ratios.append(float(t))
+        assert abs(float(masked.float().mean()) - float(t)) < 0.08
+    assert 0.2 <= min(ratios) < 0.25 and 0.75 < max(ratios) <= 0.8
+
+
+def test_coupled_token_log_probs_read_each_position_once_besides_the_full_mask() -> None:
+    batch = make_batch([[0.0, 1.0]])
+    table = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(3))
+    model = TableDenoiser(table)  # logits ignore the input: every pass reads the same table
+    masked = torch.tensor([[True, False, True, False], [False, False, True, True]])
+    t = torch.tensor(0.25)
+    logp = coupled_token_log_probs(model, batch, masked, t, MASK)  # type: ignore[arg-type]
+    base = torch.log_softmax(table, -1).gather(1, batch.responses.T).T
+    expected = (base + torch.where(masked, base / 0.25, base / 0.75)) / 2
+    torch.testing.assert_close(logp, expected)
+    inputs = [ids[:, -4:] for ids, _ in model.calls]
+    assert torch.all(inputs[0] == MASK)  # the whole completion masked
+    assert torch.equal(inputs[1] == MASK, masked) and torch.equal(inputs[2] == MASK, ~masked)
+
+
+def test_new_baselines_refuse_groups_of_one_and_ignored_options() -> None:
+    for method in ("espo", "coupled-grpo"):
+        objective = make_objective(build_config(overrides=[f"method={method}"]), MASK)
+        with pytest.raises(ValueError, match="at least 2 completions per prompt"):
+            objective.begin_stage(Phase(), torch.zeros(4, 1))
+    with pytest.raises(ConfigError, match="mix_weight is read only with negative_bound=mix"):
+        make_objective(
+            build_config(
+                overrides=[
+                    "method=spg",
+                    "method_options.negative_bound=eubo",
+                    "method_options.mix_weight=0.3",
+                ]
+            ),
+            MASK,
+        )
+    with pytest.raises(ConfigError, match="eubo_beta is read only"):
+        make_objective(
+            build_config(
+                overrides=[
+                    "method=spg",
+                    "method_options.negative_bound=elbo",
+                    "method_options.eubo_beta=2",
+                ]
+            ),
+            MASK,
+        )
+    with pytest.raises(ConfigError, match=r"min_mask_ratio 0\.9 exceeds max_mask_ratio"):
+        make_objective(
+            build_config(overrides=["method=coupled-grpo", "method_options.min_mask_ratio=0.9"]),
+            MASK,
+        )
+    with pytest.raises(ConfigError, match="eubo_beta: Input should be greater than or equal to 1"):
+        make_objective(build_config(overrides=["method=spg", "method_options.eubo_beta=0.5"]), 1)
+
+
+def test_new_baselines_defaults_are_the_published_ones() -> None:
+    spg = make_objective(build_config(overrides=["method=spg"]), MASK)
+    assert isinstance(spg, SPGObjective) and spg.steps_in_stage() == 4
+    o = spg.options
+    assert (o.negative_bound, o.mix_weight, o.eubo_beta, o.num_t) == ("mix", 0.5, 1.5, 2)
+    assert (o.block_length, o.p_mask_prompt) == (32, 0.15)
+    espo = make_objective(build_config(overrides=["method=espo"]), MASK)
+    assert isinstance(espo, ESPOObjective) and espo.steps_in_stage() == 8
+    e = espo.options
+    assert (e.num_mc, e.coupled, e.clip_epsilon, e.beta_kl) == (2, True, 0.2, 0.01)
+    coupled = make_objective(build_config(overrides=["method=coupled-grpo"]), MASK)
+    assert isinstance(coupled, CoupledGRPOObjective) and coupled.steps_in_stage() == 2
+    c = coupled.options
+    assert (c.clip_epsilon, c.beta_kl, c.min_mask_ratio, c.max_mask_ratio) == (0.5, 0.01, 0.2, 0.8)
+    # the base model is kept only for a KL term; SPG has none
+    assert needs_reference(build_config(overrides=["method=espo"]))
+    assert needs_reference(build_config(overrides=["method=coupled-grpo"]))
+    assert not needs_reference(build_config(overrides=["method=spg"]))
+    for method in ("espo", "coupled-grpo"):
+        no_kl = build_config(overrides=[f"method={method}", "method_options.beta_kl=0"])
+        assert not needs_reference(no_kl)
 
 
 # ----- stages and options ------------------------------------------------------------------------
@@ -426,7 +579,9 @@ def test_the_method_registry_is_the_one_list_of_methods() -> None:
 # ----- smoke: the real trainer, two tiny stages per method ---------------------------------------
 
 
-@pytest.mark.parametrize("method", ["diffu-grpo", "wd1", "rejection"])
+@pytest.mark.parametrize(
+    "method", ["diffu-grpo", "wd1", "rejection", "spg", "espo", "coupled-grpo"]
+)
 def test_trainer_runs_two_stages_of_each_baseline(method: str, tmp_path) -> None:
     from tiltmatch.tasks import get_task
     from tiltmatch.training.pair import CopiedPair
@@ -471,3 +626,113 @@ def test_trainer_runs_two_stages_of_each_baseline(method: str, tmp_path) -> None
     assert "eval_reward" in history[-1]  # the last stage is known to be the last
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert changed
+
+
+# ----- the baselines' LLaDA recipes (configs/llada/<method>_<task>.yaml) ------------------------
+
+LLADA_RECIPES = Path(__file__).resolve().parents[1] / "configs" / "llada"
+# The authors' values, written out by hand from their scripts (the commits are in each
+# recipe's header): method options, training values, rollout temperature, 4-bit base, and
+# the completions per process per update (micro-batch x accumulation).
+PUBLISHED_BASELINES: dict[str, tuple[dict, dict, float, bool, int]] = {
+    "spg_countdown": (
+        {"num_iterations": 4, "negative_bound": "mix", "mix_weight": 0.5, "eubo_beta": 1.5},
+        {"learning_rate": 3e-6, "weight_decay": 0.1, "max_grad_norm": 0.2, "num_generations": 6},
+        0.9,
+        True,
+        12,
+    ),
+    "spg_sudoku": (
+        {"num_iterations": 4, "negative_bound": "mix", "mix_weight": 0.5, "eubo_beta": 1.0},
+        {"learning_rate": 3e-6, "weight_decay": 0.1, "max_grad_norm": 0.2, "num_generations": 6},
+        0.3,
+        True,
+        12,
+    ),
+    "espo_countdown": (
+        {"num_iterations": 8, "num_mc": 2, "coupled": True, "clip_epsilon": 0.0, "beta_kl": 3e-3},
+        {"learning_rate": 3e-6, "weight_decay": 0.01, "max_grad_norm": 0.2, "num_generations": 6},
+        1.0,
+        False,
+        12,
+    ),
+    "espo_sudoku": (
+        {"num_iterations": 8, "num_mc": 2, "coupled": True, "clip_epsilon": 0.2, "beta_kl": 1e-2},
+        {"learning_rate": 3e-6, "weight_decay": 0.01, "max_grad_norm": 0.2, "num_generations": 6},
+        1.0,
+        False,
+        12,
+    ),
+    "coupled_grpo_countdown": (
+        {"num_iterations": 2, "clip_epsilon": 0.5, "beta_kl": 0.01},
+        {"learning_rate": 1e-6, "weight_decay": 0.1, "max_grad_norm": 0.2, "num_generations": 10},
+        1.0,
+        True,
+        10,
+    ),
+    "coupled_grpo_sudoku": (
+        {"num_iterations": 2, "clip_epsilon": 0.5, "beta_kl": 0.01},
+        {"learning_rate": 1e-6, "weight_decay": 0.1, "max_grad_norm": 0.2, "num_generations": 10},
+        1.0,
+        True,
+        10,
+    ),
+}
+
+
+def dtm_recipe_rollouts(config) -> int:
+    """Completions one process samples in a DTM recipe: each fixed-h stage rebuilds the
+    buffer (P x G) and refreshes R prompts every k updates before its last."""
+    stages = math.ceil(config.dtm.a_end / config.dtm.h)
+    tc = config.train
+    refreshes = (config.dtm.steps_per_h - 1) // tc.refresh_every
+    per_stage = (tc.buffer_prompts + refreshes * tc.refresh_prompts) * tc.num_generations
+    return stages * per_stage
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_BASELINES))
+def test_baseline_recipes_carry_the_published_values_in_dtms_protocol(name: str) -> None:
+    options, train, temperature, four_bit, per_update = PUBLISHED_BASELINES[name]
+    config = build_config(LLADA_RECIPES / f"{name}.yaml")
+    objective = make_objective(config, MASK)
+    assert objective.name == name.rsplit("_", 1)[0].replace("_", "-")
+    for key, value in options.items():
+        assert getattr(objective.options, key) == value, key
+    for key, value in train.items():
+        assert getattr(config.train, key) == value, key
+    tc = config.train
+    assert config.sampler.temperature == temperature
+    assert config.model.load_in_4bit is four_bit and config.model.dtype == "bfloat16"
+    assert config.lora is not None and (config.lora.r, config.lora.alpha) == (128, 64.0)
+    assert config.lora.dropout == 0.05 and len(config.lora.target_modules) == 7
+    assert tc.micro_batch == "prompts" and tc.adam_betas == (0.9, 0.99)
+    assert tc.prompts_per_batch * tc.num_generations * tc.gradient_accumulation_steps == per_update
+    # one batch of rollouts per stage, every completion of it in each update
+    assert tc.buffer_prompts == tc.prompts_per_batch * tc.gradient_accumulation_steps
+    assert tc.refresh_prompts == 0 and tc.final_learning_rate == tc.learning_rate
+    # DTM's protocol: its recipe's task, sampler, evaluation, prompts and rollout budget
+    dtm = build_config(LLADA_RECIPES / f"{config.task}.yaml")
+    assert config.task_options == dtm.task_options
+    sampler, dtm_sampler = config.sampler.model_dump(), dtm.sampler.model_dump()
+    sampler.pop("temperature"), dtm_sampler.pop("temperature")
+    assert sampler == dtm_sampler
+    assert config.eval == dtm.eval and tc.train_examples == dtm.train.train_examples
+    assert objective.options.max_rollouts == 8 * dtm_recipe_rollouts(dtm)
+
+
+@pytest.mark.parametrize(
+    ("trainer_name", "method"),
+    [("SPGTrainer", "spg"), ("ESPOTrainer", "espo"), ("CoupledGRPOTrainer", "coupled-grpo")],
+)
+def test_trl_style_trainers_of_the_new_baselines(trainer_name: str, method: str, tmp_path) -> None:
+    from test_api import letters_of_word, tiny_args, word_rows
+
+    import tiltmatch
+
+    trainer_class = getattr(tiltmatch, trainer_name)  # exported like DTMTrainer
+    args = tiny_args(tmp_path / "r", max_stages=2, method_options={"num_iterations": 1})
+    trainer = trainer_class(reward_funcs=letters_of_word, train_dataset=word_rows(), args=args)
+    assert trainer.config.method == method
+    assert trainer.config.method_options == {"num_iterations": 1}
+    out = trainer.train()
+    assert len(out.history) == 2 and all(math.isfinite(r["loss"]) for r in out.history)

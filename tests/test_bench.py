@@ -28,6 +28,10 @@ def test_micro_benchmark_writes_every_task_and_method(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert isinstance(results, list)
     assert {(r["task"], r["method"]) for r in results} == {(t, m) for t in TASKS for m in METHODS}
+    # DTM, the three baselines of METHOD.md section 8 and the three it is published beside
+    seven = {"dtm", "diffu-grpo", "wd1", "rejection", "spg", "espo", "coupled-grpo"}
+    assert seven <= set(METHODS)
+    assert all(r["updates"] >= 2 for r in results if r["method"] in seven)
     budget = SIZES["micro"].budget
     for r in results:
         for key in REQUIRED:

@@ -156,3 +156,29 @@ def test_bad_utilisation_is_one_line(plan: ModuleType) -> None:
     with pytest.raises(SystemExit) as exit_info:
         plan.main(["--tiny", "--utilisation", "2"])
     assert exit_info.value.code == 2
+
+
+def test_baselines_beside_dtm_cost_what_their_passes_say(plan: ModuleType) -> None:
+    """SPG, ESPO and coupled-GRPO rows: their recipes' updates are whole groups (their
+    advantages are per group), and a micro-batch's FLOPs follow from the passes each
+    makes. With checkpointing a pass with gradient costs about 3 forwards (forward,
+    recomputation, backward to the activations of the frozen base), one without 1:
+    SPG 2 states x 12 rows with gradient; ESPO 2 estimates x 2 coupled halves x 12 rows
+    with gradient and as many for the teacher and for the reference each; coupled-GRPO
+    3 versions x 10 rows with gradient, and as many for the teacher and the reference."""
+    from dataclasses import replace
+
+    beside = ("spg", "espo", "coupled-grpo")
+    cases = {c.method: c for c in plan.recipe_cases() if c.method in beside}
+    assert set(cases) == set(beside)
+    assert all(c.group >= 2 and c.rows % c.group == 0 for c in cases.values())
+    flops = {
+        m: plan.simulate_update(
+            replace(c, prompt_length=20, response_length=64), plan.TINY, 1, 4, count_flops=True
+        ).flops_micro
+        for m, c in cases.items()
+    }
+    forwards = {"spg": 24 * 3, "espo": 48 * 3 + 2 * 48, "coupled-grpo": 30 * 3 + 2 * 30}
+    for method in ("espo", "coupled-grpo"):
+        ratio = flops[method] / flops["spg"]
+        assert ratio == pytest.approx(forwards[method] / forwards["spg"], rel=0.03), method

@@ -107,6 +107,8 @@ def test_recipe_matches_the_published_table(name: str) -> None:
 def test_every_llada_recipe_draws_single_completions() -> None:
     for path in sorted(RECIPES.glob("*.yaml")):
         config = build_config(path)
+        if config.method != "dtm":  # a baseline's advantages need whole groups
+            continue
         assert config.train.micro_batch == "completions", path.name
         assert config.train.per_device_train_batch_size is not None, path.name
 
@@ -245,7 +247,7 @@ def test_target_formula_matches_the_published_one(name: str) -> None:
         rewards = torch.tensor([1.0, 0.1, 0.0, 1.0, 0.1, 0.1])
     objective = DTMObjective(config.dtm, mask_token_id=vocab - 1)
     h = config.dtm.h
-    weights = objective.sample_weights(rewards.view(-1, 1), h).reshape(-1)
+    weights = objective.sample_weights(rewards, rewards.view(-1, 1), h)
     assert torch.allclose(weights, torch.exp(h * rewards))  # b = 0: no baseline
     states = sar_states(x, vocab - 1, config.dtm.sar_block_length, g)
     student = torch.randn(batch, length, vocab, generator=g, dtype=torch.float64)
@@ -285,7 +287,11 @@ def test_completion_micro_batches_are_drawn_without_replacement_across_the_windo
     batches = buffer.sample_completions(12, 8, torch.Generator().manual_seed(1))
     assert len(batches) == 8
     rows = [int(r) for b in batches for r in b.responses[:, 0]]
-    assert all(b.responses.shape == (12, 4) and b.group_size == 1 for b in batches)
+    assert all(b.responses.shape == (12, 4) for b in batches)
+    # Each row carries its whole group's rewards (a baseline never sees a group of one).
+    whole = buffer.data.grouped_rewards
+    for b in batches:
+        assert torch.equal(b.group_rewards(), whole[b.responses[:, 0] // 6])
     assert len(set(rows)) == 96  # no completion twice in one accumulation window
     # Single completions, not whole groups: some prompt's group is split across micro-batches
     # and some micro-batch holds completions of more than two prompts.
@@ -334,11 +340,18 @@ def test_micro_batch_config_refusals(tiny_overrides) -> None:
         "needs per_device_train_batch_size": [],
         "exceeds the buffer": ["train.per_device_train_batch_size=9"],  # 9 > 4 x 2
         "method dtm only": ["train.per_device_train_batch_size=2", "method=diffu-grpo"],
-        "dtm.baseline=none": ["train.per_device_train_batch_size=2", "dtm.baseline=mean"],
+        "leave_one_out needs": [
+            "train.per_device_train_batch_size=2",
+            "train.num_generations=1",
+            "dtm.baseline=leave_one_out",
+        ],
     }
     for message, extra in cases.items():
         with pytest.raises(ConfigError, match=message):
             build_config(overrides=[*base, *extra])
+    # Per-group DTM statistics read each row's whole group, so completions take every one.
+    for extra in ("dtm.baseline=mean", "dtm.baseline=leave_one_out", "dtm.self_normalise=true"):
+        build_config(overrides=[*base, "train.per_device_train_batch_size=2", extra])
     with pytest.raises(ConfigError, match="read only with micro_batch=completions"):
         build_config(overrides=[*tiny_overrides, "train.per_device_train_batch_size=2"])
     with pytest.raises(ConfigError, match="ema_student needs"):

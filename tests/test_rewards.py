@@ -13,8 +13,9 @@ from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.schedule import AdaptiveESSSchedule
 from tiltmatch.dtm.states import random_mask_states
-from tiltmatch.dtm.weights import effective_sample_size, nonnegative_rewards, tilt_weights
+from tiltmatch.dtm.weights import effective_sample_size, rows_of_groups
 from tiltmatch.models.codecs import CharTokenizer
+from tiltmatch.objective import Phase
 from tiltmatch.rewards import (
     CallableReward,
     RewardModel,
@@ -224,38 +225,80 @@ def test_reward_model_errors_name_the_problem(tmp_path):
 # -- what the trainer does to rewards (METHOD.md section 5) ----------------------------------------
 
 
-def test_nonnegative_rewards_leave_nonnegative_rewards_bit_identical():
+def prepared(config: DTMSection, bound: float | None, calibration=None):
+    """A DTM objective and a phase on which its reward baseline has been fixed."""
+    objective, phase = DTMObjective(config, mask_token_id=1), Phase()
+
+    def draw() -> torch.Tensor:
+        assert calibration is not None, "this baseline must not draw a calibration sample"
+        return calibration
+
+    objective.prepare(phase, bound, draw)
+    return objective, phase
+
+
+def test_declared_lower_bounds():
+    assert TaskReward(get_task("maze")).lower_bound == 0.0
+
+    def f(prompts, completions, **_):
+        return [0.0] * len(completions)
+
+    assert CallableReward(f).lower_bound is None
+    f.lower_bound = -2  # type: ignore[attr-defined]
+    assert CallableReward(f).lower_bound == -2.0
+    both = WeightedRewards([CallableReward(f), TaskReward(get_task("maze"))], [0.5, 3.0])
+    assert both.lower_bound == -1.0
+    # A negative weight turns a lower bound into an upper one: no bound is declared.
+    assert (
+        WeightedRewards([CallableReward(f), TaskReward(get_task("maze"))], [-1.0, 1.0]).lower_bound
+        is None
+    )
+
+
+def test_task_rewards_take_the_bound_zero_and_weights_stay_exp_h_r():
+    """auto -> bound 0 for every built-in task: w = e^{h r} bit for bit, as before."""
+    objective, phase = prepared(DTMSection(), bound=0.0)
+    assert phase.extra == {"baseline": "bound", "reward_baseline": 0.0}
     r = torch.rand(5, 4, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(nonnegative_rewards(r), r)
-    r[0, 0] = 0.0
-    assert torch.equal(nonnegative_rewards(r), r)
+    w = objective.sample_weights(*rows_of_groups(r), 1.5, phase)
+    assert torch.equal(w, torch.exp(1.5 * (r.reshape(-1) - 0.0)))
 
 
-def test_negative_rewards_shift_per_group_not_clamp():
-    r = torch.tensor([[-3.0, -1.0, 2.0], [0.5, 1.0, 0.0], [-10.0, -20.0, -15.0]])
-    out = nonnegative_rewards(r)
-    assert out.tolist() == [[0.0, 2.0, 5.0], [0.5, 1.0, 0.0], [10.0, 0.0, 5.0]]
-    # A per-prompt shift is a baseline b(c): the normalised weights within a group, hence
-    # the minimiser and the ESS, are those of the raw rewards.
-    for h in (0.3, 1.0):
-        w_raw, w_out = tilt_weights(r, h), tilt_weights(out, h)
-        assert torch.allclose(
-            w_raw / w_raw.sum(1, keepdim=True), w_out / w_out.sum(1, keepdim=True)
-        )
-        assert torch.allclose(effective_sample_size(w_raw), effective_sample_size(w_out))
-
-
-def test_dtm_targets_stay_nonnegative_for_negative_rewards():
-    objective = DTMObjective(DTMSection(c=1.0, h=1.0), mask_token_id=1)
+def test_negative_rewards_take_a_calibrated_baseline_not_a_per_group_shift():
+    """No declared bound: b is the lowest reward of a calibration sample, one number for every
+    prompt, independent of the rollouts it weights (METHOD.md section 5). The old per-group
+    shift (group_min) stays available and differs."""
+    calibration = torch.tensor([[-3.0, 1.0], [-0.5, 2.0]])
+    objective, phase = prepared(DTMSection(c=1.0), bound=None, calibration=calibration)
+    assert phase.extra == {"baseline": "calibrated", "reward_baseline": -3.0}
     rewards = torch.tensor([[-4.0, -2.5], [-1.0, 3.0]])
-    w = objective.sample_weights(nonnegative_rewards(rewards), 1.0).reshape(-1)
-    assert (w >= 1.0).all()
+    rows, groups = rows_of_groups(rewards)
+    w = objective.sample_weights(rows, groups, 1.0, phase)
+    assert torch.allclose(w, torch.exp(rows + 3.0))
+    stats = objective.begin_stage(phase, rewards)
+    assert stats["reward_baseline"] == -3.0 and stats["below_baseline"] == 0.25
+    # The one row below b has w < 1: with c = 1 its target may need the clamp, which is counted.
     g = torch.Generator().manual_seed(0)
     x = torch.randint(3, 9, (4, 6), generator=g)
     states = random_mask_states(x, 1, g, True)
-    logits = torch.randn(4, 6, 9, generator=g)
-    _, stats = dtm_loss(logits, x, states, w, 1.0, torch.randn(4, 6, 9, generator=g))
-    assert stats.clamp_rate == 0.0
+    teacher = torch.randn(4, 6, 9, generator=g)
+    student = torch.randn(4, 6, 9, generator=g)
+    _, stats = dtm_loss(student, x, states, w, 1.0, teacher)
+    assert stats.clamp_rate > 0.0
+    _, stats = dtm_loss(student, x, states, w.clamp(min=1.0), 1.0, teacher)
+    assert stats.clamp_rate == 0.0  # only the row below b could fire
+    # The biased per-group shift of earlier versions: each group's minimum gets weight 1.
+    shifted, phase = prepared(DTMSection(baseline="group_min"), bound=None)
+    assert shifted.sample_weights(rows, groups, 1.0, phase).tolist() == pytest.approx(
+        [1.0, math.exp(1.5), 1.0, math.exp(4.0)]
+    )
+
+
+def test_bound_baseline_needs_a_declared_bound():
+    with pytest.raises(ValueError, match=r"dtm\.reward_lower_bound"):
+        prepared(DTMSection(baseline="bound"), bound=None)
+    _, phase = prepared(DTMSection(baseline="bound"), bound=-1.0)
+    assert phase.extra["reward_baseline"] == -1.0
 
 
 def test_large_rewards_overflow_fixed_h_clearly_and_adaptive_h_keeps_ess():
@@ -263,11 +306,11 @@ def test_large_rewards_overflow_fixed_h_clearly_and_adaptive_h_keeps_ess():
     # (Its floor of 1e-3 h_max takes over for spreads of several hundred: rescale such
     # rewards with train.reward_scale, which is a rescaling of a_end's units.)
     rewards = torch.tensor([[0.0, 20.0, 40.0, 60.0], [5.0, 10.0, 50.0, -10.0]])
-    objective = DTMObjective(DTMSection(h=2.0), mask_token_id=1)
+    objective, phase = prepared(DTMSection(h=2.0), bound=None, calibration=rewards)
     with pytest.raises(FloatingPointError, match="adaptive schedule"):
-        objective.sample_weights(nonnegative_rewards(rewards), 2.0)
+        objective.sample_weights(*rows_of_groups(rewards), 2.0, phase)
     schedule = AdaptiveESSSchedule(rho=0.5, h_max=4.0, a_end=10.0)
-    h = schedule.next_h(0.0, nonnegative_rewards(rewards), 0)
-    w = objective.sample_weights(nonnegative_rewards(rewards), h)
+    h = schedule.next_h(0.0, rewards, 0)
+    w = objective.sample_weights(*rows_of_groups(rewards), h, phase).view_as(rewards)
     assert torch.isfinite(w).all() and 0.004 < h < 0.5
     assert float(effective_sample_size(w).mean()) == pytest.approx(0.5, abs=0.02)

@@ -13,7 +13,8 @@ The subpackages read in the order data flows (METHOD.md; ARCHITECTURE.md draws i
 - ``models``     the denoiser adapter around a Hugging Face ``PreTrainedModel``, codecs, loading;
 - ``sampling``   turns prompts into responses (and the states it visited); rollouts, buffer;
 - ``dtm``        tilt weights, annealing schedules, masked states, the c-DTM loss, its objective;
-- ``baselines``  diffu-GRPO, wd1 and rejection sampling behind the same ``Objective``;
+- ``baselines``  diffu-GRPO, wd1, rejection sampling, SPG, ESPO and coupled-GRPO behind the
+                 same ``Objective``;
 - ``training``   the method registry, the student/teacher pair, the trainer (orchestration only);
 - ``api``        ``DTMConfig`` / ``DTMTrainer`` and the baselines' trainers (TRL's idiom);
 - ``experiments`` the demo, benchmark and ablation, on top of the library (never imported by it).
@@ -32,6 +33,9 @@ _LAZY = {
     "DiffuGRPOTrainer": "tiltmatch.api",
     "WD1Trainer": "tiltmatch.api",
     "RejectionTrainer": "tiltmatch.api",
+    "SPGTrainer": "tiltmatch.api",
+    "ESPOTrainer": "tiltmatch.api",
+    "CoupledGRPOTrainer": "tiltmatch.api",
     "TrainOutput": "tiltmatch.api",
     "RewardFunction": "tiltmatch.rewards",
     "RewardModel": "tiltmatch.rewards",

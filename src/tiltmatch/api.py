@@ -89,6 +89,7 @@ class DTMConfig:
     steps_per_h: int | None = None
     c: float | None = None
     baseline: str | None = None
+    reward_lower_bound: float | None = None
     rho: float | None = None
     h_max: float | None = None
     states: str | None = None
@@ -144,6 +145,7 @@ class DTMConfig:
                 "steps_per_h": self.steps_per_h,
                 "c": self.c,
                 "baseline": self.baseline,
+                "reward_lower_bound": self.reward_lower_bound,
                 "rho": self.rho,
                 "h_max": self.h_max,
                 "states": self.states,
@@ -515,11 +517,32 @@ class RejectionTrainer(DTMTrainer):
     method = "rejection"
 
 
+class SPGTrainer(DTMTrainer):
+    """SPG (sandwiched policy gradient) with the same data, rewards and machinery."""
+
+    method = "spg"
+
+
+class ESPOTrainer(DTMTrainer):
+    """ESPO (ELBO-based sequence-level policy optimisation) with the same machinery."""
+
+    method = "espo"
+
+
+class CoupledGRPOTrainer(DTMTrainer):
+    """coupled-GRPO (DiffuCoder) with the same data, rewards and machinery."""
+
+    method = "coupled-grpo"
+
+
 __all__ = [
+    "CoupledGRPOTrainer",
     "DTMConfig",
     "DTMTrainer",
     "DiffuGRPOTrainer",
+    "ESPOTrainer",
     "RejectionTrainer",
+    "SPGTrainer",
     "TrainOutput",
     "WD1Trainer",
 ]

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from tiltmatch.dtm.options import Baseline
 from tiltmatch.models.dtypes import DTypeName
 from tiltmatch.models.folders import base_family
 from tiltmatch.models.registry import DEFAULT_FAMILY, check_family_name
@@ -130,8 +131,32 @@ class DTMConfig(_Strict):
     """Discrete Tilt Matching (METHOD.md sections 4-6)."""
 
     c: float = Field(1.0, description="control-variate constant; 0 = plain weighted CE")
-    baseline: Literal["none", "mean", "min"] = "none"
-    self_normalise: bool = False
+    baseline: Baseline = Field(
+        "auto",
+        description="reward baseline b in w_h = exp(h (r - b)) (METHOD.md section 5). Exact: "
+        "auto (bound when the reward declares a lower bound, as every built-in task does, "
+        "else calibrated), none (b = 0), bound (the declared lower bound), calibrated (the "
+        "lowest reward of a calibration sample of the base model, drawn before training), "
+        "leave_one_out (mean of the other G - 1 rewards of the prompt). BIASED, for "
+        "comparison only (the minimiser moves by O(1/G)): mean, min (of the same G rewards), "
+        "group_min (each group shifted up by its minimum where negative)",
+    )
+    reward_lower_bound: float | None = Field(
+        None,
+        description="a lower bound of the reward, in the reward's own units (before "
+        "train.reward_scale), declared for baseline auto / bound; none: the reward's own "
+        "declaration (a task's 0), if any",
+    )
+    calibration_prompts: int = Field(
+        32,
+        ge=1,
+        le=MAX_EXAMPLES,
+        description="baseline calibrated: training prompts (x num_generations completions) "
+        "the base model samples before training to fix b",
+    )
+    self_normalise: bool = Field(
+        False, description="w_j = G softmax_j(h r_j) per prompt group: BIASED by O(1/G)"
+    )
     first_order: bool = Field(False, description="use w_h - 1 ~ h (r - b) (comparison only)")
     # "block": block diffusion models only (the model's blocks; docs/families.md)
     states: Literal["random", "sar", "trajectory", "block"] = "random"
@@ -289,20 +314,17 @@ class RunConfig(_Strict):
             raise ValueError("model.load_in_4bit needs a lora section (adapters to train)")
         if self.model.load_in_4bit and self.model.base is None:
             raise ValueError("model.load_in_4bit needs model.base (a checkpoint folder)")
-        if self.train.micro_batch == "completions":
-            # A micro-batch of single completions splits prompt groups, so anything computed
-            # per group inside a micro-batch (a baseline b(c), self-normalised weights, GRPO /
-            # wd1 advantages, best-of-group) would silently see groups of one.
-            if self.method != "dtm":
-                raise ValueError(
-                    f"train.micro_batch=completions works with method dtm only (method "
-                    f"{self.method} needs whole prompt groups per micro-batch)"
-                )
-            if self.dtm.baseline != "none" or self.dtm.self_normalise:
-                raise ValueError(
-                    "train.micro_batch=completions needs dtm.baseline=none and "
-                    "dtm.self_normalise=false (both are per-prompt-group statistics)"
-                )
+        # A micro-batch of single completions splits prompt groups. DTM's per-group statistics
+        # (baselines, self-normalising) read each row's whole group, which the micro-batch
+        # carries (METHOD.md section 5); the baselines' advantages and best-of-group are
+        # computed on the micro-batch's own groups, so they need whole ones.
+        if self.train.micro_batch == "completions" and self.method != "dtm":
+            raise ValueError(
+                f"train.micro_batch=completions works with method dtm only (method "
+                f"{self.method} needs whole prompt groups per micro-batch)"
+            )
+        if self.dtm.baseline == "leave_one_out" and self.train.num_generations < 2:
+            raise ValueError("dtm.baseline=leave_one_out needs train.num_generations >= 2")
         if self.dtm.ema_student and self.dtm.teacher_update != "ema":
             raise ValueError("dtm.ema_student needs dtm.teacher_update=ema")
         return self

@@ -10,6 +10,7 @@ updates.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,6 +69,23 @@ class Objective(ABC):
     #: METHOD.md section 6); recording them costs memory, so only an objective that
     #: reads them asks
     records_trajectories: bool = False
+
+    def prepare(
+        self,
+        phase: Phase,
+        reward_lower_bound: float | None,
+        calibration: Callable[[], torch.Tensor],
+    ) -> dict[str, float]:
+        """Called once, before the first stage's rollouts: fix what must be fixed before the
+        samples it weights are drawn (DTM's reward baseline, METHOD.md section 5).
+
+        ``reward_lower_bound``: the reward's declared lower bound in training units (after
+        ``train.reward_scale``), if any; ``calibration()`` draws and scores a calibration
+        sample of the base model (rewards ``[P, G]``) with a generator of its own, only
+        when called. Whatever is fixed is kept in ``phase.extra`` (checkpointed). Returns
+        stats to log.
+        """
+        return {}
 
     @abstractmethod
     def steps_in_stage(self) -> int:

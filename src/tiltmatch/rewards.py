@@ -16,20 +16,23 @@ The contract is "a finite real number", not [0, 1]: anything else (NaN, inf, a
 non-number, a list of the wrong length, a function that raises) is one
 :class:`~tiltmatch.tasks.base.RewardError` naming the reward function and the row.
 
-What the trainer does to rewards afterwards (tested in ``tests/test_rewards.py``):
+What the trainer does to rewards afterwards (tested in ``tests/test_rewards.py`` and
+``tests/test_reward_baseline.py``):
 
 1. ``train.reward_scale`` multiplies them (:meth:`tiltmatch.training.trainer.Trainer._fill`);
-2. DTM shifts each prompt's group up by its minimum where that minimum is negative
-   (:func:`tiltmatch.dtm.weights.nonnegative_rewards`): a per-prompt constant, i.e. a
-   baseline ``b(c)``, so the minimiser is unchanged (METHOD.md section 4) while every
-   coefficient of the c-DTM target stays non-negative for ``c <= 1`` (section 5).
-   Non-negative rewards (every built-in task) are left exactly as they are;
-3. the weights ``e^{h (r - b)}`` are formed in log space with the configured baseline;
-   the adaptive schedule picks ``h`` by the ESS, which is invariant to a per-prompt
-   shift and so holds the spread of the weights fixed whatever the reward's scale.
-   With a fixed ``h`` and a reward of large range, the weights can overflow: that is a
-   clear ``FloatingPointError`` naming the fixes (``dtm.schedule: adaptive``,
-   ``baseline: mean``, ``self_normalise`` or a smaller ``train.reward_scale``).
+2. DTM weights each completion by ``e^{h (r - b)}`` with a baseline ``b`` fixed before the
+   completions it weights are drawn (METHOD.md section 5): by default the reward's declared
+   :attr:`RewardFunction.lower_bound` (a task's 0), else the lowest reward of a calibration
+   sample of the base model (:mod:`tiltmatch.dtm.weights`). Such a ``b`` leaves the
+   stage's minimiser exactly the tilted posterior; baselines computed from the same
+   rollouts they weight (a group's mean or minimum, a per-group shift of negative
+   rewards, self-normalising) move it by O(1/G) and remain options named as biased.
+   Rewards are never clamped;
+3. the weights are formed in log space; the adaptive schedule picks ``h`` by the ESS,
+   which holds the spread of the weights fixed whatever the reward's scale. With a fixed
+   ``h`` and a reward of large range, the weights can overflow: that is a clear
+   ``FloatingPointError`` naming the fixes (``dtm.schedule: adaptive``, a smaller
+   ``train.reward_scale``, or a baseline nearer the rewards).
 """
 
 from __future__ import annotations
@@ -106,6 +109,9 @@ class RewardFunction(ABC):
     """A batched reward: ``reward(completions, examples) -> float32 tensor [N]``."""
 
     name: str = "reward"
+    #: a lower bound of every value this reward returns, declared before any is seen (DTM's
+    #: exact ``bound`` baseline, METHOD.md section 5); ``None``: none is known
+    lower_bound: float | None = None
 
     @abstractmethod
     def compute(self, completions: Sequence[str], examples: Sequence[Example]) -> Any:
@@ -136,6 +142,9 @@ class RewardFunction(ABC):
 
 class TaskReward(RewardFunction):
     """A task's own reward, one response at a time (what the trainer always did)."""
+
+    #: a task's reward is in [0, 1] (:meth:`~tiltmatch.tasks.base.Task.checked_reward`)
+    lower_bound = 0.0
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -171,6 +180,9 @@ class CallableReward(RewardFunction):
             raise TypeError(f"reward function {fn!r} is not callable")
         self.fn = fn
         self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
+        # A function may declare its bound as an attribute (``f.lower_bound = -1.0``).
+        bound = getattr(fn, "lower_bound", None)
+        self.lower_bound = float(bound) if isinstance(bound, int | float) else None
 
     def compute(self, completions: Sequence[str], examples: Sequence[Example]) -> Any:
         """One call of the function on the whole batch."""
@@ -313,6 +325,10 @@ class WeightedRewards(RewardFunction):
                 f.name, k = f"{base}_{k}", k + 1
             names.append(f.name)
         self.name = "+".join(names)
+        # sum_k w_k r_k >= sum_k w_k lo_k when every weight is >= 0 and every part declares lo_k
+        bounds = [f.lower_bound for f in self.functions]
+        if all(w >= 0 for w in weights) and not any(b is None for b in bounds):
+            self.lower_bound = sum(w * (b or 0.0) for w, b in zip(weights, bounds, strict=True))
 
     def compute(self, completions: Sequence[str], examples: Sequence[Example]) -> torch.Tensor:
         """The weighted sum (each component checked on its own first)."""

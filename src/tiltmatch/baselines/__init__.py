@@ -7,10 +7,14 @@ with each other lives here: a stage is one batch of rollouts from the teacher
 run ends after ``total_stages`` stages or once ``max_rollouts`` completions have
 been sampled.
 
-- :mod:`tiltmatch.baselines.likelihood`: d1's one-pass log-likelihood estimate.
+- :mod:`tiltmatch.baselines.likelihood`: token log-probabilities on masked inputs (d1's
+  one-pass estimate and the ELBO-style ones).
 - :mod:`tiltmatch.baselines.diffu_grpo`: diffu-GRPO (d1).
 - :mod:`tiltmatch.baselines.wd1`: wd1.
 - :mod:`tiltmatch.baselines.rejection`: rejection-sampling fine-tuning.
+- :mod:`tiltmatch.baselines.spg`: SPG, the sandwiched policy gradient.
+- :mod:`tiltmatch.baselines.espo`: ESPO, ELBO-based sequence-level policy optimisation.
+- :mod:`tiltmatch.baselines.coupled_grpo`: coupled-GRPO (DiffuCoder).
 """
 
 from __future__ import annotations
@@ -50,6 +54,24 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return adv.masked_fill(flat, 0.0)
 
 
+def leave_one_out_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """``A_i = r_i - mean_{j != i} r_j`` for ``[P, G]`` rewards (ESPO's and coupled-GRPO's).
+
+    Equal to ``G / (G - 1)`` times :func:`group_advantages`: the baseline of a sample
+    is the mean of the others, so it is independent of the sample it weights.
+    Needs ``G >= 2`` (a group of one has no others).
+    """
+    size = rewards.shape[1]
+    if size < 2:
+        raise ValueError(
+            f"leave-one-out advantages need at least 2 completions per prompt, got {size}: "
+            "set train.num_generations >= 2"
+        )
+    others = (rewards.sum(dim=1, keepdim=True) - rewards) / (size - 1)
+    flat = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)  # exactly 0, as above
+    return (rewards - others).masked_fill(flat, 0.0)
+
+
 class BaselineObjective(Objective):
     """Stage logic shared by the baselines; subclasses write :meth:`loss`."""
 
@@ -79,4 +101,9 @@ class BaselineObjective(Objective):
         return opts.max_rollouts is not None and phase.rollouts >= opts.max_rollouts
 
 
-__all__ = ["BaselineObjective", "BaselineOptions", "group_advantages"]
+__all__ = [
+    "BaselineObjective",
+    "BaselineOptions",
+    "group_advantages",
+    "leave_one_out_advantages",
+]

@@ -39,22 +39,31 @@ class DiffuGRPOOptions(BaselineOptions):
 
 
 def clipped_surrogate(
-    ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float,
+    epsilon_high: float | None = None,
 ) -> torch.Tensor:
-    """PPO's ``min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)``, elementwise.
+    """PPO's ``min(ratio A, clip(ratio, 1 - eps, 1 + eps_high) A)``, elementwise.
 
-    The clipped term is the smaller one, and the gradient vanishes, exactly when
-    ``A > 0`` and ``ratio > 1 + eps`` or ``A < 0`` and ``ratio < 1 - eps``.
+    ``eps_high`` defaults to ``eps`` (TRL's ``epsilon_high``). The clipped term is the
+    smaller one, and the gradient vanishes, exactly when ``A > 0`` and
+    ``ratio > 1 + eps_high`` or ``A < 0`` and ``ratio < 1 - eps``.
     """
-    clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon)
+    high = epsilon if epsilon_high is None else epsilon_high
+    clipped = ratio.clamp(1.0 - epsilon, 1.0 + high)
     return torch.minimum(ratio * advantages, clipped * advantages)
 
 
-def clip_active(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float) -> torch.Tensor:
+def clip_active(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float,
+    epsilon_high: float | None = None,
+) -> torch.Tensor:
     """Bool: where :func:`clipped_surrogate` is on its flat, clipped branch."""
-    return ((advantages > 0) & (ratio > 1.0 + epsilon)) | (
-        (advantages < 0) & (ratio < 1.0 - epsilon)
-    )
+    high = epsilon if epsilon_high is None else epsilon_high
+    return ((advantages > 0) & (ratio > 1.0 + high)) | ((advantages < 0) & (ratio < 1.0 - epsilon))
 
 
 def k3_kl(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
@@ -74,13 +83,16 @@ def grpo_token_loss(
     mask: torch.Tensor,
     epsilon: float,
     beta_kl: float,
+    token_mean: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The diffu-GRPO loss from per-token log-probabilities, and its diagnostics.
 
     ``logp``, ``logp_old``, ``logp_ref``: ``[N, L]`` (only ``logp`` carries
     gradient; ``logp_ref`` may be None when ``beta_kl == 0``); ``advantages``:
     ``[N]``; ``mask``: ``[N, L]``, the completion tokens the loss covers (each row
-    needs at least one). Tokens are averaged per sequence, then over sequences.
+    needs at least one). Tokens are averaged per sequence, then over sequences;
+    ``token_mean``: over all covered tokens of the micro-batch at once instead
+    (coupled-GRPO's; the same when every row covers as many tokens).
     """
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)[:, None]
@@ -92,8 +104,10 @@ def grpo_token_loss(
             raise ValueError("beta_kl > 0 needs the reference model's log-probabilities")
         kl = k3_kl(logp, logp_ref.detach())
         per_token = per_token - beta_kl * kl
-    counts = mask.sum(dim=1)
-    loss = -((per_token * mask).sum(dim=1) / counts).mean()
+    if token_mean:
+        loss = -(per_token * mask).sum() / mask.sum()
+    else:
+        loss = -((per_token * mask).sum(dim=1) / mask.sum(dim=1)).mean()
     with torch.no_grad():
         total = mask.sum()
         stats = {

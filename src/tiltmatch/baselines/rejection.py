@@ -97,8 +97,11 @@ class RejectionObjective(BaselineObjective):
             group_size=1,
         )
         kept_states = select_rows(states, rows)
-        logits = inputs.student.response_logits(
-            kept_batch.prompt_ids, kept_batch.prompt_mask, kept_states.z
+        logits = inputs.student.response_logits(  # only where the loss reads (METHOD.md sec. 6)
+            kept_batch.prompt_ids,
+            kept_batch.prompt_mask,
+            kept_states.z,
+            logits_at=kept_states.loss_mask,
         )
         weights = kept[rows].to(dtype=logits.dtype, device=logits.device)  # 1, or the stand-in's 0
         loss, _ = dtm_loss(logits, kept_batch.responses, kept_states, weights, c=0.0)

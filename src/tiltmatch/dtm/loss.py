@@ -52,6 +52,18 @@ def ctilt_target(
     return target.clamp(min=0.0), fired
 
 
+def covered(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits ``[N, V]`` at the ``N`` covered positions: as given when already ``[N, V]``,
+    else gathered from ``[B, L, V]``."""
+    if logits.dim() == 2:
+        if logits.shape[0] != int(mask.sum()):
+            raise ValueError(
+                f"{logits.shape[0]} rows of logits for {int(mask.sum())} covered positions"
+            )
+        return logits
+    return logits[mask]
+
+
 def dtm_loss(
     student_logits: torch.Tensor,
     x: torch.Tensor,
@@ -62,7 +74,9 @@ def dtm_loss(
 ) -> tuple[torch.Tensor, LossStats]:
     """The c-DTM loss of a batch.
 
-    ``student_logits``, ``teacher_logits``: ``[B, L, V]`` on the response;
+    ``student_logits``, ``teacher_logits``: ``[B, L, V]`` on the response, or ``[N, V]``
+    at the covered positions only (``states.loss_mask``, row-major), which is what the
+    objective computes (METHOD.md section 6: logits only where the loss reads them);
     ``x``: ``[B, L]`` clean responses; ``states``: which positions and with what
     weight; ``weights``: ``[B]`` per-sample tilt weights ``w_h``. The loss is the
     sum over covered positions of ``position_weight * H(target, mu_theta)``,
@@ -74,7 +88,7 @@ def dtm_loss(
         return zero, LossStats(clamp_rate=0.0, positions=0)
     # Half precision is upcast to float32; float64 (the exactness tests) stays float64.
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    logp = F.log_softmax(student_logits[mask].to(dtype), dim=-1)  # [N, V]
+    logp = F.log_softmax(covered(student_logits, mask).to(dtype), dim=-1)  # [N, V]
     tokens = x[mask]
     w = weights[:, None].expand_as(mask)[mask].to(dtype)
     pos_w = states.position_weight[mask].to(dtype)
@@ -85,7 +99,7 @@ def dtm_loss(
     else:
         if teacher_logits is None:
             raise ValueError("c != 0 needs the teacher's logits (the frozen stage reference)")
-        teacher_probs = F.softmax(teacher_logits[mask].to(dtype), dim=-1)
+        teacher_probs = F.softmax(covered(teacher_logits, mask).to(dtype), dim=-1)
         target, fired = ctilt_target(teacher_probs, tokens, w, c)
         per_pos = -(target * logp).sum(-1)
     loss = (pos_w * per_pos).sum() / x.shape[0]

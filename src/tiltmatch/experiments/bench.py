@@ -1,7 +1,8 @@
 """The side-by-side benchmark: DTM and its baselines on every task at one rollout budget.
 
-For each task (maze, sudoku, countdown) and method (dtm, diffu-grpo, wd1,
-rejection) the benchmark runs the same small learning-rate sweep on seed 0,
+For each task (maze, sudoku, countdown) and method (dtm and every baseline of
+the method registry: diffu-grpo, wd1, rejection, spg, espo, coupled-grpo) the
+benchmark runs the same small learning-rate sweep on seed 0,
 keeps each method's best learning rate (by its final held-out accuracy) and
 runs the remaining seeds there. Every run starts from the same base model,
 samples the same number of completions (``budget`` rollouts) and is evaluated

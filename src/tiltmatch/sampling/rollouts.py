@@ -27,6 +27,11 @@ class RolloutBatch:
     ``prompt_ids``/``prompt_mask``: ``[N, T]`` left-padded prompts; ``responses``:
     ``[N, L]``; ``rewards``: ``[N]``; ``group_size``: ``G``; ``visited``: the
     sampler's canvases ``[S, N, L]`` when recorded.
+
+    A micro-batch of single completions (``train.micro_batch: completions``) holds rows of
+    many groups, not whole ones: it carries each row's whole group of rewards in
+    ``split_groups`` (``[N, G]``), so a per-group statistic is never computed on the rows
+    that happen to share the micro-batch (METHOD.md section 5).
     """
 
     prompt_ids: torch.Tensor
@@ -35,11 +40,23 @@ class RolloutBatch:
     rewards: torch.Tensor
     group_size: int
     visited: torch.Tensor | None = None
+    split_groups: torch.Tensor | None = None
 
     @property
     def grouped_rewards(self) -> torch.Tensor:
-        """Rewards as ``[P', G]``."""
+        """Rewards as ``[P', G]``: the rows must be whole groups, prompt by prompt."""
+        if self.split_groups is not None:
+            raise ValueError(
+                "this batch holds single completions of split groups, not whole groups: "
+                "read each row's group from group_rewards()"
+            )
         return self.rewards.view(-1, self.group_size)
+
+    def group_rewards(self) -> torch.Tensor:
+        """The rewards of each row's whole group, ``[N, G]`` (the row's own among them)."""
+        if self.split_groups is not None:
+            return self.split_groups
+        return self.grouped_rewards.repeat_interleave(self.group_size, dim=0)
 
 
 class RolloutWorker:
@@ -214,8 +231,9 @@ class ReplayBuffer:
         METHOD.md section 6 (the published recipes): the ``per_batch x batches``
         completions of one accumulation window are drawn without replacement from
         all ``P x G`` rows of the buffer, so a prompt's group may be split across
-        micro-batches. Each micro-batch has ``group_size`` 1: nothing per-group
-        may be computed from it (the config refuses baselines that would be).
+        micro-batches. Each row carries its whole group's rewards
+        (:attr:`RolloutBatch.split_groups`), so a baseline computed per group sees all
+        ``G`` of them, as it does on whole groups (section 5).
         """
         if self.data is None:
             raise RuntimeError("the replay buffer is empty: rebuild it first")
@@ -228,9 +246,11 @@ class ReplayBuffer:
         order = torch.randperm(held, generator=generator, device=generator.device)
         order = order.to(self.data.responses.device)
         out = []
+        groups = self.data.grouped_rewards
         for k in range(batches):
-            picked = _select_rows(self.data, order[k * per_batch : (k + 1) * per_batch])
-            picked.group_size = 1
+            rows = order[k * per_batch : (k + 1) * per_batch]
+            picked = _select_rows(self.data, rows)
+            picked.split_groups = groups[rows // self.group_size]
             out.append(picked)
         return out
 
@@ -293,6 +313,7 @@ def _select_rows(data: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
         data.rewards[rows],
         data.group_size,
         data.visited[:, rows] if data.visited is not None else None,
+        data.split_groups[rows] if data.split_groups is not None else None,
     )
 
 

@@ -56,6 +56,17 @@ METHODS: dict[str, Method] = {
         "tiltmatch.baselines.rejection:RejectionOptions",
         "rejection FT",
     ),
+    "spg": Method(
+        "tiltmatch.baselines.spg:SPGObjective", "tiltmatch.baselines.spg:SPGOptions", "SPG"
+    ),
+    "espo": Method(
+        "tiltmatch.baselines.espo:ESPOObjective", "tiltmatch.baselines.espo:ESPOOptions", "ESPO"
+    ),
+    "coupled-grpo": Method(
+        "tiltmatch.baselines.coupled_grpo:CoupledGRPOObjective",
+        "tiltmatch.baselines.coupled_grpo:CoupledGRPOOptions",
+        "coupled-GRPO",
+    ),
 }
 
 

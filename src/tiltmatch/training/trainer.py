@@ -156,9 +156,13 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _fill(self, examples: list[Example]) -> RolloutBatch:
-        """Rollouts of the teacher (the current stage's ``p_a``)."""
+        """Rollouts of the teacher (the current stage's ``p_a``) for the buffer."""
+        return self._scored_rollouts(examples, self.generator)
+
+    def _scored_rollouts(self, examples: list[Example], generator: torch.Generator) -> RolloutBatch:
+        """``num_generations`` scored completions of each example from the teacher."""
         batch = self.worker.rollout(
-            self.pair.teacher, examples, self.config.train.num_generations, self.generator
+            self.pair.teacher, examples, self.config.train.num_generations, generator
         )
         # train.reward_scale multiplies the task reward (the Sudoku recipe's "cell accuracy x 2",
         # METHOD.md section 6); evaluation metrics stay in the task's own units.
@@ -166,7 +170,31 @@ class Trainer:
             batch.rewards = batch.rewards * self.config.train.reward_scale
         return batch
 
+    def _prepare(self) -> None:
+        """Let the objective fix what must precede every rollout it weights (DTM's reward
+        baseline, METHOD.md section 5), once per run; kept in the checkpointed phase."""
+        tc, declared = self.config.train, self.config.dtm.reward_lower_bound
+        if declared is None:
+            declared = self.worker.reward.lower_bound
+        bound = None if declared is None else declared * tc.reward_scale
+
+        def calibration() -> torch.Tensor:
+            # The base model's own samples of training prompts, with a generator of their own:
+            # the training rollouts and every draw after them are as without calibration.
+            device = self.generator.device
+            own = torch.Generator(device=device).manual_seed(self.config.seed + 314_159)
+            count = min(self.config.dtm.calibration_prompts, len(self.pool.examples))
+            picked = torch.randperm(len(self.pool.examples), generator=own, device=device)
+            examples = [self.pool.examples[i] for i in picked[:count].tolist()]
+            self.phase.rollouts += count * tc.num_generations * self.parallel.world_size
+            return self.parallel.all_rewards(self._scored_rollouts(examples, own).grouped_rewards)
+
+        self.objective.prepare(self.phase, bound, calibration)
+        self.phase.extra["prepared"] = True
+
     def _begin_stage(self) -> None:
+        if not self.phase.extra.get("prepared"):
+            self._prepare()
         self._stage_started = time.time()
         # Every process fills a buffer of its own: the job made world_size times as many.
         self.phase.rollouts += self.buffer.rebuild(self._fill) * self.parallel.world_size
