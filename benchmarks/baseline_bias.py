@@ -33,11 +33,12 @@ from typing import Any
 
 import torch
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import DTMConfig
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.objective import Phase
-from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer, RolloutBatch
 from tiltmatch.tasks.base import Example
+from tiltmatch.training.rollouts import PromptPool, ReplayBuffer
 
 V, L, MASK, PROMPTS = 2, 2, 2, 2
 ALL_X = list(itertools.product(range(V), repeat=L))

@@ -46,8 +46,8 @@ from tiltmatch.baselines.coupled_grpo import coupled_token_log_probs
 from tiltmatch.baselines.diffu_grpo import grpo_token_loss
 from tiltmatch.baselines.espo import ESPOOptions, elbo_estimate, espo_loss
 from tiltmatch.baselines.spg import sandwiched_scores, spg_loss, state_log_probs
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 PAD, MASK, VOCAB = 0, 1, 13
 PROMPT, LENGTH = 5, 8

@@ -68,11 +68,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.llada import LLADA_8B_INSTRUCT_CONFIG, llada_config_to_llama
 from tiltmatch.objective import Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import SamplingConfig, generate
 from tiltmatch.training.lora import LoRAPair
 from tiltmatch.training.pair import CopiedPair

@@ -61,12 +61,12 @@ from typing import Any, TypeVar
 import torch
 from transformers import LlamaForCausalLM
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.dtypes import dtype_name
 from tiltmatch.models.llada import LLADA_8B_INSTRUCT_CONFIG, llada_config_to_llama
 from tiltmatch.objective import Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.training.lora import LoRAPair
 from tiltmatch.training.runner import make_objective

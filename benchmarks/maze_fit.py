@@ -24,7 +24,7 @@ import torch
 from tiltmatch.config import build_config
 from tiltmatch.dtm.exact_target import mean_report
 from tiltmatch.experiments.demo import demo_config_path
-from tiltmatch.tasks.maze.target import maze_target_report
+from tiltmatch.experiments.maze_target import maze_target_report
 from tiltmatch.training.evaluation import sample_texts
 from tiltmatch.training.runner import build_trainer
 

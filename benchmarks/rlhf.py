@@ -38,11 +38,11 @@ from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.loading import load_model_folder, resolve_model_path
 from tiltmatch.rewards import RewardModel, char_level_tokenizer
-from tiltmatch.sampling.rollouts import RolloutWorker
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Example
 from tiltmatch.training.evaluation import sample_texts
+from tiltmatch.training.rollouts import RolloutWorker
 
 SIZES: dict[str, dict[str, Any]] = {
     # pref_mazes x samples -> pairs; rm_epochs; DTM: a_end / h / steps_per_h / buffer

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 
 from tiltmatch.dtm.exact_target import empirical_distribution, total_variation
+from tiltmatch.experiments.maze_target import maze_outcome
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.models.llada import LLADA_8B_INSTRUCT_CONFIG
 from tiltmatch.sampling.sampler import SamplingConfig, generate
-from tiltmatch.tasks.maze.target import maze_outcome
 
 LLADA_VOCAB = LLADA_8B_INSTRUCT_CONFIG["vocab_size"]
 LLADA_MASK = LLADA_8B_INSTRUCT_CONFIG["mask_token_id"]
@@ -178,8 +178,8 @@ def sample_groups(
     """``samples`` decoded responses per example in one ``generate`` call (the package's
     own :func:`~tiltmatch.training.evaluation.sample_texts`), with the draw's wall seconds
     and denoiser forwards."""
-    from tiltmatch.sampling.rollouts import RolloutWorker
     from tiltmatch.training.evaluation import sample_texts
+    from tiltmatch.training.rollouts import RolloutWorker
 
     one_call = len(examples) * samples
     worker = RolloutWorker(task, codec, task.response_length, config, chunk_size=one_call)

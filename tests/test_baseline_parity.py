@@ -50,9 +50,9 @@ from tiltmatch.baselines.spg import (
     spg_loss,
     state_log_probs,
 )
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.objective import LossInputs, Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 PAD, MASK, VOCAB = 0, 1, 13
 PROMPT, LENGTH = 5, 8

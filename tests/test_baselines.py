@@ -34,6 +34,7 @@ from tiltmatch.baselines.likelihood import (
 from tiltmatch.baselines.rejection import RejectionObjective, RejectionOptions, best_of_group
 from tiltmatch.baselines.spg import SPGObjective, block_states
 from tiltmatch.baselines.wd1 import WD1Objective, WD1Options, wd1_advantages, wd1_loss, wd1_weights
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import ConfigError, build_config
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.objective import DTMObjective
@@ -41,7 +42,6 @@ from tiltmatch.dtm.states import random_mask_states
 from tiltmatch.dtm.weights import rows_of_groups, self_normalised_weights
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
 from tiltmatch.objective import LossInputs, Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.training.methods import METHODS
 from tiltmatch.training.runner import make_objective, needs_reference
 

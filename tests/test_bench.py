@@ -46,7 +46,7 @@ def test_micro_benchmark_writes_every_task_and_method(tmp_path: Path) -> None:
             # Micro's untrained models never draw a valid path (no sample earns a reward), so
             # every sample is the one "<invalid>" outcome and the TV estimator must read
             # exactly 0: invalid responses are lumped into one key, not spread over rare
-            # strings (tasks/maze/target.maze_outcome), which would read as a TV near 1.
+            # strings (experiments/maze_target.maze_outcome), which would read as a TV near 1.
             assert r["model_expected_reward"] == 0.0 and r["target_expected_reward"] == 0.0
             assert r["tv_to_target"] == r["tv_noise_floor"] == r["tv_to_path"] == 0.0
             # The per-prompt accuracies are the final evaluation's own draws.

@@ -25,11 +25,11 @@ from conftest import TINY_OVERRIDES
 from torch.distributed.tensor import DTensor
 
 from tiltmatch.baselines.rejection import RejectionObjective, RejectionOptions
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import build_config
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import States, random_mask_states
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
-from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.sampling.sampler import left_pad
 from tiltmatch.tasks.maze.task import MazeTask
 from tiltmatch.training.distributed import (

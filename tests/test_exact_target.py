@@ -20,7 +20,7 @@ from tiltmatch.dtm.exact_target import (
     tilt,
     total_variation,
 )
-from tiltmatch.tasks.maze.target import INVALID, maze_outcome, maze_target_report
+from tiltmatch.experiments.maze_target import INVALID, maze_outcome, maze_target_report
 from tiltmatch.tasks.maze.task import Maze, MazeTask
 
 # A base over path-like outcomes: four optimal ones (reward 1) with unequal mass,

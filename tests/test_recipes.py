@@ -17,13 +17,14 @@ import pytest
 import torch
 from conftest import needs_shared_data
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import ConfigError, build_config
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.objective import DTMObjective
 from tiltmatch.dtm.states import sar_states
-from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer, RolloutBatch
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Example
+from tiltmatch.training.rollouts import PromptPool, ReplayBuffer
 from tiltmatch.training.runner import build_trainer
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "llada"

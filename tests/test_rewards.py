@@ -25,10 +25,10 @@ from tiltmatch.rewards import (
     char_level_tokenizer,
     make_reward,
 )
-from tiltmatch.sampling.rollouts import RolloutWorker
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Example, RewardError
+from tiltmatch.training.rollouts import RolloutWorker
 
 ALPHABET = "abcdefgh :"
 

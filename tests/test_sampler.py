@@ -383,8 +383,8 @@ def test_one_sampling_config_everywhere() -> None:
     rollouts keeps every other field."""
     from tiltmatch.config import RunConfig, build_config
     from tiltmatch.models.codecs import CharTokenizer
-    from tiltmatch.sampling.rollouts import RolloutWorker
     from tiltmatch.tasks.maze.task import MazeTask
+    from tiltmatch.training.rollouts import RolloutWorker
 
     config = build_config(overrides=["sampler.mode=cached+parallel", "sampler.threshold=0.8"])
     assert isinstance(config.sampler, SamplingConfig)
@@ -392,7 +392,7 @@ def test_one_sampling_config_everywhere() -> None:
     task = MazeTask()
     worker = RolloutWorker(task, CharTokenizer(task.alphabet), 8, config.sampler)
     seen = []
-    import tiltmatch.sampling.rollouts as rollouts
+    import tiltmatch.training.rollouts as rollouts
 
     original = rollouts.generate
     try:

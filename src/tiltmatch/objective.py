@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 @dataclass

@@ -25,9 +25,9 @@ from pydantic import Field, model_validator
 from tiltmatch.baselines import BaselineObjective, BaselineOptions, leave_one_out_advantages
 from tiltmatch.baselines.diffu_grpo import grpo_token_loss
 from tiltmatch.baselines.likelihood import masked_token_log_probs
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.objective import LossInputs, Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 class CoupledGRPOOptions(BaselineOptions):

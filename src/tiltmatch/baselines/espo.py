@@ -27,9 +27,9 @@ from pydantic import Field
 from tiltmatch.baselines import BaselineObjective, BaselineOptions, leave_one_out_advantages
 from tiltmatch.baselines.diffu_grpo import clip_active, clipped_surrogate
 from tiltmatch.baselines.likelihood import masked_token_log_probs, random_subsets
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.objective import LossInputs, Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 class ESPOOptions(BaselineOptions):

@@ -24,8 +24,8 @@ from dataclasses import replace
 
 import torch
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 def draw_prompt_mask(

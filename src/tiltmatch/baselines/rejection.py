@@ -18,10 +18,10 @@ import torch
 from pydantic import Field
 
 from tiltmatch.baselines import BaselineObjective, BaselineOptions
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.states import States, random_mask_states
 from tiltmatch.objective import LossInputs, Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 class RejectionOptions(BaselineOptions):

@@ -32,9 +32,9 @@ from pydantic import Field, model_validator
 
 from tiltmatch.baselines import BaselineObjective, BaselineOptions, group_advantages
 from tiltmatch.baselines.likelihood import masked_token_log_probs
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.objective import LossInputs
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 NegativeBound = Literal["mix", "eubo", "elbo"]
 

@@ -11,7 +11,7 @@ of several has high reward and still fails.
 
 Everything here works on samples of one prompt (hashable outcomes); averaging
 over prompts is the caller's choice (:func:`mean_report`). Nothing here knows a
-task: the maze's outcome keys and report live in :mod:`tiltmatch.tasks.maze.target`.
+task: the maze's outcome keys and report live in :mod:`tiltmatch.experiments.maze_target`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import DTMConfig
 from tiltmatch.dtm.loss import dtm_loss
 from tiltmatch.dtm.options import FIXED_BASELINES
@@ -38,7 +39,6 @@ from tiltmatch.dtm.weights import (
     tilt_weights,
 )
 from tiltmatch.objective import LossInputs, Objective, Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 
 
 def make_schedule(config: DTMConfig) -> TiltSchedule:

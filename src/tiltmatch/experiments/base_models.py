@@ -35,11 +35,11 @@ import torch
 
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec
 from tiltmatch.models.loading import load_model_folder
-from tiltmatch.sampling.rollouts import RolloutWorker
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks import get_task
 from tiltmatch.training.evaluation import evaluate
 from tiltmatch.training.pretrain import PretrainConfig, pretrain
+from tiltmatch.training.rollouts import RolloutWorker
 
 METRICS_FILE = "base_metrics.json"
 

@@ -29,11 +29,11 @@ from typing import Any
 from tiltmatch.config import RunConfig, build_config
 from tiltmatch.experiments.base_models import RECIPES
 from tiltmatch.experiments.maze_probe import MazeTargetProbe
+from tiltmatch.experiments.maze_target import maze_outcome
 from tiltmatch.models.loading import shipped_model_dir
-from tiltmatch.sampling.rollouts import PromptPool
-from tiltmatch.tasks.maze.target import maze_outcome
 from tiltmatch.tasks.maze.task import MazeTask, maze_of
 from tiltmatch.training.pretrain import pretrain
+from tiltmatch.training.rollouts import PromptPool
 from tiltmatch.training.runner import RUN_FILES, build_trainer, save_final
 
 CACHE = Path.home() / ".cache" / "tiltmatch" / "maze-base"

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tiltmatch.dtm.exact_target import TargetReport, mean_report
+from tiltmatch.experiments.maze_target import maze_target_report
 from tiltmatch.tasks.base import Example
-from tiltmatch.tasks.maze.target import maze_target_report
 from tiltmatch.tasks.maze.task import MazeTask
 from tiltmatch.training.evaluation import sample_texts
 

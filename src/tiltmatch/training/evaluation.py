@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tiltmatch.models.denoiser import MaskedDenoiser
-from tiltmatch.sampling.rollouts import RolloutWorker
 from tiltmatch.tasks.base import Example
+from tiltmatch.training.rollouts import RolloutWorker
 
 #: ``sample(examples, seed)``: the sampled texts of each example (one list per example)
 SampleTexts = Callable[[Sequence[Example], int], list[list[str]]]

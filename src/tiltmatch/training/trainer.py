@@ -25,16 +25,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import RunConfig
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.objective import Objective, Phase
-from tiltmatch.sampling.rollouts import PromptPool, ReplayBuffer, RolloutBatch, RolloutWorker
 from tiltmatch.sampling.sampler import SamplingConfig
 from tiltmatch.tasks.base import Example, Task
 from tiltmatch.training.checkpoint import CheckpointError, load_checkpoint
 from tiltmatch.training.evaluation import evaluate
 from tiltmatch.training.pair import DenoiserPair
 from tiltmatch.training.parallel import Parallelism, SingleProcess
+from tiltmatch.training.rollouts import PromptPool, ReplayBuffer, RolloutWorker
 from tiltmatch.training.update import optimizer_update
 
 CHECKPOINT = "checkpoint"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.objective import LossInputs, Objective, Phase
-from tiltmatch.sampling.rollouts import RolloutBatch
 from tiltmatch.training.pair import DenoiserPair
 from tiltmatch.training.parallel import Parallelism, SingleProcess
 

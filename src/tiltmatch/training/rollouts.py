@@ -9,54 +9,15 @@ seeded pool of training examples, visited in shuffled passes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
+from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.rewards import task_reward_function
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.tasks.base import Example, Task
-
-
-@dataclass
-class RolloutBatch:
-    """``N = P' x G`` completions of ``P'`` prompts, rows grouped prompt by prompt.
-
-    ``prompt_ids``/``prompt_mask``: ``[N, T]`` left-padded prompts; ``responses``:
-    ``[N, L]``; ``rewards``: ``[N]``; ``group_size``: ``G``; ``visited``: the
-    sampler's canvases ``[S, N, L]`` when recorded.
-
-    A micro-batch of single completions (``train.micro_batch: completions``) holds rows of
-    many groups, not whole ones: it carries each row's whole group of rewards in
-    ``split_groups`` (``[N, G]``), so a per-group statistic is never computed on the rows
-    that happen to share the micro-batch (METHOD.md section 5).
-    """
-
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    responses: torch.Tensor
-    rewards: torch.Tensor
-    group_size: int
-    visited: torch.Tensor | None = None
-    split_groups: torch.Tensor | None = None
-
-    @property
-    def grouped_rewards(self) -> torch.Tensor:
-        """Rewards as ``[P', G]``: the rows must be whole groups, prompt by prompt."""
-        if self.split_groups is not None:
-            raise ValueError(
-                "this batch holds single completions of split groups, not whole groups: "
-                "read each row's group from group_rewards()"
-            )
-        return self.rewards.view(-1, self.group_size)
-
-    def group_rewards(self) -> torch.Tensor:
-        """The rewards of each row's whole group, ``[N, G]`` (the row's own among them)."""
-        if self.split_groups is not None:
-            return self.split_groups
-        return self.grouped_rewards.repeat_interleave(self.group_size, dim=0)
 
 
 class RolloutWorker:
