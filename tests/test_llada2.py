@@ -371,3 +371,19 @@ def test_released_settings_it_cannot_carry_are_refused() -> None:
         llada2_config({**moe, "n_group": 3})
     with pytest.raises(ValueError, match="'hidden_size'"):
         llada2_config({k: v for k, v in moe.items() if k != "hidden_size"})
+
+
+def test_recipes_decode_as_released_and_validate_against_a_release(tiny) -> None:
+    from tiltmatch.config import build_config
+
+    fam, _model, _codec = tiny
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "llada2").glob("*.yaml"))
+    assert [p.stem for p in paths] == ["countdown", "sudoku"]
+    for path in paths:
+        config = build_config(path, [f"model.base={fam.folder}"])  # the family's decoder check
+        length = config.task_options["response_length"]
+        for sampler in (config.sampler, config.eval.sampler):
+            assert sampler is not None and sampler.mode == "parallel"
+            assert sampler.threshold == 0.95 and sampler.steps == length  # 32 per block
+        assert config.dtm.states == "block"
+        assert config.lora is not None and config.lora.target_modules == list(LORA_TARGETS)

@@ -97,6 +97,7 @@ FAMILIES: dict[str, FamilySpec | str] = {
     "dream": "tiltmatch.models.dream:FAMILY",
     "block_diffusion": "tiltmatch.models.block_diffusion:FAMILY",
     "llada2": "tiltmatch.models.llada2:FAMILY",
+    "mdlm": "tiltmatch.models.mdlm:FAMILY",
 }
 
 
