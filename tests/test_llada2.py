@@ -262,7 +262,7 @@ def test_block_decoder_reproduces_the_released_generate(
 ) -> None:
     fam = write_tiny_llada2(tmp_path / "ckpt", seed=3, head_scale=head_scale)
     model, codec = load_model_folder(fam.folder)
-    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 250, (n,), generator=g).tolist() for n in (5, 37, 20)]
     length = 40

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,7 @@ def test_logits_equal_the_reference_forward(tiny, lengths) -> None:
     keep = real.bool()
     torch.testing.assert_close(raw.logits[keep], ref[keep], atol=1e-5, rtol=1e-5)
     # Through the adapter: the SUBS posterior of the response columns.
-    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
     with torch.no_grad():
         logp = denoiser(ids, real, response)
     expected = ref[:, -response:].clone()
@@ -201,7 +202,7 @@ def test_noise_level_enters_as_released(tmp_path: Path) -> None:
 
 def test_unconditional_and_prompted_generation(tiny) -> None:
     _fam, model, codec = tiny
-    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id)
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
     config = SamplingConfig(steps=8, block_length=16, temperature=1.0, remasking="random")
     free = generate(denoiser, [[], []], 16, config, torch.Generator().manual_seed(0))
     assert free.responses.shape == (2, 16) and not (free.responses == codec.mask_token_id).any()
@@ -224,6 +225,73 @@ def test_unconditional_and_prompted_generation(tiny) -> None:
         [codec.eos_token_id, *codec.tokenizer.encode("ab"), codec.eos_token_id, 5]
     )
     assert text == "ab"  # one document: the leading end-of-text skipped, cut at the next
+
+
+def released_sample(model, rows: int, length: int, steps: int, mask_id: int, g) -> torch.Tensor:
+    """MDLM's ``_sample`` with the ``ddpm_cache`` predictor and ``noise_removal``, written
+    from the release (loglinear schedule: move chance t; the posterior ``forward(x).exp()``
+    reused while x does not change; ``torch.rand_like`` drawn from ``g``)."""
+    eps = 1e-5
+    model.eval()  # the release samples in eval mode (no dropout)
+    x = torch.full((rows, length), mask_id)
+    timesteps = torch.linspace(1, eps, steps + 1)
+    dt = (1 - eps) / steps
+    p_x0 = None
+    for i in range(steps):
+        t = timesteps[i] * torch.ones(rows, 1)
+        move_t, move_s = t[:, :, None], (t - dt)[:, :, None]
+        if p_x0 is None:
+            p_x0 = model(x).logits.exp()
+        q_xs = p_x0 * (move_t - move_s)
+        q_xs[:, :, mask_id] = move_s[:, :, 0]
+        gumbel_norm = 1e-10 - (torch.rand(q_xs.shape, generator=g) + 1e-10).log()
+        _x = (q_xs / gumbel_norm).argmax(dim=-1)
+        copy_flag = (x != mask_id).to(x.dtype)
+        x_next = copy_flag * x + (1 - copy_flag) * _x
+        if not torch.allclose(x_next, x):
+            p_x0 = None
+        x = x_next
+    return model(x).logits.argmax(dim=-1)
+
+
+@pytest.mark.parametrize("steps", [4, 16, 40])
+def test_ancestral_sampler_reproduces_the_released_sample(tiny, steps) -> None:
+    """Unconditional generation (empty prompts) from the same uniforms: token for token."""
+    _fam, model, codec = tiny
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
+    config = SamplingConfig(mode="ancestral", steps=steps)
+    with torch.no_grad():
+        ours = generate(denoiser, [[], [], []], 24, config, torch.Generator().manual_seed(7))
+        ref = released_sample(
+            model, 3, 24, steps, codec.mask_token_id, torch.Generator().manual_seed(7)
+        )
+    assert ours.responses.tolist() == ref.tolist()
+    # a step commits a random number of positions (binomial), not a fixed quota
+    out = generate(denoiser, [[]], 24, config, torch.Generator().manual_seed(7), record_states=True)
+    assert out.visited is not None and out.visited.shape == (steps, 1, 24)
+    if steps == 16:
+        per_step = (out.visited[1:] != out.visited[:-1]).sum((1, 2))
+        assert len(set(per_step.tolist())) > 1
+
+
+def test_sampler_modes_for_mdlm_and_llada2() -> None:
+    """MDLM takes every common mode and MDLM's ancestral one; LLaDA2 only its block
+    decoder's (exact, parallel): the cached and ancestral modes are refused by name."""
+    from tiltmatch.config import ConfigError, build_config
+
+    for mode in ("exact", "cached", "parallel", "cached+parallel", "ancestral"):
+        build_config(overrides=["model.family=mdlm", f"sampler.mode={mode}"])
+    for mode in ("exact", "parallel"):
+        build_config(overrides=["model.family=llada2", f"sampler.mode={mode}"])
+    for mode in ("cached", "cached+parallel", "ancestral"):
+        with pytest.raises(
+            ConfigError, match=re.escape(f"sampler.mode='{mode}' cannot decode a LLaDA2")
+        ):
+            build_config(overrides=["model.family=llada2", f"sampler.mode={mode}"])
+    with pytest.raises(ConfigError, match="threshold"):
+        build_config(
+            overrides=["model.family=mdlm", "sampler.mode=ancestral", "sampler.threshold=0.5"]
+        )
 
 
 # --------------------------------------------------------------------------- training
