@@ -159,11 +159,50 @@ def mask_in_query_dtype() -> None:
     modeling_utils.ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa
 
 
+def released_mdlm(checkout: Path, folder: str, cases: dict, device: str) -> dict[str, Any]:
+    """Logits of the released MDLM DiT (``models/dit.py`` of a kuleshov-group/mdlm checkout,
+    flash-attn on CUDA, its own bfloat16 autocast) on each row alone: its forward takes no
+    padding, so a padded case's rows are run unpadded."""
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(checkout))
+    dit = importlib.import_module("models.dit")
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    model_cfg = {
+        "hidden_size": cfg["hidden_dim"],
+        "cond_dim": cfg["cond_dim"],
+        "length": cfg["model_length"],
+        "n_blocks": cfg["n_blocks"],
+        "n_heads": cfg["n_heads"],
+        "dropout": cfg["dropout"],
+        "scale_by_sigma": True,
+    }
+    model = dit.DIT({"model": model_cfg}, vocab_size=cfg["vocab_size"])
+    state = load_file(str(Path(folder) / "model.safetensors"))
+    model.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()}, strict=True)
+    model = model.to(device).eval()
+    out: dict[str, Any] = {"logits": {}}
+    with torch.no_grad():
+        for case, data in cases["logits"].items():
+            rows = []
+            for ids, real in zip(data["ids"], data["real"], strict=True):
+                row = torch.tensor(
+                    [[i for i, r in zip(ids, real, strict=True) if r]], device=device
+                )
+                sigma = torch.zeros(1, device=device)
+                rows.append(model(row, sigma)[0, -RESPONSE:].float().cpu().tolist())
+            out["logits"][case] = rows
+    return out
+
+
 def released_side(args: argparse.Namespace) -> int:
     """Subprocess entry: run the released code on the cases, write its outputs as JSON."""
     cases = json.loads(Path(args.cases).read_text())
-    mask_in_query_dtype()
-    result = released_llada2(Path(args.llada2), cases["folders"], cases)
+    if args.mdlm:
+        result = released_mdlm(Path(args.mdlm), cases["folder"], cases, args.device)
+    else:
+        mask_in_query_dtype()
+        result = released_llada2(Path(args.llada2), cases["folders"], cases)
     Path(args.result).write_text(json.dumps(result))
     return 0
 
@@ -259,9 +298,50 @@ def tokens_equal(mine: list[list[int]], theirs: list[list[int]]) -> tuple[int, i
     return equal, total
 
 
+def mdlm_parity(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """The released MDLM DiT against the package's raw logits (same rows, unpadded there)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from mdlm_fixture import write_tiny_mdlm
+
+    from tiltmatch.models.denoiser import MaskedDenoiser
+    from tiltmatch.models.loading import load_model_folder
+
+    fam = write_tiny_mdlm(tmp / "mdlm")
+    cases = {
+        "logits": {k: batch(v, RESPONSE, fam.config["vocab_size"]) for k, v in LOGIT_CASES.items()}
+    }
+    (tmp / "mdlm-cases.json").write_text(json.dumps({**cases, "folder": str(fam.folder)}))
+    command = [args.reference_python, str(Path(__file__).resolve()), "--released-side"]
+    command += [
+        "--mdlm",
+        args.mdlm,
+        "--device",
+        args.device,
+        "--cases",
+        str(tmp / "mdlm-cases.json"),
+    ]
+    subprocess.run([*command, "--result", str(tmp / "mdlm-released.json")], check=True)
+    released = json.loads((tmp / "mdlm-released.json").read_text())
+    model, _codec = load_model_folder(fam.folder)
+    rows = []
+    for case, data in cases["logits"].items():
+        ids, real = torch.tensor(data["ids"]), torch.tensor(data["real"])
+        positions = MaskedDenoiser.position_ids(real)
+        with torch.no_grad():
+            ours = model(ids, attention_mask=real, position_ids=positions, raw=True).logits
+        theirs = torch.tensor(released["logits"][case])
+        diff = float((ours[:, -RESPONSE:] - theirs).abs().max())
+        rows.append(
+            {"case": f"MDLM logits, {case} (released: bfloat16 autocast)", "max_abs_diff": diff}
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--llada2", help="folder with the released modeling_llada2_moe.py")
+    p.add_argument("--mdlm", help="a kuleshov-group/mdlm checkout (models/dit.py; flash-attn)")
+    p.add_argument("--device", default="cuda", help="where the released MDLM DiT runs")
     p.add_argument("--reference-python", default=sys.executable, help="interpreter for it")
     p.add_argument("--out", default=None, help="JSON results file")
     p.add_argument("--released-side", action="store_true", help=argparse.SUPPRESS)
@@ -270,27 +350,36 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.released_side:
         return released_side(args)
-    if not args.llada2:
-        p.error("name the released code: --llada2 DIR")
+    if not args.llada2 and not args.mdlm:
+        p.error("name the released code: --llada2 DIR and/or --mdlm DIR")
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        folders, cases = llada2_cases(tmp)
-        payload = {**cases, "folders": {k: str(v) for k, v in folders.items()}}
-        (tmp / "cases.json").write_text(json.dumps(payload))
-        command = [args.reference_python, str(Path(__file__).resolve()), "--released-side"]
-        command += ["--llada2", args.llada2, "--cases", str(tmp / "cases.json")]
-        command += ["--result", str(tmp / "released.json")]
-        subprocess.run(command, check=True)
-        released = json.loads((tmp / "released.json").read_text())
-        rows = compare(ours_llada2(folders, cases), released, cases)
-    print(f"{'LLaDA2 case':<64} {'max |logit diff|':>18} {'tokens equal / total':>22}")
+        if args.llada2:
+            rows += llada2_parity(args, tmp)
+        if args.mdlm:
+            rows += mdlm_parity(args, tmp)
+    print(f"{'case':<64} {'max |logit diff|':>18} {'tokens equal / total':>22}")
     for row in rows:
         diff = f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else ""
         tokens = f"{row['tokens_equal']} / {row['tokens_total']}" if "tokens_total" in row else ""
         print(f"{row['case']:<64} {diff:>18} {tokens:>22}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"llada2": rows}, indent=2))
+        Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def llada2_parity(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """The released LLaDA2 code (in ``--reference-python``) against the package."""
+    folders, cases = llada2_cases(tmp)
+    payload = {**cases, "folders": {k: str(v) for k, v in folders.items()}}
+    (tmp / "cases.json").write_text(json.dumps(payload))
+    command = [args.reference_python, str(Path(__file__).resolve()), "--released-side"]
+    command += ["--llada2", args.llada2, "--cases", str(tmp / "cases.json")]
+    command += ["--result", str(tmp / "released.json")]
+    subprocess.run(command, check=True)
+    released = json.loads((tmp / "released.json").read_text())
+    return compare(ours_llada2(folders, cases), released, cases)
 
 
 if __name__ == "__main__":
