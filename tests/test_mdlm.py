@@ -384,3 +384,14 @@ def test_the_prompt_free_task_refuses_a_missing_reward() -> None:
     )
     assert [e.prompt for e in task.examples("train")] == ["", "", ""]
     assert len({e.uid for e in task.examples("train")}) == 3
+
+
+def test_the_recipe_validates_against_a_release(tiny) -> None:
+    from tiltmatch.config import build_config
+
+    fam, _model, _codec = tiny
+    path = Path(__file__).resolve().parents[1] / "configs" / "mdlm" / "owt_reward.yaml"
+    config = build_config(path, [f"model.base={fam.folder}"])  # the family's sampler check
+    assert config.task == "unconditional" and config.sampler.mode == "ancestral"
+    assert config.dtm.states == "random" and config.dtm.baseline == "calibrated"
+    assert config.task_options["response_length"] == 1024  # MDLM's trained length
