@@ -76,6 +76,8 @@ from tiltmatch.batch import RolloutBatch
 from tiltmatch.config import RunConfig
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.llada import LLADA_8B_INSTRUCT_CONFIG, llada_config_to_llama
+from tiltmatch.models.llada2 import LORA_TARGETS as LLADA2_FAMILY_TARGETS
+from tiltmatch.models.llada2 import LLaDA2MoeDenoiser, LLaDA2SparseMoe, llada2_config
 from tiltmatch.objective import Phase
 from tiltmatch.sampling.sampler import SamplingConfig, generate
 from tiltmatch.training.lora import LoRAPair
@@ -316,6 +318,137 @@ def meta_model(config: LlamaConfig, dtype: torch.dtype) -> LlamaForCausalLM:
     return model
 
 
+# ----- LLaDA2-mini: a mixture of experts -------------------------------------------------------
+
+#: LLaDA2.0-mini's config.json (inclusionAI), the keys that decide the architecture, and the
+#: special ids of its tokenizer (mask 156895, end of text / pad 156892)
+LLADA2_MINI: dict[str, Any] = {
+    "vocab_size": 157184,
+    "hidden_size": 2048,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 20,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "first_k_dense_replace": 1,
+    "moe_intermediate_size": 512,
+    "num_experts": 256,
+    "num_shared_experts": 1,
+    "num_experts_per_tok": 8,
+    "n_group": 8,
+    "topk_group": 4,
+    "routed_scaling_factor": 2.5,
+    "partial_rotary_factor": 0.5,
+    "rope_theta": 600000,
+    "rms_norm_eps": 1e-06,
+    "use_qk_norm": True,
+    "use_qkv_bias": False,
+    "use_bias": False,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 32768,
+    "attention_dropout": 0.0,
+    "mask_token_id": 156895,
+    "pad_token_id": 156892,
+}
+# The same code path at a toy size (the CPU test).
+LLADA2_TINY = LLADA2_MINI | {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "moe_intermediate_size": 32,
+    "num_experts": 16,
+    "num_experts_per_tok": 4,
+    "n_group": 4,
+    "topk_group": 2,
+    "mask_token_id": 500,
+    "pad_token_id": 501,
+}
+LLADA2_LORA_TARGETS = LLADA2_FAMILY_TARGETS
+
+
+def build_model(case: Case, arch: dict[str, Any], layers: int) -> Any:
+    """The case's model on the meta device, bf16, frozen, in eval mode, ``layers`` deep."""
+    if case.family == "llada2":
+        config = llada2_config(arch | {"num_hidden_layers": layers})
+        with torch.device("meta"):
+            model = LLaDA2MoeDenoiser(config)
+        model.to(dtype=torch.bfloat16)  # type: ignore[call-arg]
+        model.requires_grad_(False)
+        model.eval()
+        return model
+    return meta_model(llama_config(arch, layers), torch.bfloat16)
+
+
+def depth(case: Case, arch: dict[str, Any]) -> tuple[int, int]:
+    """The model's depth, and the first of the two depths simulated: 1 for LLaDA (identical
+    layers), one past the dense layers for LLaDA2 (its mixture-of-experts layers repeat)."""
+    if case.family == "llada2":
+        return arch["num_hidden_layers"], arch["first_k_dense_replace"] + 1
+    return arch["n_layers"], 1
+
+
+def _balanced_moe_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """``LLaDA2SparseMoe.forward`` with every expert given an equal share of the token
+    slots (a real assignment): the router runs as it is, but which expert a slot goes to
+    is data, which fake tensors do not hold. The saved activations of the routed experts
+    total ``tokens x top-k`` rows whatever the assignment; only the largest expert's
+    transient buffers depend on it (the balancing bias drives it toward equal shares)."""
+    flat = x.reshape(-1, x.shape[-1])
+    chosen, weights = self.gate(flat)
+    slots = chosen.shape[0] * chosen.shape[1]
+    index = torch.arange(slots, device=flat.device)
+    rows, slot, expert_of = (
+        index // chosen.shape[1],
+        index % chosen.shape[1],
+        index % len(self.experts),
+    )
+    out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
+    for expert, module in enumerate(self.experts):
+        take = expert_of == expert
+        r, k = rows[take], slot[take]
+        out.index_add_(0, r, module(flat[r]).float() * weights[r, k, None])
+    routed = out.to(x.dtype).view_as(x)
+    return routed if self.shared_experts is None else routed + self.shared_experts(x)
+
+
+@contextlib.contextmanager
+def balanced_routing() -> Iterator[None]:
+    """Route LLaDA2's experts by :func:`_balanced_moe_forward` for the duration."""
+    original = LLaDA2SparseMoe.forward
+    LLaDA2SparseMoe.forward = _balanced_moe_forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LLaDA2SparseMoe.forward = original  # type: ignore[method-assign]
+
+
+def llada2_params(arch: dict[str, Any]) -> dict[str, int]:
+    """Parameters of the whole model and those one token uses (its top-k experts, the
+    shared expert, attention, the dense layers, embedding and head), from the meta model."""
+    with torch.device("meta"):
+        model = LLaDA2MoeDenoiser(llada2_config(arch))
+    total = sum(p.numel() for p in model.parameters())
+    per_expert = 3 * arch["hidden_size"] * arch["moe_intermediate_size"]
+    moe_layers = arch["num_hidden_layers"] - arch["first_k_dense_replace"]
+    idle = moe_layers * (arch["num_experts"] - arch["num_experts_per_tok"]) * per_expert
+    return {"total": total, "active_per_token": total - idle}
+
+
+def llada2_cases() -> list[Case]:
+    """The LLaDA2-mini rows: c-DTM with block states (LoRA on a bf16 base) at the
+    configs/llada2 recipes' micro-batches: Countdown 12 x 8 with the EMA teacher (with and
+    without checkpointing), Sudoku 4 x 16."""
+    return [
+        Case("Countdown", "dtm", "lora-bf16", 12, 1, 8, True, True, family="llada2"),
+        Case("Countdown", "dtm", "lora-bf16", 12, 1, 8, False, True, family="llada2"),
+        Case("Sudoku", "dtm", "lora-bf16", 4, 1, 16, True, False, family="llada2"),
+    ]
+
+
 @dataclass(frozen=True)
 class Case:
     """One simulated update: method, parameter setup and micro-batch."""
@@ -330,17 +463,23 @@ class Case:
     ema: bool = False  # the Countdown recipe's EMA teacher (a float32 copy of the adapter)
     prompt_length: int = 200
     response_length: int = 256
+    family: str = "llada"  # "llada2": LLaDA2-mini, block states, its LoRA targets
 
 
 def run_config(case: Case, lora_r: int) -> RunConfig:
     """The run configuration the package builds its objective from."""
+    lora: dict[str, Any] = {"r": lora_r}  # alpha 64, dropout 0.05, all projections: defaults
+    dtm: dict[str, Any] = {"c": 1.0, "states": "sar", "sar_block_length": 32}
+    if case.family == "llada2":  # block states in the model's blocks of 32; its targets
+        lora["target_modules"] = list(LLADA2_LORA_TARGETS)
+        dtm = {"c": 1.0, "states": "block"}
     return RunConfig.model_validate(
         {
             "method": case.method,
             "seed": 0,
             "model": {"dtype": "bfloat16", "gradient_checkpointing": case.checkpointing},
-            "lora": {"r": lora_r},  # alpha 64, dropout 0.05, all projections: the defaults
-            "dtm": {"c": 1.0, "states": "sar", "sar_block_length": 32},
+            "lora": lora,
+            "dtm": dtm,
             "train": {
                 "learning_rate": 3e-6,
                 "adam_betas": [0.9, 0.99],
@@ -388,13 +527,12 @@ def simulate_update(
     """
     start = time.perf_counter()
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    config = llama_config(arch, layers)
     run = run_config(case, lora_r)
     mask_id, pad_id = arch["mask_token_id"], arch["pad_token_id"]
     objective = make_objective(run, mask_id)
     memory = DeviceMemory()
     full = case.setup == "fsdp8-full"
-    model = meta_model(config, torch.bfloat16)
+    model = build_model(case, arch, layers)
     if full:  # the full model gets its fake storage before the pair copies it
         with mode:
             model.to_empty(device="cpu")
@@ -444,7 +582,7 @@ def simulate_update(
     objective.begin_stage(phase, batch.grouped_rewards)
     generator = torch.Generator().manual_seed(1)
     flops = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
-    with memory, cuda_attention():
+    with memory, cuda_attention(), balanced_routing():
         for m in models:
             memory.register(m.parameters())
             memory.register(m.buffers())
@@ -601,10 +739,11 @@ def compatible_noise_bytes(rows: int, response_length: int, vocab: int) -> int:
 # ----- depth extrapolation and arithmetic -----------------------------------------------------
 
 
-def extrapolate(one: float, two: float, layers: int) -> dict[str, float]:
-    """``fixed + layers x per_layer`` from the values at 1 and 2 layers (identical layers)."""
+def extrapolate(one: float, two: float, layers: int, first: int = 1) -> dict[str, float]:
+    """``fixed + layers x per_layer`` from the values at ``first`` and ``first + 1`` layers
+    (the layers from ``first`` on identical; what differs before them is in ``fixed``)."""
     per_layer = two - one
-    fixed = one - per_layer
+    fixed = one - first * per_layer
     return {"fixed": fixed, "per_layer": per_layer, "total": fixed + layers * per_layer}
 
 
@@ -721,13 +860,13 @@ def plan_case(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """Every figure of one case at full depth, from the 1- and 2-layer simulations."""
-    layers = arch["n_layers"]
-    mem = [simulate_update(case, arch, n, lora_r) for n in (1, 2)]
-    flo = [simulate_update(case, arch, n, lora_r, count_flops=True) for n in (1, 2)]
-    peak = extrapolate(mem[0].peak_bytes, mem[1].peak_bytes, layers)
-    reserved = extrapolate(mem[0].peak_reserved_bytes, mem[1].peak_reserved_bytes, layers)
-    static = extrapolate(mem[0].static_bytes, mem[1].static_bytes, layers)
-    flops_micro = extrapolate(flo[0].flops_micro, flo[1].flops_micro, layers)["total"]
+    layers, first = depth(case, arch)
+    mem = [simulate_update(case, arch, n, lora_r) for n in (first, first + 1)]
+    flo = [simulate_update(case, arch, n, lora_r, count_flops=True) for n in (first, first + 1)]
+    peak = extrapolate(mem[0].peak_bytes, mem[1].peak_bytes, layers, first)
+    reserved = extrapolate(mem[0].peak_reserved_bytes, mem[1].peak_reserved_bytes, layers, first)
+    static = extrapolate(mem[0].static_bytes, mem[1].static_bytes, layers, first)
+    flops_micro = extrapolate(flo[0].flops_micro, flo[1].flops_micro, layers, first)["total"]
     flops_update = flops_micro * case.accumulation
     rows: list[dict[str, Any]] = []
     base = {
@@ -752,7 +891,7 @@ def plan_case(
         base["gpu_peak_bytes"] = peak["total"]
         base["gpus"] = 1
         rows.append(base)
-        if case.checkpointing:  # the same update on a 4-bit base (storage model)
+        if case.checkpointing and case.family == "llada":  # on a 4-bit base (storage model)
             adj = four_bit_adjustment(arch)
             saved = adj["bf16_linear_bytes"] - adj["nf4_linear_bytes"]
             four = dict(base)
@@ -839,6 +978,13 @@ _METHODS = {
 }
 
 
+def method_label(case: dict[str, Any]) -> str:
+    """How the tables name a case's method (and model, for LLaDA2-mini)."""
+    if case.get("family") == "llada2":
+        return "LLaDA2-mini: c-DTM (block states, block 32)"
+    return _METHODS[case["method"]]
+
+
 def markdown(record: dict[str, Any]) -> str:
     """The plan as Markdown tables."""
     s = record["settings"]
@@ -860,7 +1006,7 @@ def markdown(record: dict[str, Any]) -> str:
             if c["setup"] == "lora-bf16":  # the 4-bit and FSDP rows are partly arithmetic
                 reserved = f"{r['peak_reserved_bytes']['total'] / GIB:.1f}"
             lines.append(
-                f"| {_METHODS[c['method']]} | {c['name']}: {c['rows']} x {c['accumulation']} "
+                f"| {method_label(c)} | {c['name']}: {c['rows']} x {c['accumulation']} "
                 f"| {_SETUPS[c['setup']]} | {'on' if c['checkpointing'] else 'off'} "
                 f"| {r['gpu_peak_bytes'] / GIB:.1f} | {reserved} "
                 f"| {'yes' if r['fits_one_80gb'] else 'no'} "
@@ -1043,6 +1189,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="JSON record to write")
     parser.add_argument("--tiny", action="store_true", help="the toy model (the CPU test)")
+    parser.add_argument(
+        "--model",
+        choices=("llada-8b", "llada2-mini"),
+        default="llada-8b",
+        help="LLaDA-8B (every row) or LLaDA2-mini (its c-DTM LoRA rows; no sweep or sampler)",
+    )
     parser.add_argument("--utilisation", type=float, default=0.4, help="of the bf16 peak")
     parser.add_argument(
         "--sampler-rows",
@@ -1081,7 +1233,12 @@ def main(argv: list[str] | None = None) -> int:
             first.setdefault("depth_checks", []).extend(other.get("depth_checks", []))
         print(markdown(first))
         return 0
-    arch = TINY if args.tiny else LLADA_8B
+    llada2 = args.model == "llada2-mini"
+    if llada2:
+        arch = LLADA2_TINY if args.tiny else LLADA2_MINI
+        args.no_sweep = args.no_sampler = True
+    else:
+        arch = TINY if args.tiny else LLADA_8B
     lora_r = 4 if args.tiny else 128
     prompt, response, block = (20, 64, 16) if args.tiny else (200, 256, 32)
 
@@ -1091,13 +1248,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cases = [
         replace(c, prompt_length=prompt, response_length=response)
-        for c in recipe_cases()
+        for c in (llada2_cases() if llada2 else recipe_cases())
         if (args.only is None or c.name in args.only) and c.method in args.methods
     ]
+    name = "LLaDA2.0-mini architecture" if llada2 else "LLaDA-8B-Instruct architecture"
     record: dict[str, Any] = {
-        "model": "toy" if args.tiny else "LLaDA-8B-Instruct architecture",
+        "model": f"toy ({name})" if args.tiny else name,
         "architecture": arch,
-        "total_params": total_params(arch),
+        "total_params": llada2_params(arch) if llada2 else total_params(arch),
         "settings": {
             "prompt_length": prompt,
             "response_length": response,

@@ -222,3 +222,24 @@ def test_baselines_beside_dtm_cost_what_their_passes_say(plan: ModuleType) -> No
     for method in ("espo", "coupled-grpo"):
         ratio = flops[method] / flops["spg"]
         assert ratio == pytest.approx(forwards[method] / forwards["spg"], rel=0.03), method
+
+
+def test_llada2_mini_parameters_total_and_active(plan: ModuleType) -> None:
+    """LLaDA2.0-mini as its card states it: 16B parameters, 1.4B active per token."""
+    counts = plan.llada2_params(plan.LLADA2_MINI)
+    assert 16.0e9 < counts["total"] < 16.5e9
+    assert 1.3e9 < counts["active_per_token"] < 1.5e9
+
+
+@pytest.mark.slow
+def test_llada2_update_runs_on_fake_tensors_with_balanced_routing(plan: ModuleType) -> None:
+    """The LLaDA2 path: the MoE layers dispatch every token's top-k slots (balanced, real
+    indices) through fake experts; the peak extrapolates from the MoE layers on."""
+    case = plan.Case("t", "dtm", "lora-bf16", 4, 1, 2, True, False, 20, 64, family="llada2")
+    arch = plan.LLADA2_TINY
+    layers, first = plan.depth(case, arch)
+    assert (layers, first) == (3, 2)  # one dense layer, then MoE layers
+    two, three = (plan.simulate_update(case, arch, n, 4) for n in (first, first + 1))
+    assert two.peak_bytes < three.peak_bytes and two.peak_bytes > two.static_bytes
+    predicted = plan.extrapolate(two.peak_bytes, three.peak_bytes, 3, first)["total"]
+    assert predicted == pytest.approx(three.peak_bytes)

@@ -67,6 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _task_base(args: argparse.Namespace) -> dict[str, Any]:
     base: dict[str, Any] = {"task": args.task} if getattr(args, "task", None) else {}
+    if getattr(args, "model", None):  # with --task or --dataset alike
+        base["model"] = {"base": args.model}
     dataset = getattr(args, "dataset", None)
     rewards = [*getattr(args, "reward", []), *getattr(args, "reward_model", [])]
     if dataset is None:
@@ -87,8 +89,6 @@ def _task_base(args: argparse.Namespace) -> dict[str, Any]:
     if args.alphabet:
         options["alphabet"] = args.alphabet
     base.update(task="dataset", task_options=options)
-    if args.model:
-        base["model"] = {"base": args.model}
     return base
 
 

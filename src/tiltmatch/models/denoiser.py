@@ -32,7 +32,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Cache, LlamaForCausalLM, PreTrainedModel
 
 from tiltmatch.models.family import family_of
-from tiltmatch.models.registry import DEFAULT_FAMILY, FAMILY_KEY, family_spec
+from tiltmatch.models.registry import DEFAULT_FAMILY, FAMILIES, FAMILY_KEY, family_spec
 
 # transformers renamed the forward's ``past_key_values`` to ``cache`` during 5.x.
 CACHE_ARGUMENT = (
@@ -321,9 +321,11 @@ def load_denoiser(folder: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
         meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelLoadError(f"{meta_file} is not valid JSON ({err})") from None
+    import_recorded_family(folder)
     check_stored_weights(folder)
     try:
-        # Llama, Qwen2 or Qwen3 by the config's model_type: transformers' own classes only.
+        # Llama, Qwen2 or Qwen3 by the config's model_type: transformers' own classes, or a
+        # family's own class (registered with transformers' Auto classes by its module).
         loaded: Any = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, output_loading_info=True, trust_remote_code=False
         )
@@ -337,6 +339,19 @@ def load_denoiser(folder: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     if getattr(model.config, "is_causal", True):
         raise ValueError(f"the model in {folder} is causal; a denoiser needs is_causal=False")
     return model, meta
+
+
+def import_recorded_family(folder: Path) -> None:
+    """Import the module of the family a saved ``config.json`` records (``dllm_family``):
+    a family that brings its own model class registers it with transformers' Auto classes
+    there, which must happen before transformers reads the folder."""
+    try:
+        recorded = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # unreadable: check_stored_weights says so, naming the file
+    name = recorded.get(FAMILY_KEY) if isinstance(recorded, dict) else None
+    if isinstance(name, str) and name in FAMILIES:
+        family_spec(name)
 
 
 def _one_line(err: BaseException, limit: int = 300) -> str:

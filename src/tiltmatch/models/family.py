@@ -142,9 +142,16 @@ def lora_target_modules(model: Any, requested: list[str] | None = None) -> list[
             raise ValueError(
                 f"no default LoRA targets for model_type {model_type!r}: set lora.target_modules"
             )
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    if missing := [t for t in requested if t not in present]:
+    # A target names a module by its last dotted components, as PEFT matches it
+    # ("dense", or "shared_experts.gate_proj" to leave a MoE's routed experts out).
+    names = [name for name, _ in model.named_modules()]
+    if missing := [t for t in requested if not any(_ends_with(n, t) for n in names)]:
         raise ValueError(
             f"lora.target_modules {missing} match no module of this {model_type!r} model"
         )
     return list(requested)
+
+
+def _ends_with(name: str, target: str) -> bool:
+    """Whether module ``name`` is matched by LoRA target ``target`` (PEFT's suffix rule)."""
+    return name == target or name.endswith("." + target)

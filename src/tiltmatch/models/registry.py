@@ -96,6 +96,8 @@ FAMILIES: dict[str, FamilySpec | str] = {
     "llada": "tiltmatch.models.llada:FAMILY",
     "dream": "tiltmatch.models.dream:FAMILY",
     "block_diffusion": "tiltmatch.models.block_diffusion:FAMILY",
+    "llada2": "tiltmatch.models.llada2:FAMILY",
+    "mdlm": "tiltmatch.models.mdlm:FAMILY",
 }
 
 

@@ -36,6 +36,7 @@ SAMPLERS: dict[str, Any] = {
     "cached": f"{_STRATEGIES}:CachedSampler",
     "parallel": f"{_STRATEGIES}:ParallelSampler",
     "cached+parallel": f"{_STRATEGIES}:CachedParallelSampler",
+    "ancestral": "tiltmatch.sampling.ancestral:AncestralSampler",
 }
 #: the model families' own decoders, by name (a family's spec maps modes to them)
 DECODERS: dict[str, Any] = {

@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "gsm8k": "tiltmatch.tasks.gsm8k:GSM8KTask",
     "math500": "tiltmatch.tasks.math500:Math500Task",
     "dataset": "tiltmatch.tasks.dataset:DatasetTask",
+    "unconditional": "tiltmatch.tasks.unconditional:UnconditionalTask",
 }
 
 #: the entry-point group through which installed packages add tasks
