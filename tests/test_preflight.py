@@ -200,11 +200,12 @@ def test_ordinary_sizes_pass(tmp_path, capsys) -> None:
 def test_llada_countdown_recipe_rollouts_need_lean_noise_on_an_80_gib_gpu(monkeypatch) -> None:
     """What the preflight found in the recipes: on a GPU the compatible noise draws float64
     uniforms for rows x length x vocabulary (240 x 256 x 126464: 58 GiB) at every step; the
-    lean noise (same distribution) fits an 80 GiB GPU, and an H200's 139 GiB takes either."""
+    lean noise (same distribution, now the default) fits an 80 GiB GPU, and an H200's 139 GiB
+    takes either."""
     from tiltmatch.preflight import run_needs
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "llada" / "countdown.yaml"
-    config = build_config(recipe)
+    config = build_config(recipe, ["sampler.noise=compatible"])
     llada = ModelShape(126464, 4096, 32, 32, 12288, 4096)
 
     def needs(cfg):
@@ -225,7 +226,8 @@ def test_llada_countdown_recipe_rollouts_need_lean_noise_on_an_80_gib_gpu(monkey
         ": set sampler.noise=lean (the same distribution, noise "
         "drawn at the open positions only) or lower these settings"
     )
-    lean = build_config(recipe, ["sampler.noise=lean"])
+    lean = build_config(recipe)  # the recipe as written: lean noise, the default
+    assert lean.sampler.noise == "lean"
     refuse_over(needs(lean), "cuda")
     monkeypatch.setattr(preflight, "memory_budget", lambda device="cpu": (139 * 2**30, "GPU"))
     refuse_over(needs(config), "cuda")
