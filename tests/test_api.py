@@ -149,7 +149,7 @@ def test_config_names_map_to_the_run_config(tmp_path):
     assert config.dtm.steps_per_h == 2 and config.seed == 3 and config.train.report_to == ["none"]
     with pytest.raises(ConfigError, match="not a multiple of num_generations"):
         tiny_args(tmp_path, per_device_train_batch_size=3).to_run_config()
-    with pytest.raises(ConfigError, match="max_completion_length 6 is not a multiple"):
+    with pytest.raises(ConfigError, match="block_length 4 does not divide max_completion_length 6"):
         tiny_args(tmp_path, max_completion_length=6).to_run_config()
     with pytest.raises(ConfigError, match=r"dtm\.hh: unknown field"):
         tiny_args(tmp_path, run_overrides={"dtm.hh": 1}).to_run_config()

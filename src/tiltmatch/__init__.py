@@ -6,6 +6,9 @@ The Python API (TRL's idiom; imported lazily, so ``import tiltmatch`` stays ligh
     trainer = DTMTrainer(model=..., reward_funcs=..., train_dataset=..., args=DTMConfig(...))
     trainer.train(); trainer.save_model()
 
+    model = tiltmatch.load_pretrained("runs/x/final")      # a saved folder, in one call
+    model.generate(["a prompt"], num_return_sequences=4)   # completions, in one call
+
 The subpackages read in the order data flows (METHOD.md; ARCHITECTURE.md draws it):
 
 - ``tasks``      make prompts and score responses (``tasks.dataset``: any prompt dataset);
@@ -16,6 +19,7 @@ The subpackages read in the order data flows (METHOD.md; ARCHITECTURE.md draws i
 - ``baselines``  diffu-GRPO, wd1, rejection sampling, SPG, ESPO and coupled-GRPO behind the
                  same ``Objective``;
 - ``training``   the method registry, the student/teacher pair, the trainer (orchestration only);
+- ``generation`` a saved model's record and card, ``load_pretrained`` and ``DiffusionLM.generate``;
 - ``api``        ``DTMConfig`` / ``DTMTrainer`` and the baselines' trainers (TRL's idiom);
 - ``experiments`` the demo, benchmark and ablation, on top of the library (never imported by it).
 """
@@ -37,6 +41,8 @@ _LAZY = {
     "ESPOTrainer": "tiltmatch.api",
     "CoupledGRPOTrainer": "tiltmatch.api",
     "TrainOutput": "tiltmatch.api",
+    "load_pretrained": "tiltmatch.generation.pretrained",
+    "DiffusionLM": "tiltmatch.generation.pretrained",
     "RewardFunction": "tiltmatch.rewards",
     "RewardModel": "tiltmatch.rewards",
     "CallableReward": "tiltmatch.rewards",

@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from tiltmatch.config import ConfigError, LoRAConfig, RunConfig, TrainConfig, build_config
 from tiltmatch.destination import Destination
@@ -39,6 +36,62 @@ from tiltmatch.rewards import RewardFunction, make_reward
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import DatasetTask
+from tiltmatch.training.config import base_record, fit_sampler_geometry, speak_names
+
+#: the training arguments that set one run-config field each: argument -> config path
+API_PATHS: dict[str, str] = {
+    "diffusion_steps": "sampler.steps",
+    "block_length": "sampler.block_length",
+    "remasking": "sampler.remasking",
+    "temperature": "sampler.temperature",
+    **{
+        name: f"dtm.{name}"
+        for name in [
+            "a_end",
+            "h",
+            "schedule",
+            "steps_per_h",
+            "c",
+            "baseline",
+            "reward_lower_bound",
+            "rho",
+            "h_max",
+            "states",
+            "teacher_update",
+        ]
+    },
+    **{
+        name: f"train.{name}"
+        for name in [
+            "learning_rate",
+            "final_learning_rate",
+            "weight_decay",
+            "max_grad_norm",
+            "num_generations",
+            "gradient_accumulation_steps",
+            "buffer_prompts",
+            "refresh_prompts",
+            "refresh_every",
+            "reward_scale",
+            "max_stages",
+            "report_to",
+        ]
+    },
+    "warmup_ratio": "train.warmup_fraction",
+    "max_prompts": "train.train_examples",
+    "save_steps": "train.checkpoint_every",
+    "eval_prompts": "eval.examples",
+    "eval_samples_per_prompt": "eval.samples_per_example",
+    "eval_temperature": "eval.temperature",
+    "eval_every_stage": "eval.every_stage",
+}
+#: how the API names a run-config setting in its errors (config path -> argument)
+API_NAMES: dict[str, str] = {
+    **{path: name for name, path in API_PATHS.items()},
+    "task_options.response_length": "max_completion_length",
+    "train.prompts_per_batch": "per_device_train_batch_size / num_generations",
+    "train.adam_betas": "(adam_beta1, adam_beta2)",
+}
 
 
 @dataclass
@@ -134,53 +187,12 @@ class DTMConfig:
         if self.adam_beta1 is not None or self.adam_beta2 is not None:
             default = TrainConfig().adam_betas
             betas = [self.adam_beta1 or default[0], self.adam_beta2 or default[1]]
-        sections: dict[str, dict[str, Any]] = {
-            "model": {"base": base, **self.model_init_kwargs},
-            "sampler": {
-                "steps": self.diffusion_steps,
-                "block_length": self.block_length,
-                "remasking": self.remasking,
-                "temperature": self.temperature,
-            },
-            "dtm": {
-                "a_end": self.a_end,
-                "h": self.h,
-                "schedule": self.schedule,
-                "steps_per_h": self.steps_per_h,
-                "c": self.c,
-                "baseline": self.baseline,
-                "reward_lower_bound": self.reward_lower_bound,
-                "rho": self.rho,
-                "h_max": self.h_max,
-                "states": self.states,
-                "teacher_update": self.teacher_update,
-            },
-            "train": {
-                "learning_rate": self.learning_rate,
-                "final_learning_rate": self.final_learning_rate,
-                "warmup_fraction": self.warmup_ratio,
-                "weight_decay": self.weight_decay,
-                "adam_betas": betas,
-                "max_grad_norm": self.max_grad_norm,
-                "num_generations": self.num_generations,
-                "prompts_per_batch": prompts_per_batch,
-                "gradient_accumulation_steps": self.gradient_accumulation_steps,
-                "buffer_prompts": self.buffer_prompts,
-                "refresh_prompts": self.refresh_prompts,
-                "refresh_every": self.refresh_every,
-                "train_examples": self.max_prompts,
-                "reward_scale": self.reward_scale,
-                "max_stages": self.max_stages,
-                "checkpoint_every": self.save_steps,
-                "report_to": self.report_to,
-            },
-            "eval": {
-                "examples": self.eval_prompts,
-                "samples_per_example": self.eval_samples_per_prompt,
-                "temperature": self.eval_temperature,
-                "every_stage": self.eval_every_stage,
-            },
-        }
+        sections: dict[str, dict[str, Any]] = {"model": {"base": base, **self.model_init_kwargs}}
+        for name, path in API_PATHS.items():
+            section, _, leaf = path.partition(".")
+            sections.setdefault(section, {})[leaf] = getattr(self, name)
+        sections["train"]["prompts_per_batch"] = prompts_per_batch
+        sections["train"]["adam_betas"] = betas
         data: dict[str, Any] = {
             "task": task,
             "task_options": task_options or {},
@@ -193,17 +205,12 @@ class DTMConfig:
         if lora is not None:
             data["lora"] = lora.model_dump()
         overrides = [f"{k}={json.dumps(v)}" for k, v in self.run_overrides.items()]
-        config = build_config(None, overrides, base=data)
-        if length % config.sampler.block_length:
-            raise ConfigError(
-                f"max_completion_length {length} is not a multiple of block_length "
-                f"{config.sampler.block_length}"
-            )
-        if config.sampler.steps % (length // config.sampler.block_length):
-            raise ConfigError(
-                f"diffusion_steps {config.sampler.steps} is not a multiple of the "
-                f"{length // config.sampler.block_length} blocks of the completion"
-            )
+        try:  # the run config's errors, in the arguments' names
+            config = build_config(None, overrides, base=data)
+            if task == "dataset":  # the response length is max_completion_length: check it now
+                fit_sampler_geometry(config, length, base_record(config))
+        except ConfigError as err:
+            raise ConfigError(speak_names(str(err), API_NAMES)) from None
         return config
 
 
@@ -302,16 +309,19 @@ class DTMTrainer:
                     "tiltmatch.models.codecs.CharTokenizer, or LLaDACodec.from_pretrained(folder))"
                 )
             loaded = (model, processing_class)
-        self.config = args.to_run_config(
-            task_obj.name if task is not None else "dataset",
-            self._task_options(task_obj, task),
-            base,
-            _lora_config(peft_config),
-        )
         self.output_dir = Path(args.output_dir)
-        self.trainer, self.task, self.codec = build_trainer(
-            self.config, self.output_dir, quiet=args.disable_tqdm, task=task_obj, loaded=loaded
-        )
+        try:  # the run config's errors, in the arguments' names
+            self.config = args.to_run_config(
+                task_obj.name if task is not None else "dataset",
+                self._task_options(task_obj, task),
+                base,
+                _lora_config(peft_config),
+            )
+            self.trainer, self.task, self.codec = build_trainer(
+                self.config, self.output_dir, quiet=args.disable_tqdm, task=task_obj, loaded=loaded
+            )
+        except ConfigError as err:
+            raise ConfigError(speak_names(str(err), API_NAMES)) from None
         self.reward = self.trainer.eval_worker.reward  # in its own units (no reward_scale)
         self.train_output: TrainOutput | None = None
 
@@ -425,90 +435,18 @@ class DTMTrainer:
             return folder
         with destination as staging:
             save_final(self.trainer, self.codec, staging, whole)
-            (staging / "README.md").write_text(self.model_card())
+            (staging / "README.md").write_text(self.model_card(folder), encoding="utf-8")
         return folder
 
-    def model_card(self) -> str:
-        """A README.md: the method, the data, the rewards, the resolved config, the metrics."""
-        options = self.config.task_options
+    def model_card(self, folder: str | Path | None = None) -> str:
+        """A README.md (Hugging Face's layout): metadata, the data, the rewards, how to
+        sample from ``folder`` (default: ``output_dir/final``), the metrics, the config."""
+        from tiltmatch.generation.card import model_card
+        from tiltmatch.training.runner import card_facts
+
+        where = Path(folder) if folder is not None else self.output_dir / "final"
         metrics = self.train_output.metrics if self.train_output is not None else {}
-        lines = [
-            "---",
-            "library_name: tiltmatch",
-            f"tags: [tiltmatch, masked-diffusion, {self.config.method}]",
-            "---",
-            "",
-            f"# {self.output_dir.name}",
-            "",
-            f"Fine-tuned with tiltmatch's `{self.config.method}` "
-            f"({'Discrete Tilt Matching' if self.config.method == 'dtm' else 'a baseline'}) "
-            f"on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
-            "",
-            "## Data",
-            "",
-        ]
-        if isinstance(self.task, DatasetTask):
-            lines += [
-                f"- training prompts: {options.get('train')} "
-                f"({len(self.task.train_examples)} rows, {len(self.trainer.pool.examples)} used)",
-                "- evaluation prompts: "
-                + (
-                    f"{options.get('eval')} ({len(self.trainer.eval_examples)} used)"
-                    if not self.task.evaluates_on_training_prompts
-                    else f"none given: the first {len(self.trainer.eval_examples)} training "
-                    "prompts (the eval metrics are not held out)"
-                ),
-                f"- rewards: {', '.join(options.get('rewards', []))}"
-                + (
-                    f", weights {options['reward_weights']}"
-                    if options.get("reward_weights")
-                    else ""
-                ),
-            ]
-        else:
-            lines.append(f"- task: `{self.config.task}` {self.config.task_options or ''}")
-        lines += [
-            f"- rollouts sampled: {self.trainer.phase.rollouts}; optimiser updates: "
-            f"{self.trainer.phase.updates}",
-            "",
-            "## Final metrics",
-            "",
-        ]
-        if metrics:
-            lines += ["| metric | value |", "| --- | --- |"]
-            lines += [
-                f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                for k, v in metrics.items()
-            ]
-        else:
-            lines.append("(not trained yet)")
-        lines += [
-            "",
-            "## Configuration",
-            "",
-            "```yaml",
-            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False).rstrip(),
-            "```",
-            "",
-            "Training arguments:",
-            "",
-            "```yaml",
-            yaml.safe_dump(_plain(asdict(self.args)), sort_keys=False).rstrip(),
-            "```",
-            "",
-        ]
-        return "\n".join(lines)
-
-
-def _plain(value: Any) -> Any:
-    """A YAML-safe copy (anything unusual as its repr)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return repr(value)
+        return model_card(card_facts(self.trainer, where, metrics, asdict(self.args)))
 
 
 class DiffuGRPOTrainer(DTMTrainer):

@@ -1,4 +1,4 @@
-"""The ``tiltmatch`` command: demo, pretrain, train, eval, convert-llada, bench."""
+"""The ``tiltmatch`` command: demo, pretrain, train, eval, generate, convert-llada, bench."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from tiltmatch.config import ConfigError, parse_task_options
 from tiltmatch.sampling.config import SAMPLER_MODES
+from tiltmatch.training.config import speak_names
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -180,6 +181,104 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the generate command's flags, by the Python names its errors use
+GENERATE_FLAGS = {
+    "max_new_tokens": "--max-new-tokens",
+    "num_return_sequences": "--num-return-sequences",
+    "block_length": "--block-length",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "mode=": "--sampler=",
+}
+
+
+def _prompts(args: argparse.Namespace) -> list[Any]:
+    """The prompts of ``--prompt`` (in order) and ``--prompts-file`` (a .txt file: one per
+    line; .jsonl/.json/.csv/.parquet: the ``prompt`` column)."""
+    prompts: list[Any] = list(args.prompt)
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        if path.suffix == ".txt":
+            text = path.read_text(encoding="utf-8")
+            prompts += [line for line in text.split("\n") if line.strip()]
+        else:
+            from tiltmatch.tasks.dataset import load_prompt_rows
+
+            rows, label = load_prompt_rows(path)
+            for i, row in enumerate(rows):
+                if row.get("prompt") is None:
+                    raise ConfigError(
+                        f"{label}, row {i}: no 'prompt' column (columns: {sorted(row)})"
+                    )
+                prompts.append(row["prompt"])
+    if not prompts:
+        raise ConfigError("give --prompt TEXT (repeatable) or --prompts-file FILE")
+    return prompts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Sample completions from a saved model with its recorded sampler (JSON lines)."""
+    from tiltmatch.destination import Destination
+    from tiltmatch.generation.record import read_record
+    from tiltmatch.models.folders import resolve_model_path
+
+    prompts = _prompts(args)
+    settings = {
+        k: v
+        for k, v in (
+            ("temperature", args.temperature),
+            ("steps", args.steps),
+            ("block_length", args.block_length),
+            ("remasking", args.remasking),
+            ("mode", args.sampler),
+        )
+        if v is not None
+    }
+    for flag, value in (
+        ("--num-return-sequences", args.num_return_sequences),
+        ("--batch-size", args.batch_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    path = resolve_model_path(args.model)
+    try:  # every setting checked against the model's record before its weights are read
+        record = read_record(path)
+        record.sampling(record.length(args.max_new_tokens), settings)
+    except ConfigError as err:
+        raise ConfigError(speak_names(str(err), GENERATE_FLAGS)) from None
+    destination = None
+    if args.out is not None:
+        destination = Destination(
+            args.out, what="generations", overwrite=args.overwrite, sources=[path], staged=True
+        )
+        destination.check()
+    try:
+        from tiltmatch.generation.pretrained import load_pretrained
+
+        model = load_pretrained(path, device=args.device, dtype=args.dtype)
+        completions = model.generate(
+            prompts,
+            args.max_new_tokens,
+            args.num_return_sequences,
+            args.seed,
+            args.batch_size,
+            **settings,
+        )
+    except ConfigError as err:
+        raise ConfigError(speak_names(str(err), GENERATE_FLAGS)) from None
+    n = args.num_return_sequences
+    records = [
+        {"prompt": prompts[i // n], "sample": i % n, "completion": text}
+        for i, text in enumerate(completions)
+    ]
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    print(lines, end="")
+    if destination is not None:
+        with destination as folder:
+            (folder / "generations.jsonl").write_text(lines, encoding="utf-8")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo: DTM on the maze from the shipped base model, with a report."""
     from tiltmatch.destination import Destination
@@ -212,8 +311,11 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="evaluate a model on a task, or on the published suite (tasks x lengths)",
-        description="Defaults are the published protocol: blocks of 32, gen_length / 2 steps, "
-        "low-confidence remasking, temperature 0, the published test sets.",
+        description="A model that records its task (tiltmatch train's final/, save_model(), "
+        "the shipped bases) is evaluated with its own task options and sampler unless a flag "
+        "says otherwise; otherwise the defaults are the published protocol: blocks of 32, "
+        "gen_length / 2 steps, low-confidence remasking, temperature 0, the published test "
+        "sets. The device defaults to the accelerator when one is visible.",
     )
     p.add_argument("--model", required=True, help="model folder, or shipped:maze")
     p.add_argument("--task", help="one task (or --suite)")
@@ -238,26 +340,72 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--gen-length", type=int, default=None, help="response tokens (default: the task's)"
     )
-    p.add_argument("--block-length", type=int, default=None, help="default 32 (or gen length)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default gen_length/2)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    p.add_argument(
+        "--block-length", type=int, default=None, help="default: recorded, else 32 (derived)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampler steps (default: derived: gen_length/2)"
+    )
+    p.add_argument("--temperature", type=float, default=None, help="default: recorded, else 0")
+    p.add_argument(
+        "--remasking",
+        choices=["low_confidence", "random"],
+        default=None,
+        help="default: recorded, else low_confidence",
+    )
     p.add_argument(
         "--sampler",
         choices=SAMPLER_MODES,
-        default="exact",
-        help="exact (the model's own distribution) or a faster approximation (docs/sampling.md)",
+        default=None,
+        help="exact (the model's own distribution; the default unless recorded otherwise) or "
+        "a faster approximation (docs/sampling.md)",
     )
     p.add_argument("--samples", type=int, default=1, help="samples per example")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--device", default=None, help="default: the accelerator when one is visible, else cpu"
+    )
     p.add_argument("--out", default=None, help="folder for outputs.jsonl and metrics.json")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p
 
 
 _OVERWRITE_HELP = "replace what --out already holds (refused without it)"
+
+
+def _add_generate_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``generate`` subcommand: a saved model's recorded sampler unless a flag is given."""
+    p = sub.add_parser(
+        "generate",
+        help="sample completions from a saved model (its recorded length and sampler)",
+        description="Prints one JSON line per completion: prompt, sample, completion. Every "
+        "sampler setting defaults to the one recorded with the model (tiltmatch.json); the "
+        "block length and steps are derived from the response length unless given.",
+    )
+    p.add_argument("--model", required=True, help="model folder (train's final/), shipped:NAME")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument(
+        "--prompts-file",
+        help="prompts: a .txt file (one per line) or a .jsonl/.json/.csv/.parquet with a "
+        "prompt column",
+    )
+    p.add_argument("--max-new-tokens", type=int, help="response tokens (default: recorded)")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="completions per prompt")
+    p.add_argument("--temperature", type=float, help="default: recorded")
+    p.add_argument("--steps", type=int, help="sampler steps (default: derived)")
+    p.add_argument("--block-length", type=int, help="block length (default: derived)")
+    p.add_argument("--remasking", choices=["low_confidence", "random"], help="default: recorded")
+    p.add_argument("--sampler", choices=SAMPLER_MODES, help="sampler mode (default: recorded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="default: the accelerator when one is visible, else cpu")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="default: the model's"
+    )
+    p.add_argument("--out", help="also write generations.jsonl into this folder")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_eval_parser(sub)
     p.set_defaults(func=cmd_eval)
+
+    p = _add_generate_parser(sub)
+    p.set_defaults(func=cmd_generate)
 
     try:
         from tiltmatch.models.llada import add_convert_parser

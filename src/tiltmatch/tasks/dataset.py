@@ -30,7 +30,7 @@ from tiltmatch.tasks.base import Example, Task
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def _load_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
+def load_prompt_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
     """Rows of ``source`` as plain dicts, and a label naming it in error messages."""
     if isinstance(source, list | tuple):
         rows = list(source)
@@ -88,8 +88,9 @@ def _hub_rows(text: str) -> list[dict[str, Any]]:
         ) from err
 
 
-def _prompt_text(prompt: Any, where: str) -> str:
-    """The text the policy is conditioned on, from a standard or conversational prompt."""
+def prompt_text(prompt: Any, where: str) -> str:
+    """The text the policy is conditioned on, from a standard or conversational prompt
+    (``where`` names the row in an error)."""
     if isinstance(prompt, str):
         if not prompt:
             raise DatasetError(f"{where}: the prompt is empty")
@@ -129,7 +130,7 @@ def rows_to_examples(rows: Sequence[dict[str, Any]], label: str) -> list[Example
         if PROMPT_KEY not in row or row[PROMPT_KEY] is None:
             columns = sorted(row)
             raise DatasetError(f"{where}: no {PROMPT_KEY!r} column (columns: {columns})")
-        text = _prompt_text(row[PROMPT_KEY], where)
+        text = prompt_text(row[PROMPT_KEY], where)
         out.append(Example(prompt=text, data=dict(row), uid=f"{label}:{i}"))
     return out
 
@@ -173,12 +174,12 @@ class DatasetTask(Task):
             raise ValueError(f"response_length must be at least 1, got {response_length}")
         if alphabet is not None and (not isinstance(alphabet, str) or not alphabet):
             raise ValueError(f"alphabet must be a non-empty string, got {alphabet!r}")
-        rows, self.train_label = _load_rows(train)
+        rows, self.train_label = load_prompt_rows(train)
         self.train_examples = rows_to_examples(rows, self.train_label)
         self.eval_label: str | None = None
         self.eval_examples: list[Example] | None = None
         if eval is not None:
-            rows, self.eval_label = _load_rows(eval)
+            rows, self.eval_label = load_prompt_rows(eval)
             self.eval_examples = rows_to_examples(rows, self.eval_label)
         self.response_length = int(response_length)
         if alphabet == "auto":
@@ -193,7 +194,7 @@ class DatasetTask(Task):
         elif split == "test":
             pool = self.eval_examples if self.eval_examples is not None else self.train_examples
         else:
-            pool = rows_to_examples(*_load_rows(split))
+            pool = rows_to_examples(*load_prompt_rows(split))
         return list(pool if n is None else pool[:n])
 
     @property

@@ -11,6 +11,7 @@ METHOD.md's symbols (``c``, ``h``, ``a_end``, ``steps_per_h``, ``rho``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +19,18 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tiltmatch.dtm.config import DTMConfig
+from tiltmatch.generation.geometry import (
+    DEFAULT_GEOMETRY,
+    Geometry,
+    derive_geometry,
+    geometry_problem,
+)
+from tiltmatch.generation.record import GenerationRecord, read_record
 from tiltmatch.models.config import ModelConfig
-from tiltmatch.models.folders import base_family
+from tiltmatch.models.folders import base_family, resolve_model_path
+from tiltmatch.models.registry import DEFAULT_FAMILY
 from tiltmatch.sampling.config import SamplingConfig
-from tiltmatch.sampling.registry import strategy_for
+from tiltmatch.sampling.registry import SamplerRefused, strategy_for
 from tiltmatch.settings import (
     MAX_EXAMPLES,
     MAX_SEED,
@@ -240,6 +249,71 @@ class RunConfig(StrictSection):
     def to_yaml(self) -> str:
         """The resolved configuration as YAML."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def base_record(config: RunConfig) -> GenerationRecord | None:
+    """The generation record of the run's base model folder, if it has one there."""
+    if config.model.base is None:
+        return None
+    try:
+        return read_record(resolve_model_path(config.model.base))
+    except OSError:
+        return None  # loading the base says what is wrong with it
+
+
+def fit_sampler_geometry(
+    config: RunConfig, length: int, record: GenerationRecord | None = None
+) -> None:
+    """Derive the unset ``block_length`` / ``steps`` of ``sampler`` (and ``eval.sampler``)
+    for responses of ``length`` tokens, in place (``derive_geometry`` of
+    :mod:`tiltmatch.generation.geometry`: the base model's recorded sampler, else the
+    defaults, kept where they fit); refuse a set value that cannot sample that length, naming
+    it and the values that would (only where the sampler reads it: a block diffusion model
+    decodes its own blocks, the parallel modes choose their own steps).
+
+    A value given in the config (or already derived: assignment marks it set) is never
+    changed, so a resumed run, whose ``config.yaml`` holds every field, keeps its geometry.
+    """
+    preferred, preferred_length = DEFAULT_GEOMETRY, None
+    if record is not None:
+        block, steps = record.sampler.get("block_length"), record.sampler.get("steps")
+        if isinstance(block, int) and isinstance(steps, int) and block > 0 and steps > 0:
+            preferred, preferred_length = Geometry(block, steps), record.response_length
+    family = config.model.family if config.model.base is None else base_family(config.model.base)
+    for section, sampling in (("sampler", config.sampler), ("eval.sampler", config.eval.sampler)):
+        if sampling is None:
+            continue
+        given = sampling.model_fields_set
+        geometry = derive_geometry(
+            length,
+            sampling.block_length if "block_length" in given else None,
+            sampling.steps if "steps" in given else None,
+            preferred,
+            preferred_length,
+        )
+        try:
+            reads = strategy_for(family or DEFAULT_FAMILY, sampling, f"{section}.mode").reads
+        except SamplerRefused:
+            reads = frozenset()  # loading the model names the combination it cannot decode
+        block = geometry.block_length if "block_length" in reads else length
+        checked = Geometry(block, geometry.steps if "steps" in reads else max(1, length // block))
+        names = ("task_options.response_length", f"{section}.block_length", f"{section}.steps")
+        if problem := geometry_problem(length, checked, names):
+            raise ConfigError(problem)
+        if "block_length" not in given:
+            sampling.block_length = geometry.block_length
+        if "steps" not in given:
+            sampling.steps = geometry.steps
+
+
+def speak_names(message: str, names: dict[str, str]) -> str:
+    """``message`` with each setting name of ``names`` (a config path such as
+    ``sampler.steps``, or a Python name) replaced by the caller's own (the API's
+    ``diffusion_steps``, the command line's ``--steps``), whole names only."""
+    for name in sorted(names, key=len, reverse=True):  # longer paths before their tails
+        pattern = rf"(?<![\w.-]){re.escape(name)}(?![\w])"
+        message = re.sub(pattern, names[name].replace("\\", "\\\\"), message)
+    return message
 
 
 def build_config(

@@ -15,6 +15,8 @@ from transformers import PreTrainedModel
 
 from tiltmatch.baselines import BaselineOptions
 from tiltmatch.destination import PENDING, Destination, pending_holder
+from tiltmatch.generation.card import CardFacts, model_card
+from tiltmatch.generation.record import RECORD_KEY, GenerationRecord
 from tiltmatch.model_checks import check_finite_weights, check_model_meta, check_sampler_family
 from tiltmatch.models.codecs import CharTokenizer, PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser, save_denoiser
@@ -31,7 +33,7 @@ from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import check_prompts
 from tiltmatch.training.checkpoint import CheckpointError, checkpoint_meta, find_checkpoint
-from tiltmatch.training.config import RunConfig
+from tiltmatch.training.config import RunConfig, base_record, fit_sampler_geometry
 from tiltmatch.training.distributed import (
     close_process_group,
     process_context,
@@ -310,6 +312,7 @@ def build_trainer(
     if task is None:
         task = get_task(config.task, **config.task_options)
     check_response_length(task, "task_options.response_length")
+    fit_sampler_geometry(config, task.response_length, base_record(config))
     copies = training_copies(_weight_copies(config), config.lora is not None)
     if context.fsdp is not None:  # every weight, gradient and moment is sharded over the ranks
         copies /= context.world_size
@@ -418,10 +421,50 @@ def save_final(
         "mask_token_id": codec.mask_token_id,
         "pad_token_id": codec.pad_token_id,
         "eos_token_id": codec.eos_token_id,
+        RECORD_KEY: generation_record(trainer.config, trainer.task).to_json(),
     }
     if isinstance(codec, CharTokenizer):
         meta["alphabet"] = codec.alphabet
     return save_denoiser(folder, trainer.pair.student.model, meta, state_dict)
+
+
+def generation_record(config: RunConfig, task: Task) -> GenerationRecord:
+    """What a saved model records of how to sample it (:mod:`tiltmatch.generation.record`):
+    the task and its options, the response length, and the sampler held-out evaluation
+    used (``eval.sampler``, else the rollouts' ``sampler``, at ``eval.temperature``): the
+    one its model card's metrics were measured with."""
+    sampler = (config.eval.sampler or config.sampler).model_dump(mode="json")
+    sampler["temperature"] = config.eval.temperature
+    return GenerationRecord(
+        task=task.name,
+        task_options=dict(config.task_options),
+        response_length=task.response_length,
+        sampler=sampler,
+    )
+
+
+def card_facts(
+    trainer: Trainer,
+    folder: Path,
+    metrics: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+) -> CardFacts:
+    """What the model card of ``trainer``'s student, saved in ``folder``, reports."""
+    examples = trainer.eval_examples
+    return CardFacts(
+        config=trainer.config,
+        record=generation_record(trainer.config, trainer.task),
+        folder=folder,
+        task=trainer.task,
+        parameters=sum(p.numel() for p in trainer.pair.student.model.parameters()),
+        rollouts=trainer.phase.rollouts,
+        updates=trainer.phase.updates,
+        training_prompts=len(trainer.pool.examples),
+        eval_prompts=len(examples),
+        example_prompt=examples[0].prompt if examples else None,
+        metrics=dict(metrics or {}),
+        arguments=arguments,
+    )
 
 
 def run_training(
@@ -480,6 +523,8 @@ def train_to_end(
             whole = trainer.parallel.student_weights_to_save(trainer.pair)  # collective (FSDP)
             if trainer.parallel.is_main:  # one writer under a multi-process launch
                 save_final(trainer, codec, out_dir / "final", whole)
+                card = model_card(card_facts(trainer, out_dir / "final", final))
+                (out_dir / "final" / "README.md").write_text(card, encoding="utf-8")
                 (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     finally:
         close_process_group()
