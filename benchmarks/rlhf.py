@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from tiltmatch import DTMConfig, DTMTrainer
+from tiltmatch import DTMArguments, DTMTrainer
 from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.loading import load_model_folder, resolve_model_path
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. DTM against the reward model alone
     before = measure(task, reward, worker, denoiser, test_mazes, size["eval_samples"], 777)
-    config = DTMConfig(
+    config = DTMArguments(
         output_dir=str(out / "dtm"),
         seed=args.seed,
         max_completion_length=task.response_length,
@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         h=size["h"],
         steps_per_h=size["steps_per_h"],
         reward_scale=1.0 / max(spread, 1e-6),
-        eval_prompts=16,
-        eval_samples_per_prompt=2,
+        eval_examples=16,
+        eval_samples_per_example=2,
         report_to="tensorboard",
         disable_tqdm=True,
     )

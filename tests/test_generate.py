@@ -41,7 +41,7 @@ NEW_USER_SCRIPT = textwrap.dedent(
     import json
     import datasets
     import tiltmatch
-    from tiltmatch import DTMConfig, DTMTrainer
+    from tiltmatch import DTMArguments, DTMTrainer
 
     rows = [{"prompt": f"say {w}:", "word": w} for w in ["cat", "dog", "owl", "bee"]]
     train = datasets.Dataset.from_list(rows)
@@ -49,10 +49,10 @@ NEW_USER_SCRIPT = textwrap.dedent(
     def letters_of_word(prompts, completions, word, **kwargs):  # TRL's reward signature
         return [sum(ch in w for ch in c) / len(c) if c else 0.0 for c, w in zip(completions, word)]
 
-    args = DTMConfig(
+    args = DTMArguments(
         output_dir="run", max_completion_length=6, num_generations=2,
         per_device_train_batch_size=4, buffer_prompts=2, refresh_prompts=1, refresh_every=1,
-        a_end=4.0, h=2.0, steps_per_h=2, eval_prompts=2, eval_samples_per_prompt=1,
+        a_end=4.0, h=2.0, steps_per_h=2, eval_examples=2, eval_samples_per_example=1,
         report_to="none", disable_tqdm=True,
         model_init_kwargs=dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
     )

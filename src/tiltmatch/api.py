@@ -1,52 +1,61 @@
-"""The Python API, in TRL's idiom: ``DTMConfig`` + ``DTMTrainer`` (and the baselines' trainers).
+"""The Python API, in TRL's idiom: ``DTMArguments`` + ``DTMTrainer`` (and the baselines' trainers).
 
 ::
 
-    from tiltmatch import DTMConfig, DTMTrainer
+    from tiltmatch import DTMArguments, DTMTrainer
 
     def brevity(prompts, completions, **columns):
         return [-len(c) / 10 for c in completions]
 
-    args = DTMConfig(output_dir="runs/mine", num_generations=4, max_completion_length=16)
+    args = DTMArguments(output_dir="runs/mine", num_generations=4, max_completion_length=16)
     trainer = DTMTrainer(model="shipped:maze", reward_funcs=brevity,
                          train_dataset="prompts.jsonl", args=args)
     trainer.train()
     trainer.save_model()        # runs/mine/final: safetensors (or the LoRA adapter) + README.md
+    model = tiltmatch.load_pretrained("runs/mine/final")
+    model.generate(["a prompt"], num_return_sequences=4)
 
 Everything is built from the same pieces as ``tiltmatch train`` (one validated
 :class:`~tiltmatch.config.RunConfig` underneath, :func:`tiltmatch.training.runner.build_trainer`,
 the same trainer, checkpoints and logs), so a run made here is a run like any other.
-Names are TRL's where they mean the same thing (``num_generations``, ``learning_rate``,
-``per_device_train_batch_size`` = completions per micro-batch, ``max_completion_length``,
-``reward_weights``, ``report_to``, ``output_dir``); DTM's own settings keep METHOD.md's
-symbols (``a_end``, ``h``, ``steps_per_h``, ``c``, ``rho``).
+Each argument is the run-config field of the same name (one vocabulary: ``tiltmatch config
+--list`` shows both), TRL's where TRL has the knob (``num_generations``, ``learning_rate``,
+``warmup_ratio``, ``save_steps``, ``logging_steps``, ``per_device_train_batch_size`` =
+completions per micro-batch, ``max_completion_length``, ``reward_weights``, ``report_to``,
+``output_dir``); DTM's own settings keep METHOD.md's symbols (``a_end``, ``h``,
+``steps_per_h``, ``c``, ``rho``). ``DTMConfig`` is the earlier name of ``DTMArguments``.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tiltmatch.config import ConfigError, LoRAConfig, RunConfig, TrainConfig, build_config
+from tiltmatch.config import ConfigError, LoRAConfig, RunConfig, build_config
 from tiltmatch.destination import Destination
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.rewards import RewardFunction, make_reward
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import DatasetTask
-from tiltmatch.training.config import base_record, fit_sampler_geometry, speak_names
+from tiltmatch.training.config import (
+    NOT_HERE,
+    EvalConfig,
+    base_record,
+    fit_sampler_geometry,
+    speak_names,
+)
 
-#: the training arguments that set one run-config field each: argument -> config path
-API_PATHS: dict[str, str] = {
-    "diffusion_steps": "sampler.steps",
-    "block_length": "sampler.block_length",
-    "remasking": "sampler.remasking",
-    "temperature": "sampler.temperature",
-    **{
-        name: f"dtm.{name}"
-        for name in [
+#: the run-config section of each training argument that sets one field of it by the same
+#: name (TRL's where TRL has the knob): ``learning_rate`` is ``train.learning_rate``
+SECTION_OF: dict[str, str] = {
+    **dict.fromkeys(["block_length", "remasking", "temperature"], "sampler"),
+    **dict.fromkeys(
+        [
             "a_end",
             "h",
             "schedule",
@@ -54,55 +63,79 @@ API_PATHS: dict[str, str] = {
             "c",
             "baseline",
             "reward_lower_bound",
+            "calibration_prompts",
             "rho",
             "h_max",
             "states",
+            "sar_block_length",
             "teacher_update",
-        ]
-    },
-    **{
-        name: f"train.{name}"
-        for name in [
+            "ema_decay",
+            "ema_student",
+        ],
+        "dtm",
+    ),
+    **dict.fromkeys(
+        [
             "learning_rate",
             "final_learning_rate",
+            "warmup_ratio",
+            "decay_fraction",
             "weight_decay",
+            "adam_beta1",
+            "adam_beta2",
             "max_grad_norm",
             "num_generations",
+            "per_device_train_batch_size",
+            "micro_batch",
             "gradient_accumulation_steps",
             "buffer_prompts",
             "refresh_prompts",
             "refresh_every",
+            "train_examples",
+            "train_split",
             "reward_scale",
             "max_stages",
+            "save_steps",
+            "logging_steps",
             "report_to",
-        ]
-    },
-    "warmup_ratio": "train.warmup_fraction",
-    "max_prompts": "train.train_examples",
-    "save_steps": "train.checkpoint_every",
-    "eval_prompts": "eval.examples",
-    "eval_samples_per_prompt": "eval.samples_per_example",
-    "eval_temperature": "eval.temperature",
-    "eval_every_stage": "eval.every_stage",
+        ],
+        "train",
+    ),
+}
+#: the arguments whose run-config name differs: argument -> config path (the two knobs whose
+#: config name is no TRL / d1 name an argument list would take)
+OTHER_PATHS: dict[str, str] = {
+    "diffusion_steps": "sampler.steps",
+    "max_completion_length": "task_options.response_length",
+    **{f"eval_{name}": f"eval.{name}" for name in EvalConfig.model_fields if name != "sampler"},
+}
+#: every argument that is one run-config field: argument -> config path
+API_PATHS: dict[str, str] = {
+    **{name: f"{section}.{name}" for name, section in SECTION_OF.items()},
+    **OTHER_PATHS,
+}
+#: earlier argument names, read for one release (with a DeprecationWarning): old -> new
+RENAMED_ARGUMENTS: dict[str, str] = {
+    "max_prompts": "train_examples",
+    "eval_prompts": "eval_examples",
+    "eval_samples_per_prompt": "eval_samples_per_example",
 }
 #: how the API names a run-config setting in its errors (config path -> argument)
-API_NAMES: dict[str, str] = {
-    **{path: name for name, path in API_PATHS.items()},
-    "task_options.response_length": "max_completion_length",
-    "train.prompts_per_batch": "per_device_train_batch_size / num_generations",
-    "train.adam_betas": "(adam_beta1, adam_beta2)",
-}
+API_NAMES: dict[str, str] = {path: name for name, path in API_PATHS.items()}
 
 
 @dataclass
-class DTMConfig:
-    """Training arguments (TRL's ``GRPOConfig`` idiom). ``None`` means tiltmatch's default
-    (the matching field of :class:`~tiltmatch.config.RunConfig`).
+class DTMArguments:
+    """Training arguments (TRL's ``GRPOConfig`` idiom). ``None`` means the run config's
+    default (:class:`~tiltmatch.config.RunConfig`; ``tiltmatch config --list`` shows each).
 
-    ``per_device_train_batch_size`` counts completions, as in TRL: it must be a multiple
-    of ``num_generations`` (whole groups of a prompt's completions per micro-batch).
-    ``run_overrides`` sets any other RunConfig field by its dotted name
-    (``{"dtm.sar_block_length": 8}``).
+    Each argument is the run-config field of the same name (``learning_rate`` is
+    ``train.learning_rate``, ``a_end`` is ``dtm.a_end``, ``eval_examples`` is
+    ``eval.examples``), TRL's name where TRL has the knob; two differ, for a TRL/d1 user's
+    sake: ``max_completion_length`` (``task_options.response_length``) and ``diffusion_steps``
+    (``sampler.steps``). ``per_device_train_batch_size`` counts completions per micro-batch,
+    as in TRL (with ``micro_batch="prompts"``, a multiple of ``num_generations``).
+    ``run_overrides`` sets any other field by its dotted name (``{"dtm.first_order": True}``).
     """
 
     output_dir: str = "runs/dtm"
@@ -112,15 +145,17 @@ class DTMConfig:
     learning_rate: float | None = None
     final_learning_rate: float | None = None
     warmup_ratio: float | None = None
+    decay_fraction: float | None = None
     weight_decay: float | None = None
     adam_beta1: float | None = None
     adam_beta2: float | None = None
     max_grad_norm: float | None = None
     per_device_train_batch_size: int | None = None
+    micro_batch: str | None = None
     gradient_accumulation_steps: int | None = None
     # rollouts
     num_generations: int | None = None
-    max_completion_length: int = 32
+    max_completion_length: int | None = None
     temperature: float | None = None
     diffusion_steps: int | None = None
     block_length: int | None = None
@@ -128,7 +163,8 @@ class DTMConfig:
     buffer_prompts: int | None = None
     refresh_prompts: int | None = None
     refresh_every: int | None = None
-    max_prompts: int | None = None
+    train_examples: int | None = None
+    train_split: str | None = None
     # rewards
     reward_weights: list[float] | None = None
     reward_scale: float | None = None
@@ -141,18 +177,24 @@ class DTMConfig:
     c: float | None = None
     baseline: str | None = None
     reward_lower_bound: float | None = None
+    calibration_prompts: int | None = None
     rho: float | None = None
     h_max: float | None = None
     states: str | None = None
+    sar_block_length: int | None = None
     teacher_update: str | None = None
+    ema_decay: float | None = None
+    ema_student: bool | None = None
     max_stages: int | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
     # evaluation, logging, checkpoints
-    eval_prompts: int | None = None
-    eval_samples_per_prompt: int | None = None
+    eval_examples: int | None = None
+    eval_split: str | None = None
+    eval_samples_per_example: int | None = None
     eval_temperature: float | None = None
     eval_every_stage: bool | None = None
     save_steps: int | None = None
+    logging_steps: int | None = None
     #: replace an ``output_dir`` holding anything but this run's own files (TRL's name); the
     #: old folder is kept aside until the new run's first checkpoint
     overwrite_output_dir: bool = False
@@ -162,6 +204,35 @@ class DTMConfig:
     alphabet: str | None = None
     model_init_kwargs: dict[str, Any] = field(default_factory=dict)
     run_overrides: dict[str, Any] = field(default_factory=dict)
+    # earlier names (RENAMED_ARGUMENTS), read for one release
+    max_prompts: int | None = None
+    eval_prompts: int | None = None
+    eval_samples_per_prompt: int | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DTMArguments:
+        # A misspelt or TRL-only argument is one line naming the nearest known one (the
+        # dataclass's own TypeError would only say "unexpected keyword argument").
+        known = [f.name for f in fields(cls)]
+        for name in kwargs:
+            if name in known:
+                continue
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else "tiltmatch config --list shows them"
+            if f"train.{name}" in NOT_HERE:
+                hint = NOT_HERE[f"train.{name}"]
+            raise ConfigError(f"{cls.__name__}: unknown argument {name!r} ({hint})")
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        for old, new in RENAMED_ARGUMENTS.items():  # earlier names, moved (one release)
+            value = getattr(self, old)
+            if value is None:
+                continue
+            if getattr(self, new) is not None:
+                raise ConfigError(f"{old} is the earlier name of {new}: set only one")
+            warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+            setattr(self, new, value)
+            setattr(self, old, None)
 
     def to_run_config(
         self,
@@ -172,30 +243,21 @@ class DTMConfig:
     ) -> RunConfig:
         """The validated :class:`RunConfig` these arguments stand for."""
         length = self.max_completion_length
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
             raise ConfigError(f"max_completion_length must be an integer >= 1, got {length!r}")
-        generations = self.num_generations or TrainConfig().num_generations
-        prompts_per_batch = None
-        if self.per_device_train_batch_size is not None:
-            if self.per_device_train_batch_size % generations:
-                raise ConfigError(
-                    f"per_device_train_batch_size {self.per_device_train_batch_size} is not a "
-                    f"multiple of num_generations {generations} (micro-batches hold whole groups)"
-                )
-            prompts_per_batch = self.per_device_train_batch_size // generations
-        betas = None
-        if self.adam_beta1 is not None or self.adam_beta2 is not None:
-            default = TrainConfig().adam_betas
-            betas = [self.adam_beta1 or default[0], self.adam_beta2 or default[1]]
+        if length is not None and length < 1:
+            raise ConfigError(f"max_completion_length must be an integer >= 1, got {length!r}")
         sections: dict[str, dict[str, Any]] = {"model": {"base": base, **self.model_init_kwargs}}
         for name, path in API_PATHS.items():
             section, _, leaf = path.partition(".")
-            sections.setdefault(section, {})[leaf] = getattr(self, name)
-        sections["train"]["prompts_per_batch"] = prompts_per_batch
-        sections["train"]["adam_betas"] = betas
+            if section != "task_options":
+                sections.setdefault(section, {})[leaf] = getattr(self, name)
+        options = dict(task_options or {})
+        if length is not None and task != "dataset":  # a built-in task's own option
+            options["response_length"] = length
         data: dict[str, Any] = {
             "task": task,
-            "task_options": task_options or {},
+            "task_options": options,
             "method": self.method,
             "method_options": dict(self.method_options),
             "seed": self.seed,
@@ -208,10 +270,25 @@ class DTMConfig:
         try:  # the run config's errors, in the arguments' names
             config = build_config(None, overrides, base=data)
             if task == "dataset":  # the response length is max_completion_length: check it now
-                fit_sampler_geometry(config, length, base_record(config))
+                response = options.get("response_length", length or DatasetTask.DEFAULT_LENGTH)
+                fit_sampler_geometry(config, response, base_record(config))
         except ConfigError as err:
             raise ConfigError(speak_names(str(err), API_NAMES)) from None
         return config
+
+
+def __getattr__(name: str) -> Any:
+    # DTMConfig: the earlier name of DTMArguments, for one release (tiltmatch.config.DTMConfig
+    # is the run config's dtm: section, a different thing).
+    if name == "DTMConfig":
+        warnings.warn(
+            "tiltmatch.DTMConfig is deprecated: use tiltmatch.DTMArguments (the same class); "
+            "tiltmatch.config.DTMConfig is the run config's dtm: section",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return DTMArguments
+    raise AttributeError(f"module 'tiltmatch.api' has no attribute {name!r}")
 
 
 @dataclass
@@ -268,7 +345,7 @@ class DTMTrainer:
         self,
         model: Any = None,
         reward_funcs: Any = None,
-        args: DTMConfig | None = None,
+        args: DTMArguments | None = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
         processing_class: PromptCodec | None = None,
@@ -278,7 +355,7 @@ class DTMTrainer:
     ) -> None:
         from tiltmatch.training.runner import build_trainer
 
-        self.args = args if args is not None else DTMConfig()
+        self.args = args if args is not None else DTMArguments()
         if type(self) is not DTMTrainer or self.args.method == "dtm":
             self.args.method = self.method
         args = self.args
@@ -344,7 +421,11 @@ class DTMTrainer:
             train=train,
             eval=eval_,
             rewards=reward,
-            response_length=args.max_completion_length,
+            response_length=(
+                args.max_completion_length
+                if args.max_completion_length is not None
+                else DatasetTask.DEFAULT_LENGTH
+            ),
             alphabet=args.alphabet,
         )
 
@@ -487,7 +568,7 @@ class CoupledGRPOTrainer(DTMTrainer):
 
 __all__ = [
     "CoupledGRPOTrainer",
-    "DTMConfig",
+    "DTMArguments",
     "DTMTrainer",
     "DiffuGRPOTrainer",
     "ESPOTrainer",

@@ -279,6 +279,52 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: run-config fields the Python API sets otherwise than by a DTMArguments argument
+ELSEWHERE_IN_API = {
+    "task": "DTMTrainer(task=) or train_dataset",
+    "task_options": "a Task's own options (response_length: max_completion_length)",
+    "method": "method (or the baseline's trainer class)",
+    "method_options": "method_options",
+    "seed": "seed",
+    "model.base": "DTMTrainer(model=)",
+    "model": "model_init_kwargs",
+    "lora": "DTMTrainer(peft_config=)",
+}
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``--list``: every run-config field with its default, its Python-API argument and what it
+    does; otherwise the resolved config of ``--config`` and ``--set`` as YAML."""
+    from tiltmatch.config import build_config
+
+    if not args.list:
+        print(build_config(args.config, _overrides(args)).to_yaml(), end="")
+        return 0
+    if args.config or args.overrides or args.seed is not None:
+        raise ConfigError("--list lists the fields; --config and --set resolve a config")
+    from tiltmatch.api import API_NAMES
+    from tiltmatch.training.config import RENAMED, config_fields
+
+    earlier = {new: old for old, new in RENAMED.items()}
+    rows = [("field (YAML, --set)", "default", "Python API", "what it does")]
+    for path, default, description in config_fields():
+        section = path.partition(".")[0]
+        argument = API_NAMES.get(path) or ELSEWHERE_IN_API.get(path)
+        argument = argument or ELSEWHERE_IN_API.get(section, "run_overrides")
+        if path not in ELSEWHERE_IN_API and "." in path and section in ("model", "lora"):
+            argument = f"{ELSEWHERE_IN_API[section]}: {path.partition('.')[2]}"
+        note = description
+        if path in earlier or any(path in k.split(", ") for k in earlier):
+            old = next(old for new, old in earlier.items() if path in new.split(", "))
+            note = f"{note} [earlier name: {old}, read for one release]".strip()
+        shown = json.dumps(default)
+        rows.append((path, shown if len(shown) <= 24 else shown[:21] + "...", argument, note))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], width, strict=True)), row[3])
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo: DTM on the maze from the shipped base model, with a report."""
     from tiltmatch.destination import Destination
@@ -501,6 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_generate_parser(sub)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "config",
+        help="list the run config's fields (--list), or print a resolved config",
+        description="--list: every field of a run config (the YAML/--set path), its default, "
+        "its name as a Python-API argument (DTMArguments) and what it does. Without --list: "
+        "the config that --config and --set resolve to, as YAML (what train would run).",
+    )
+    p.add_argument("--list", action="store_true", help="list every field")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
 
     try:
         from tiltmatch.models.llada import add_convert_parser

@@ -151,6 +151,8 @@ class DatasetTask(Task):
     """
 
     name = "dataset"
+    #: the response length when none is given (``max_completion_length``)
+    DEFAULT_LENGTH = 32
 
     def __init__(
         self,
@@ -159,7 +161,7 @@ class DatasetTask(Task):
         rewards: Any = None,
         reward_weights: Sequence[float] | None = None,
         reward_device: str = "cpu",
-        response_length: int = 32,
+        response_length: int = DEFAULT_LENGTH,
         alphabet: str | None = None,
     ) -> None:
         if train is None:

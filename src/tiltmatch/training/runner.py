@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import check_prompts
 from tiltmatch.training.checkpoint import CheckpointError, checkpoint_meta, find_checkpoint
-from tiltmatch.training.config import RunConfig, base_record, fit_sampler_geometry
+from tiltmatch.training.config import RENAMED, RunConfig, base_record, fit_sampler_geometry
 from tiltmatch.training.distributed import (
     close_process_group,
     process_context,
@@ -132,14 +133,14 @@ def check_resume_config(
     and ``config.yaml``; every field that differs from ``requested`` must be named in
     ``allow_change`` (a field, or a whole section such as ``train``). Nothing is written.
     """
-    allow = list(allow_change)
+    allow = [renamed for name in allow_change for renamed in current_names(name)]
     want = requested.model_dump(mode="json")
     sources: list[tuple[str, dict[str, Any]]] = []
     meta = checkpoint_meta(out_dir / CHECKPOINT)
     if meta is None:
         raise CheckpointError(f"cannot resume: no checkpoint in {out_dir}")
     if isinstance(meta.get("config"), dict):
-        sources.append((f"{CHECKPOINT}/meta.json", meta["config"]))
+        sources.append((f"{CHECKPOINT}/meta.json", _current_fields(meta["config"])))
     saved = out_dir / "config.yaml"
     if saved.is_file():
         from tiltmatch.training.config import build_config
@@ -157,6 +158,23 @@ def check_resume_config(
                 f"{len(changed)} field(s): {listed}; pass --allow-change FIELD for each change "
                 "you mean, or start a new run"
             )
+
+
+def current_names(name: str) -> list[str]:
+    """A config field's current names (a field renamed since, ``train.checkpoint_every``,
+    is ``train.save_steps``; ``train.adam_betas`` is both betas)."""
+    return RENAMED[name].split(", ") if name in RENAMED else [name]
+
+
+def _current_fields(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's dumped config with fields renamed since under their current names (a
+    run checkpointed before a rename resumes without a spurious difference)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return RunConfig.model_validate(stored).model_dump(mode="json")
+    except ValidationError:
+        return stored  # compared as it is: its differences are listed
 
 
 def _stage_lines(path: Path) -> list[str]:
