@@ -197,7 +197,8 @@ def test_eval_sampler_evaluates_apart_from_the_rollouts(tiny_overrides, tmp_path
     )
     assert fast.worker.sampling.mode == "cached+parallel"
     assert fast.eval_worker.sampling.mode == "exact"
-    assert exact.eval_worker is exact.worker  # no eval.sampler: the rollouts' sampler
+    # no eval.sampler: the rollouts' sampler (a worker of its own, scoring in the reward's units)
+    assert exact.eval_worker.sampling == exact.worker.sampling
 
     def evaluated_texts(trainer: Trainer) -> list[str]:
         seen: list[str] = []
