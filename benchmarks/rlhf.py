@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = RolloutWorker(task, codec, task.response_length, SAMPLING)
 
     # 1. preference pairs from the base's own samples, ordered by the hidden true reward
+    print("rlhf: 1/3 sampling the base's responses for preference pairs", file=sys.stderr)
     train_mazes = task.examples("train", size["pref_mazes"] + 2000, seed=args.seed)
     pref_mazes, dtm_mazes = train_mazes[: size["pref_mazes"]], train_mazes[size["pref_mazes"] :]
     test_mazes = task.examples("test", size["eval_mazes"], seed=12345)
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     t_pairs = time.time()
 
     # 2. the reward model, with TRL's RewardTrainer
+    print("rlhf: 2/3 the reward model (TRL's RewardTrainer)", file=sys.stderr)
     rm_folder = out / "reward-model"
     rm_loss = float("nan")
     if args.reward_model:
@@ -260,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         eval_examples=16,
         eval_samples_per_example=2,
         report_to="tensorboard",
-        disable_tqdm=True,
+        disable_tqdm=False,  # the run's plan, progress bar and time left (make rlhf)
     )
+    print("rlhf: 3/3 DTM against the reward model", file=sys.stderr)
     trainer = DTMTrainer(
         model="shipped:maze",
         reward_funcs=reward,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tiltmatch import __version__
 from tiltmatch.config import ConfigError, parse_task_options
 from tiltmatch.sampling.config import SAMPLER_MODES
 from tiltmatch.training.config import speak_names
@@ -98,6 +99,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from tiltmatch.destination import Destination
     from tiltmatch.models.denoiser import TinyModelSpec
     from tiltmatch.tasks import get_task
+    from tiltmatch.training.plan import pretrain_estimate
     from tiltmatch.training.pretrain import PretrainConfig, preflight_pretrain, pretrain
 
     _check_pretrain_args(args)
@@ -121,6 +123,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         train_examples=args.train_examples,
     )
     preflight_pretrain(task, spec, config)
+    if not args.quiet and (estimate := pretrain_estimate(task, spec, args.steps, args.batch_size)):
+        print(estimate, file=sys.stderr)
     with destination as folder:
         _, summary = pretrain(task, spec, config, out_dir=folder, quiet=args.quiet)
     print(json.dumps(summary, indent=2))
@@ -454,12 +458,51 @@ def _add_generate_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _add_convert_parser(sub: Any) -> None:
+    """``convert-llada SRC DST``, declared here so that ``--help`` imports neither torch nor
+    transformers (the conversion, :func:`tiltmatch.models.llada.convert_llada`, does)."""
+    from tiltmatch.models.dtypes import DTYPE_NAMES
+
+    p = sub.add_parser(
+        "convert-llada",
+        help="convert a LLaDA checkpoint to a Llama-format (bidirectional) checkpoint",
+        description="Write SRC (a LLaDA checkpoint) to DST in Llama format: sharded safetensors, "
+        "config.json, the tokenizer files and tiltmatch.json with the special ids; no remote "
+        "code is run.",
+    )
+    p.add_argument("src", help="LLaDA checkpoint folder (or hub id where a network exists)")
+    p.add_argument("dst", help="output folder (must be empty or absent)")
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty DST (refused without it)"
+    )
+    p.set_defaults(func=cmd_convert_llada)
+
+
+def cmd_convert_llada(args: argparse.Namespace) -> int:
+    """Convert a LLaDA checkpoint (torch and transformers imported only now)."""
+    from tiltmatch.models.dtypes import torch_dtype
+    from tiltmatch.models.llada import convert_llada
+
+    out = convert_llada(
+        args.src,
+        args.dst,
+        dtype=torch_dtype(args.dtype),
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tiltmatch`` command."""
     parser = argparse.ArgumentParser(
         prog="tiltmatch",
         description="Discrete Tilt Matching: reward fine-tuning of masked diffusion LMs.",
     )
+    parser.add_argument("--version", action="version", version=f"tiltmatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="fine-tune the maze base model with DTM and write a report")
@@ -559,12 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
-    try:
-        from tiltmatch.models.llada import add_convert_parser
-
-        add_convert_parser(sub)
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
+    _add_convert_parser(sub)
 
     # Every argument goes to tiltmatch.experiments.bench (its own --help): with "+" as the only
     # prefix, this parser takes "--quick" and friends as plain words instead of rejecting them.
@@ -583,12 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one clear line and exit code 2."""
+    args = build_parser().parse_args(argv)  # --help and --version end here, without torch
     from tiltmatch.data import DatasetError
     from tiltmatch.tasks import UnknownTaskError
     from tiltmatch.tasks.base import RewardError
     from tiltmatch.training.checkpoint import CheckpointError
 
-    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (

@@ -42,6 +42,7 @@ from tiltmatch.training.distributed import (
 from tiltmatch.training.methods import METHODS
 from tiltmatch.training.pair import CopiedPair, DenoiserPair
 from tiltmatch.training.parallel import make_parallel
+from tiltmatch.training.plan import report_progress
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
 
 STAGES = "stages.jsonl"
@@ -360,7 +361,9 @@ def build_trainer(
 def _show_progress(trainer: Trainer) -> None:
     """An elapsed-time bar (:class:`~tiltmatch.preflight.Heartbeat`) around the trainer's
     buffer fills and evaluations, the phases that show nothing of their own and can run for
-    minutes before the first update (a large ``num_generations``, a long held-out set)."""
+    minutes before the first update (a large ``num_generations``, a long held-out set); the
+    run's plan when it starts and its progress against it at each stage
+    (:mod:`tiltmatch.training.plan`)."""
     if trainer.quiet:
         return
     fill, evaluate = trainer._fill, trainer.evaluate
@@ -376,6 +379,7 @@ def _show_progress(trainer: Trainer) -> None:
 
     trainer._fill = fill_with_progress  # type: ignore[method-assign]
     trainer.evaluate = evaluate_with_progress  # type: ignore[method-assign]
+    report_progress(trainer)  # the plan, then updates done / total and the time left
 
 
 def check_response_length(task: Task, setting: str) -> None:
