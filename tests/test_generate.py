@@ -253,3 +253,21 @@ def test_generate_reads_a_prompts_file_and_writes_through_a_destination(tmp_path
     assert (out / "generations.jsonl").read_text().splitlines() == [json.dumps(r) for r in printed]
     assert main([*argv, "--out", str(out)]) == 2  # the folder is refused without --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_the_packaged_test_sets_are_the_published_files() -> None:
+    # tiltmatch/assets/data ships in the wheel (shared_data_dir's fallback after
+    # $TILTMATCH_DATA_DIR): each file has the digest its README records, and equals the
+    # shared copy beside the repository when there is one.
+    import hashlib
+    import re
+
+    from tiltmatch.data import PACKAGED_DATA, PACKAGED_METHOD
+
+    recorded = re.findall(r"([0-9a-f]{64})  (\S+)", (PACKAGED_DATA / "README.md").read_text())
+    assert len(recorded) == 5
+    for digest, name in recorded:
+        assert hashlib.sha256((PACKAGED_DATA / name).read_bytes()).hexdigest() == digest, name
+    shared = Path(tiltmatch.__file__).resolve().parents[3] / "shared"
+    if (shared / "METHOD.md").is_file():
+        assert PACKAGED_METHOD.read_text() == (shared / "METHOD.md").read_text()

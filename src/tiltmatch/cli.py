@@ -641,6 +641,13 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         print(f"tiltmatch {args.command}: error: {_describe_error(err)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:  # an optional dependency a setting needs
+        print(
+            f"tiltmatch {args.command}: error: {err}: an optional dependency; the extras are "
+            "llm, quant, rlhf, trackers (pip install 'tiltmatch[llm]')",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def _describe_error(err: BaseException) -> str:

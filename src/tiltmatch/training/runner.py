@@ -38,6 +38,7 @@ from tiltmatch.training.config import RENAMED, RunConfig, base_record, fit_sampl
 from tiltmatch.training.distributed import (
     close_process_group,
     process_context,
+    world_size_from_env,
 )
 from tiltmatch.training.methods import METHODS
 from tiltmatch.training.pair import CopiedPair, DenoiserPair
@@ -321,6 +322,8 @@ def build_trainer(
     ``task`` and ``loaded`` (a model and its codec) are given by the Python API
     (:mod:`tiltmatch.api`) when the user passes objects instead of names.
     """
+    check_launch_devices()
+    check_quantisation(config)
     torch.manual_seed(config.seed)
     context = process_context()
     if context.fsdp is not None and config.model.load_in_4bit:
@@ -356,6 +359,47 @@ def build_trainer(
         trainer = Trainer(config, task, codec, pair, objective, out_dir, quiet, parallel)
     _show_progress(trainer)
     return trainer, task, codec
+
+
+def check_launch_devices() -> None:
+    """Refuse a multi-GPU launch (``accelerate launch`` with a ``MULTI_GPU`` or FSDP config)
+    on a machine with fewer CUDA devices than the processes it starts here: it would run as
+    that many CPU processes, silently. ``accelerate launch --cpu`` (or ``torchrun``) asks for
+    CPU processes and is not refused."""
+    world = world_size_from_env()
+    launched_for_gpus = "ACCELERATE_MIXED_PRECISION" in os.environ and not os.environ.get(
+        "ACCELERATE_USE_CPU"
+    )
+    if world <= 1 or not launched_for_gpus:
+        return
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < here:
+        raise ConfigError(
+            f"the launch starts {here} GPU processes on this machine (accelerate's multi-GPU "
+            f"config, num_processes {world}) but {visible} CUDA device(s) are visible: set "
+            "num_processes to the number of GPUs, or launch CPU processes with "
+            "'accelerate launch --cpu'"
+        )
+
+
+def check_quantisation(config: RunConfig) -> None:
+    """Refuse ``model.load_in_4bit`` where it cannot load: without bitsandbytes (the
+    ``quant`` extra) or without a CUDA GPU (bitsandbytes' 4-bit layers run there only)."""
+    if not config.model.load_in_4bit:
+        return
+    from tiltmatch.models.quantisation import bitsandbytes_available
+
+    if not bitsandbytes_available():
+        raise ConfigError(
+            "model.load_in_4bit needs bitsandbytes: pip install 'tiltmatch[quant]' (or set "
+            "model.load_in_4bit=false: a bfloat16 base with LoRA)"
+        )
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "model.load_in_4bit needs a CUDA GPU (bitsandbytes' 4-bit layers); none is "
+            "visible: set model.load_in_4bit=false"
+        )
 
 
 def _show_progress(trainer: Trainer) -> None:
@@ -507,6 +551,7 @@ def run_training(
     run fails before it. Every refusal happens before anything is written.
     """
     out_dir = Path(out_dir)
+    check_launch_devices()  # before anything asks the launcher's process group
     destination = None
     if resume:
         check_resumable(out_dir)
