@@ -95,9 +95,12 @@ def test_newcomer_script_trains_on_jsonl_with_a_reward_function(tmp_path):
     assert "prompts.jsonl" in card and "reward" in card and "eval_reward" in card
     assert "first 2 training prompts" in card  # no eval set: the card says it is not held out
     assert "steps_per_h: 2" in card
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        trainer.save_model()
-    assert trainer.save_model(overwrite=True) == folder
+    # TRL's place: the run's output_dir, beside its checkpoint and logs; saved again, the
+    # model files are replaced (as TRL does), the run's own files kept
+    assert folder == tmp_path / "r" and (folder / "checkpoint").is_dir()
+    assert (folder / "model.safetensors").is_file() and (folder / "stages.jsonl").is_file()
+    assert trainer.save_model() == folder
+    assert not [p for p in folder.iterdir() if p.name.startswith(".model")]
     # The saved weights are the student's.
     student = trainer.trainer.pair.student.model.state_dict()
     assert all(torch.equal(v, student[k]) for k, v in model.state_dict().items())

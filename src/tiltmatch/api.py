@@ -11,8 +11,8 @@
     trainer = DTMTrainer(model="shipped:maze", reward_funcs=brevity,
                          train_dataset="prompts.jsonl", args=args)
     trainer.train()
-    trainer.save_model()        # runs/mine/final: safetensors (or the LoRA adapter) + README.md
-    model = tiltmatch.load_pretrained("runs/mine/final")
+    trainer.save_model()        # runs/mine: safetensors (or the LoRA adapter) + README.md
+    model = tiltmatch.load_pretrained("runs/mine")
     model.generate(["a prompt"], num_return_sequences=4)
 
 Everything is built from the same pieces as ``tiltmatch train`` (one validated
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -492,19 +493,24 @@ class DTMTrainer:
         return {f"eval_{k}": v for k, v in self.trainer.evaluate().items()}
 
     def save_model(self, output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
-        """Save the student (safetensors, or the LoRA adapter) with a model card README.md.
+        """Save the student (safetensors, or the LoRA adapter) with its record and a model
+        card README.md; ``tiltmatch.load_pretrained`` reloads the folder.
 
-        Default folder: ``output_dir/final``. Written to a temporary sibling and renamed
-        into place; an existing folder is replaced only with ``overwrite=True``.
+        Default folder: ``args.output_dir``, as in TRL: the model files go beside the run's
+        checkpoint and logs (written into a staged folder first, then moved in file by file,
+        replacing an earlier save's). Another folder is written to a temporary sibling and
+        renamed into place; an existing one is replaced only with ``overwrite=True``.
         """
         from tiltmatch.training.runner import save_final
 
-        folder = Path(output_dir) if output_dir is not None else self.output_dir / "final"
+        run_folder = output_dir is None and self._run_folder_is_mine()
+        folder = Path(output_dir) if output_dir is not None else self.output_dir
         parallel = self.trainer.parallel
+        staging_path = folder / ".model" if run_folder else folder
         destination = Destination(
-            folder,
+            staging_path,
             "model",
-            overwrite,
+            overwrite or run_folder,  # a stopped save's staging folder is this run's own
             staged=True,  # written beside it, renamed into place once complete
             hint="pass overwrite=True to replace it (the old folder is kept until the new "
             "model is written) or choose another folder",
@@ -517,15 +523,26 @@ class DTMTrainer:
         with destination as staging:
             save_final(self.trainer, self.codec, staging, whole)
             (staging / "README.md").write_text(self.model_card(folder), encoding="utf-8")
+        if run_folder:  # into the run's folder, beside its checkpoint and logs
+            for item in sorted(staging_path.iterdir()):
+                os.replace(item, folder / item.name)
+            staging_path.rmdir()
         return folder
+
+    def _run_folder_is_mine(self) -> bool:
+        """Whether ``output_dir`` is this trainer's run folder (it trained or resumed there)."""
+        from tiltmatch.training.trainer import CHECKPOINT
+
+        trained = self.train_output is not None or self.trainer.phase.updates > 0
+        return trained and (self.output_dir / CHECKPOINT).is_dir()
 
     def model_card(self, folder: str | Path | None = None) -> str:
         """A README.md (Hugging Face's layout): metadata, the data, the rewards, how to
-        sample from ``folder`` (default: ``output_dir/final``), the metrics, the config."""
+        sample from ``folder`` (default: ``output_dir``), the metrics, the config."""
         from tiltmatch.generation.card import model_card
         from tiltmatch.training.runner import card_facts
 
-        where = Path(folder) if folder is not None else self.output_dir / "final"
+        where = Path(folder) if folder is not None else self.output_dir
         metrics = self.train_output.metrics if self.train_output is not None else {}
         return model_card(card_facts(self.trainer, where, metrics, asdict(self.args)))
 

@@ -259,7 +259,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         from tiltmatch.generation.pretrained import load_pretrained
 
-        model = load_pretrained(path, device=args.device, dtype=args.dtype)
+        model = load_pretrained(path, device=args.device, dtype=args.dtype, base=args.base)
         completions = model.generate(
             prompts,
             args.max_new_tokens,
@@ -453,6 +453,7 @@ def _add_generate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], help="default: the model's"
     )
+    p.add_argument("--base", help="a LoRA adapter's base model folder (default: the one it names)")
     p.add_argument("--out", help="also write generations.jsonl into this folder")
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     return p

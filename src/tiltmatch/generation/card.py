@@ -33,7 +33,10 @@ class CardFacts:
     #: the folder a user loads (where the card will be, not a staging folder)
     folder: Path
     task: Any
+    #: the model's own parameters (a LoRA base's, adapters left out)
     parameters: int
+    #: the parameters training changed (all of them, or the student adapter's)
+    trained_parameters: int
     rollouts: int
     updates: int
     training_prompts: int
@@ -60,17 +63,20 @@ def _metadata(facts: CardFacts) -> list[str]:
     meta: dict[str, Any] = {"library_name": "tiltmatch"}
     if config.model.base is not None:
         meta["base_model"] = config.model.base
-    sources = [config.task_options.get(k) for k in ("train", "eval")] if _is_dataset(facts) else []
-    datasets = [s for s in sources if isinstance(s, str) and s]
-    if datasets:
+    if datasets := _hub_datasets(facts):
         meta["datasets"] = datasets
     meta["tags"] = ["tiltmatch", "masked-diffusion", config.method]
     meta["pipeline_tag"] = "text-generation"
     return ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", ""]
 
 
-def _is_dataset(facts: CardFacts) -> bool:
-    return isinstance(facts.task, DatasetTask)
+def _hub_datasets(facts: CardFacts) -> list[str]:
+    """The hub names the training and evaluation prompts came from (a local file or an
+    in-memory dataset has none to name)."""
+    task = facts.task
+    if not isinstance(task, DatasetTask):
+        return []
+    return [name for name in (task.train_hub_name, task.eval_hub_name) if name]
 
 
 def _data_lines(facts: CardFacts) -> list[str]:
@@ -134,20 +140,30 @@ def _config_dump(config: RunConfig) -> dict[str, Any]:
     return data
 
 
+def _title(folder: Path) -> str:
+    """The run's name: the folder's, or its parent's for a run's ``final/``."""
+    resolved = folder.resolve()
+    return resolved.parent.name if resolved.name == "final" else resolved.name
+
+
 def model_card(facts: CardFacts) -> str:
     """The README.md of a saved model."""
     config = facts.config
     method = config.method
     lines = [
         *_metadata(facts),
-        f"# {facts.folder.name}",
+        f"# {_title(facts.folder)}",
         "",
         f"Fine-tuned with tiltmatch's `{method}` "
         f"({'Discrete Tilt Matching' if method == 'dtm' else 'a baseline'}) on "
-        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; "
-        f"{facts.parameters:,} parameters"
-        + (f", base `{config.model.base}`" if config.model.base else ", trained from scratch")
-        + (" with LoRA adapters." if config.lora is not None else "."),
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}: "
+        + (f"base `{config.model.base}`" if config.model.base else "a fresh model")
+        + f", {facts.parameters:,} parameters"
+        + (
+            f", {facts.trained_parameters:,} of them trained (LoRA adapters)."
+            if config.lora is not None
+            else ", all trained."
+        ),
         "",
         "## Data",
         "",

@@ -75,10 +75,14 @@ class DiffusionLM:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, device: str | torch.device | None = None, dtype: str | None = None
+        cls,
+        folder: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | None = None,
+        base: str | Path | None = None,
     ) -> DiffusionLM:
         """:func:`load_pretrained` (transformers' spelling)."""
-        return load_pretrained(folder, device=device, dtype=dtype)
+        return load_pretrained(folder, device=device, dtype=dtype, base=base)
 
     @property
     def device(self) -> torch.device:
@@ -183,59 +187,91 @@ def _folder_dtype(path: Path, dtype: str | None) -> torch.dtype:
         raise ConfigError(f"dtype: {err}") from None
 
 
-def _adapter_base(path: Path) -> Path:
-    """The base model folder of a LoRA adapter folder (its record, else PEFT's config)."""
-    if not (path / ADAPTER_WEIGHTS).is_file():
-        raise ModelLoadError(f"the adapter in {path} has no {ADAPTER_WEIGHTS} (safetensors only)")
-    for name, key in (("tiltmatch.json", "base"), (ADAPTER_CONFIG, "base_model_name_or_path")):
+def adapter_folder(path: Path) -> Path | None:
+    """Where a folder's LoRA adapter is: the folder itself, or (as earlier versions saved
+    it) its ``student/`` subfolder; None for a folder of full weights."""
+    for where in (path, path / "student"):
+        if (where / ADAPTER_CONFIG).is_file():
+            return where
+    return None
+
+
+def adapter_base(path: Path, adapter: Path) -> Path:
+    """The base model folder of a LoRA adapter: the one its ``tiltmatch.json`` names, else
+    PEFT's ``base_model_name_or_path``; a relative name is read from the working folder,
+    then beside the adapter."""
+    if not (adapter / ADAPTER_WEIGHTS).is_file():
+        raise ModelLoadError(
+            f"the adapter in {adapter} has no {ADAPTER_WEIGHTS} (safetensors only)"
+        )
+    names = []
+    for file, key in (
+        (path / "tiltmatch.json", "base"),
+        (adapter / ADAPTER_CONFIG, "base_model_name_or_path"),
+    ):
         try:
-            value = json.loads((path / name).read_text(encoding="utf-8")).get(key)
+            value = json.loads(file.read_text(encoding="utf-8")).get(key)
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(value, str) and value:
-            base = Path(value).expanduser()
-            return base if base.is_absolute() or value.startswith("shipped:") else path / base
-    raise ModelLoadError(f"the adapter in {path} names no base model ({ADAPTER_CONFIG})")
+            names.append(value)
+    for name in names:
+        if name.startswith("shipped:"):
+            return resolve_model_path(name)
+        for candidate in (Path(name).expanduser(), path / name, path.parent / name):
+            if (candidate / "config.json").is_file():
+                return candidate
+    raise ModelLoadError(
+        f"the adapter in {adapter} names no base model folder that is here "
+        f"({', '.join(names) or 'none named'}): pass base= the base model's folder"
+    )
 
 
-def _load_weights(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PromptCodec]:
+def _load_weights(
+    path: Path, dtype: str | None, base: str | Path | None
+) -> tuple[PreTrainedModel, PromptCodec]:
     """Model and codec of a model folder, or of a LoRA adapter folder merged into its base."""
-    if not (path / ADAPTER_CONFIG).is_file():
-        return load_model_folder(path, None, dtype=dtype)
-    base = _adapter_base(path)
-    model, codec = load_model_folder(resolve_model_path(str(base)), None, dtype=dtype)
+    adapter = adapter_folder(path)
+    if adapter is None:
+        return load_model_folder(path, None, dtype=_folder_dtype(path, dtype))
+    base_path = resolve_model_path(str(base)) if base is not None else adapter_base(path, adapter)
+    model, codec = load_model_folder(base_path, None, dtype=_folder_dtype(base_path, dtype))
     try:
         import peft
     except ImportError:
         raise ConfigError(
             f"{path} is a LoRA adapter: loading it needs peft (pip install 'tiltmatch[llm]')"
         ) from None
-    merged = peft.PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    merged = peft.PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return merged, codec
 
 
 def load_pretrained(
-    folder: str | Path, device: str | torch.device | None = None, dtype: str | None = None
+    folder: str | Path,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+    base: str | Path | None = None,
 ) -> DiffusionLM:
     """A model folder (``tiltmatch train``'s ``final/``, ``save_model()``'s folder, a LoRA
     adapter folder, ``shipped:NAME``, a released LLaDA / Dream / SDAR folder) as a
     :class:`DiffusionLM`, on ``device`` (default: the accelerator when one is visible).
 
     ``dtype``: ``float32`` / ``bfloat16`` / ``float16`` (default: the folder's own, else
-    float32). The memory the weights need is checked against the device's before loading.
+    float32). ``base``: a LoRA adapter's base folder, where the one it names is elsewhere.
+    The memory the weights need is checked against the device's before loading.
     """
     path = resolve_model_path(str(folder))
     check_model_meta(path)
     target = torch.device(device) if device is not None else default_device()
-    weights = _folder_dtype(path, dtype)
     try:
         shape = ModelShape.from_config(json.loads((path / "config.json").read_text("utf-8")))
     except (OSError, ValueError):
         shape = None  # an adapter folder (its base is checked by loading), or a damaged one
     if shape is not None:
-        refuse_over([model_need(shape, f"the model in {path}", weights.itemsize, 1.0)], target)
+        width = _folder_dtype(path, dtype).itemsize
+        refuse_over([model_need(shape, f"the model in {path}", width, 1.0)], target)
     with Heartbeat(f"loading {path.name}"):
-        model, codec = _load_weights(path, weights)
+        model, codec = _load_weights(path, dtype, base)
     check_finite_weights(model, f"the model in {path}")
     model.to(target)  # type: ignore[arg-type]
     return DiffusionLM(model, codec, read_record(path), path)

@@ -53,7 +53,7 @@ def load_prompt_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
         raise DatasetError(f"cannot read a dataset from {type(source).__name__}")
     text = str(source)
     path = Path(text).expanduser()
-    if path.is_file() or text.endswith(LOCAL_SUFFIXES) or text.startswith(("/", ".", "~")):
+    if _is_local(text):
         if not path.is_file():
             raise DatasetError(f"dataset file not found: {path}")
         if path.suffix in (".jsonl", ".json"):
@@ -69,6 +69,19 @@ def load_prompt_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
                 raise DatasetError(f"{path}: not a readable Parquet file ({err})") from None
         raise DatasetError(f"{path}: unknown dataset format (use .jsonl, .csv or .parquet)")
     return _hub_rows(text), f"hub dataset {text!r}"
+
+
+def _is_local(text: str) -> bool:
+    """Whether a source string names a local file (else it is a hub dataset name)."""
+    path = Path(text).expanduser()
+    return path.is_file() or text.endswith(LOCAL_SUFFIXES) or text.startswith(("/", ".", "~"))
+
+
+def hub_name(source: Any) -> str | None:
+    """The hub dataset a source names (``name`` of ``name:split``), None for anything else."""
+    if not isinstance(source, str) or _is_local(source):
+        return None
+    return source.partition(":")[0]
 
 
 def _hub_rows(text: str) -> list[dict[str, Any]]:
@@ -178,6 +191,9 @@ class DatasetTask(Task):
             raise ValueError(f"alphabet must be a non-empty string, got {alphabet!r}")
         rows, self.train_label = load_prompt_rows(train)
         self.train_examples = rows_to_examples(rows, self.train_label)
+        #: the hub names the prompts came from (None: a file or an in-memory dataset)
+        self.train_hub_name = hub_name(train)
+        self.eval_hub_name = hub_name(eval)
         self.eval_label: str | None = None
         self.eval_examples: list[Example] | None = None
         if eval is not None:

@@ -16,11 +16,10 @@ from transformers import PreTrainedModel
 
 from tiltmatch.baselines import BaselineOptions
 from tiltmatch.destination import PENDING, Destination, pending_holder
-from tiltmatch.generation.card import CardFacts, model_card
-from tiltmatch.generation.record import RECORD_KEY, GenerationRecord
+from tiltmatch.generation.card import model_card
 from tiltmatch.model_checks import check_finite_weights, check_model_meta, check_sampler_family
-from tiltmatch.models.codecs import CharTokenizer, PromptCodec
-from tiltmatch.models.denoiser import MaskedDenoiser, save_denoiser
+from tiltmatch.models.codecs import PromptCodec
+from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.loading import load_model_and_codec, resolve_model_path
 from tiltmatch.objective import Objective
 from tiltmatch.preflight import (
@@ -44,7 +43,10 @@ from tiltmatch.training.methods import METHODS
 from tiltmatch.training.pair import CopiedPair, DenoiserPair
 from tiltmatch.training.parallel import make_parallel
 from tiltmatch.training.plan import report_progress
+from tiltmatch.training.saved_model import card_facts, save_final
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
+
+__all__ = ["build_trainer", "card_facts", "run_training", "save_final"]
 
 STAGES = "stages.jsonl"
 #: what a refusal to write into a non-empty run folder suggests
@@ -466,71 +468,6 @@ def _load_checked(
     if config.eval.sampler is not None:
         check_sampler_family(model, config.eval.sampler, "eval.sampler.mode", "eval.sampler.")
     return model, codec
-
-
-def save_final(
-    trainer: Trainer,
-    codec: PromptCodec,
-    folder: Path,
-    state_dict: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """The fine-tuned student, saved as a loadable denoiser folder (or its LoRA adapter).
-
-    ``state_dict``: the student's whole weights when the trainer holds shards
-    (:meth:`Parallelism.student_weights_to_save`).
-    """
-    save_adapter = getattr(trainer.pair, "save_adapter", None)
-    if save_adapter is not None:
-        return save_adapter(folder, state_dict=state_dict)
-    meta: dict[str, Any] = {
-        "task": trainer.task.name,
-        "mask_token_id": codec.mask_token_id,
-        "pad_token_id": codec.pad_token_id,
-        "eos_token_id": codec.eos_token_id,
-        RECORD_KEY: generation_record(trainer.config, trainer.task).to_json(),
-    }
-    if isinstance(codec, CharTokenizer):
-        meta["alphabet"] = codec.alphabet
-    return save_denoiser(folder, trainer.pair.student.model, meta, state_dict)
-
-
-def generation_record(config: RunConfig, task: Task) -> GenerationRecord:
-    """What a saved model records of how to sample it (:mod:`tiltmatch.generation.record`):
-    the task and its options, the response length, and the sampler held-out evaluation
-    used (``eval.sampler``, else the rollouts' ``sampler``, at ``eval.temperature``): the
-    one its model card's metrics were measured with."""
-    sampler = (config.eval.sampler or config.sampler).model_dump(mode="json")
-    sampler["temperature"] = config.eval.temperature
-    return GenerationRecord(
-        task=task.name,
-        task_options=dict(config.task_options),
-        response_length=task.response_length,
-        sampler=sampler,
-    )
-
-
-def card_facts(
-    trainer: Trainer,
-    folder: Path,
-    metrics: dict[str, Any] | None = None,
-    arguments: dict[str, Any] | None = None,
-) -> CardFacts:
-    """What the model card of ``trainer``'s student, saved in ``folder``, reports."""
-    examples = trainer.eval_examples
-    return CardFacts(
-        config=trainer.config,
-        record=generation_record(trainer.config, trainer.task),
-        folder=folder,
-        task=trainer.task,
-        parameters=sum(p.numel() for p in trainer.pair.student.model.parameters()),
-        rollouts=trainer.phase.rollouts,
-        updates=trainer.phase.updates,
-        training_prompts=len(trainer.pool.examples),
-        eval_prompts=len(examples),
-        example_prompt=examples[0].prompt if examples else None,
-        metrics=dict(metrics or {}),
-        arguments=arguments,
-    )
 
 
 def run_training(
