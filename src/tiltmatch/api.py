@@ -32,14 +32,17 @@ import difflib
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from tiltmatch.config import ConfigError, LoRAConfig, RunConfig, build_config
 from tiltmatch.destination import Destination
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.rewards import RewardFunction, make_reward
+from tiltmatch.settings import validation_reasons
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import DatasetTask
@@ -302,21 +305,69 @@ class TrainOutput:
     history: list[dict[str, Any]]
 
 
+#: ``peft.LoraConfig`` fields the LoRA pair honours, by the ``lora:`` section's names
+PEFT_FIELDS = {
+    "r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target_modules": "target_modules",
+    "use_rslora": "use_rslora",
+    "use_dora": "use_dora",
+}
+#: fields whose value is what the pair does anyway: these values are accepted, others refused
+PEFT_AS_IS: dict[str, tuple[Any, ...]] = {
+    "task_type": (None, "CAUSAL_LM"),
+    "bias": ("none",),
+    "inference_mode": (False,),
+}
+
+
 def _lora_config(peft_config: Any) -> LoRAConfig | None:
-    """Our :class:`LoRAConfig` from one, a dict, or a ``peft.LoraConfig``."""
+    """Our :class:`LoRAConfig` from one, a dict, or a ``peft.LoraConfig``: every field of the
+    latter honoured (:data:`PEFT_FIELDS`) or, set to anything but its default, refused by name
+    (the pair's student and teacher are two adapters whose LoRA weights it copies and
+    averages: modules_to_save, trainable biases and the rest would not follow)."""
     if peft_config is None or isinstance(peft_config, LoRAConfig):
         return peft_config
     if isinstance(peft_config, dict):
-        return LoRAConfig.model_validate(peft_config)
-    fields = {
-        "r": getattr(peft_config, "r", None),
-        "alpha": getattr(peft_config, "lora_alpha", None),
-        "dropout": getattr(peft_config, "lora_dropout", None),
-        "target_modules": getattr(peft_config, "target_modules", None),
-    }
-    if isinstance(fields["target_modules"], set):
-        fields["target_modules"] = sorted(fields["target_modules"])
-    return LoRAConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+        try:
+            return LoRAConfig.model_validate(peft_config)
+        except ValidationError as err:
+            raise ConfigError(f"peft_config: {validation_reasons(err)}") from None
+    if not is_dataclass(peft_config):
+        raise ConfigError(
+            f"peft_config must be a peft.LoraConfig, a dict or a LoRAConfig, got "
+            f"{type(peft_config).__name__}"
+        )
+    kind: Any = type(peft_config)
+    default = kind()
+    values: dict[str, Any] = {}
+    for item in fields(peft_config):
+        name, value = item.name, getattr(peft_config, item.name)
+        if name in PEFT_FIELDS:
+            if value is not None:
+                values[PEFT_FIELDS[name]] = sorted(value) if isinstance(value, set) else value
+        elif name in PEFT_AS_IS:
+            if value not in PEFT_AS_IS[name] and value != getattr(default, name):
+                raise ConfigError(
+                    f"peft_config.{name}={value!r} is not supported (tiltmatch's LoRA pair "
+                    f"takes {' or '.join(repr(v) for v in PEFT_AS_IS[name])})"
+                )
+        elif value != getattr(default, name):
+            raise ConfigError(
+                f"peft_config.{name}={value!r} is not supported by tiltmatch's LoRA pair (its "
+                "student and teacher are two adapters whose LoRA weights it copies); it "
+                f"honours {', '.join(PEFT_FIELDS)}"
+            )
+    if isinstance(values.get("target_modules"), str):
+        values["target_modules"] = [values["target_modules"]]
+    # PEFT's own default for Llama, Qwen2 and Qwen3 (every family here): the query and value
+    # projections (the lora: section's own default adapts every projection).
+    values.setdefault("target_modules", ["q_proj", "v_proj"])
+    try:
+        return LoRAConfig.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(f"peft_config: {validation_reasons(err)}") from None
 
 
 def _describe_reward(reward: RewardFunction) -> list[str]:

@@ -16,6 +16,7 @@ codecs here encode one user turn.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,19 +57,70 @@ def load_prompt_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
     if _is_local(text):
         if not path.is_file():
             raise DatasetError(f"dataset file not found: {path}")
-        if path.suffix in (".jsonl", ".json"):
-            return read_jsonl(path), str(path)
-        if path.suffix == ".csv":
-            return read_csv(path), str(path)
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                return pq.read_table(path).to_pylist(), str(path)
-            except Exception as err:  # a corrupt file: say which
-                raise DatasetError(f"{path}: not a readable Parquet file ({err})") from None
-        raise DatasetError(f"{path}: unknown dataset format (use .jsonl, .csv or .parquet)")
+        if path.suffix not in BUILDERS:
+            raise DatasetError(
+                f"{path}: unknown dataset format (use .jsonl, .json, .csv or .parquet)"
+            )
+        return local_rows(path), str(path)
     return _hub_rows(text), f"hub dataset {text!r}"
+
+
+#: the ``datasets`` builder of each local file ending
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def local_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a local file as ``datasets.load_dataset`` reads them, so that they have
+    the types a user gets elsewhere (a CSV's numbers as numbers, a JSON file holding an array
+    of objects). A file ``datasets`` cannot read is read again by the package's strict reader,
+    which names the line and the problem; ``datasets`` not installed: the strict readers'
+    rows (CSV values as text)."""
+    try:
+        import datasets
+    except ImportError:
+        return _strict_rows(path)
+    quiet = datasets.utils.are_progress_bars_disabled()
+    verbosity = datasets.utils.logging.get_verbosity()
+    datasets.utils.disable_progress_bars()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)  # errors: ours
+    try:
+        with tempfile.TemporaryDirectory(prefix="tiltmatch-data-") as cache:
+            loaded = datasets.load_dataset(
+                BUILDERS[path.suffix],
+                data_files=str(path),
+                split="train",
+                cache_dir=cache,
+                keep_in_memory=True,
+            )
+            return list(loaded.to_list())
+    except Exception as err:  # datasets' and pyarrow's own error types for a bad file
+        _strict_rows(path)  # names the line and the problem where it can
+        raise DatasetError(
+            f"{path}: datasets cannot read it ({type(err).__name__}: {_one_line(err)})"
+        ) from None
+    finally:
+        datasets.utils.logging.set_verbosity(verbosity)
+        if not quiet:
+            datasets.utils.enable_progress_bars()
+
+
+def _strict_rows(path: Path) -> list[dict[str, Any]]:
+    """The package's own readers (every row checked, the line named)."""
+    if path.suffix == ".csv":
+        return read_csv(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as err:  # a corrupt file: say which
+            raise DatasetError(f"{path}: not a readable Parquet file ({err})") from None
+    return read_jsonl(path)
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_local(text: str) -> bool:

@@ -72,6 +72,12 @@ class LoRAConfig(StrictSection):
         min_length=1,
         description="module names adapted: by default every attention and MLP projection",
     )
+    use_rslora: bool = Field(
+        False, description="rank-stabilised scaling: updates scale by alpha / sqrt(r) (PEFT's)"
+    )
+    use_dora: bool = Field(
+        False, description="weight-decomposed adapters (DoRA, PEFT's): a magnitude per output"
+    )
 
 
 # The sampler's own configuration is the run config's ``sampler:`` section: one definition.
