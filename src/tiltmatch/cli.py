@@ -640,7 +640,10 @@ def main(argv: list[str] | None = None) -> int:
         FloatingPointError,  # a diverging run, stopped before it wrote anything
         ValueError,
     ) as err:
-        print(f"tiltmatch {args.command}: error: {_describe_error(err)}", file=sys.stderr)
+        message = _describe_error(err)
+        if args.command == "train" and getattr(args, "dataset", None):
+            message = speak_names(message, DATASET_FLAGS)
+        print(f"tiltmatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:  # an optional dependency a setting needs
         print(
@@ -649,6 +652,19 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+#: how ``train --dataset``'s errors name what its flags set (the run config's words -> flags)
+DATASET_FLAGS = {
+    "set model.base": "give --model FOLDER",
+    "model.base": "--model",
+    "the task's alphabet option": "--alphabet auto",
+    "task_options.alphabet": "--alphabet",
+    "task_options.train": "--dataset",
+    "task_options.eval": "--eval-dataset",
+    "task_options.rewards": "--reward",
+    "reward_weights": "--reward-weight values",
+}
 
 
 def _describe_error(err: BaseException) -> str:
