@@ -228,7 +228,13 @@ def test_a_prompt_the_models_tokenizer_cannot_encode_names_the_row(tmp_path):
             model="shipped:maze",
             reward_funcs=letters_of_word,
             train_dataset=rows,
-            args=tiny_args(tmp_path, max_completion_length=16, block_length=8, diffusion_steps=8),
+            args=tiny_args(
+                tmp_path,
+                max_completion_length=16,
+                block_length=8,
+                diffusion_steps=8,
+                model_init_kwargs={},
+            ),
         )
 
 

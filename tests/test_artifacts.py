@@ -34,6 +34,8 @@ def card_metadata(folder: Path) -> dict:
 
 def lora_trainer(tmp_path: Path, base: str | None) -> DTMTrainer:
     args = tiny_args(tmp_path / "run", max_completion_length=8, block_length=8, diffusion_steps=8)
+    if base is not None:
+        args.model_init_kwargs = {}  # the base brings its own sizes
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     if base is None:
         return DTMTrainer(
@@ -63,7 +65,7 @@ def test_a_lora_adapter_is_saved_at_the_top_naming_its_base_as_given(tmp_path, m
     assert meta["base_model"] == "bases/maze" and meta["library_name"] == "tiltmatch"
     card = (folder / "README.md").read_text()
     # the base's own sizes, not the tiny-model defaults of the config
-    assert "hidden_size: 128" not in card and "LoRA adapters" in card
+    assert "hidden_size:" not in card and "LoRA adapters" in card
     # PEFT's loader takes the folder onto its base (PeftModel.from_pretrained, inside
     # load_pretrained, which merges the student into it)
     model = tiltmatch.load_pretrained(folder, device="cpu")
@@ -91,6 +93,21 @@ def test_a_base_less_lora_run_is_saved_merged(tmp_path) -> None:
     with torch.no_grad():
         assert torch.allclose(
             trainer.trainer.pair.student(ids, mask, 8), model.denoiser(ids, mask, 8), atol=1e-5
+        )
+
+
+def test_fresh_model_sizes_with_a_given_model_are_refused(tmp_path) -> None:
+    from tiltmatch.config import ConfigError
+
+    with pytest.raises(
+        ConfigError,
+        match=r"model_init_kwargs hidden_size, intermediate_size, num_heads, num_layers size",
+    ):
+        DTMTrainer(
+            model="shipped:maze",
+            reward_funcs=maze_reward,
+            train_dataset=MAZES,
+            args=tiny_args(tmp_path),
         )
 
 

@@ -274,7 +274,7 @@ def test_the_api_refuses_a_loaded_model_with_nan_weights(tmp_path) -> None:
             processing_class=codec,
             reward_funcs=lambda prompts, completions, **c: [1.0] * len(completions),
             train_dataset=word_rows(),
-            args=tiny_args(tmp_path / "r"),
+            args=tiny_args(tmp_path / "r", model_init_kwargs={}),
         )
 
 

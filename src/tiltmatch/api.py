@@ -305,6 +305,8 @@ class TrainOutput:
     history: list[dict[str, Any]]
 
 
+#: the ``model:`` fields that size a fresh tiny model (unused with a base)
+TINY_SIZES = {"hidden_size", "num_layers", "num_heads", "intermediate_size", "family", "block_size"}
 #: ``peft.LoraConfig`` fields the LoRA pair honours, by the ``lora:`` section's names
 PEFT_FIELDS = {
     "r": "r",
@@ -426,6 +428,11 @@ class DTMTrainer:
             raise ConfigError("reward_weights given without reward_funcs")
         task_obj = self._task(task, reward, train_dataset, eval_dataset)
         base, loaded = None, None
+        if model is not None and (sizes := sorted(set(args.model_init_kwargs) & TINY_SIZES)):
+            raise ConfigError(
+                f"model_init_kwargs {', '.join(sizes)} size a fresh model; the model given "
+                "brings its own (leave them out, or pass model=None)"
+            )
         if model is None:
             if isinstance(task_obj, DatasetTask) and task_obj.alphabet is None:
                 task_obj.alphabet = args.alphabet or task_obj.prompt_alphabet()  # type: ignore[misc]

@@ -388,7 +388,12 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many examples")
     p.add_argument(
-        "--gen-length", type=int, default=None, help="response tokens (default: the task's)"
+        "--gen-length",
+        "--max-new-tokens",
+        dest="gen_length",
+        type=int,
+        default=None,
+        help="response tokens (default: the model's recorded task's, else the task's)",
     )
     p.add_argument(
         "--block-length", type=int, default=None, help="default: recorded, else 32 (derived)"
