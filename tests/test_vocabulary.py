@@ -59,7 +59,7 @@ def test_arguments_reach_their_fields(tmp_path: Path) -> None:
     assert same.train.prompts_per_batch == 2
 
 
-def test_earlier_names_are_read_for_one_release() -> None:
+def test_earlier_names_are_read_for_one_release(tmp_path: Path) -> None:
     with pytest.warns(DeprecationWarning, match=r"train\.warmup_fraction is deprecated"):
         config = build_config(overrides=["train.warmup_fraction=0.2"])
     with pytest.warns(DeprecationWarning, match=r"train\.checkpoint_every is deprecated"):
@@ -69,8 +69,17 @@ def test_earlier_names_are_read_for_one_release() -> None:
     with pytest.warns(DeprecationWarning):
         betas = build_config(overrides=["train.adam_betas=[0.8, 0.95]"]).train
     assert (betas.adam_beta1, betas.adam_beta2, betas.adam_betas) == (0.8, 0.95, (0.8, 0.95))
+    # both names in one file is refused; an override of either name replaces the file's value
+    both = tmp_path / "both.yaml"
+    both.write_text("train:\n  warmup_fraction: 0.2\n  warmup_ratio: 0.1\n")
     with pytest.raises(ConfigError, match=r"earlier name of train\.warmup_ratio: set only one"):
-        build_config(overrides=["train.warmup_fraction=0.2", "train.warmup_ratio=0.1"])
+        build_config(both)
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  checkpoint_every: 100\n  adam_betas: [0.8, 0.95]\n")
+    with pytest.warns(DeprecationWarning):
+        assert build_config(old, ["train.save_steps=7"]).train.save_steps == 7
+        assert build_config(old, ["train.checkpoint_every=3"]).train.save_steps == 3
+        assert build_config(old, ["train.adam_beta1=0.5"]).train.adam_betas == (0.5, 0.95)
     with pytest.warns(DeprecationWarning, match="eval_prompts is deprecated: use eval_examples"):
         args = DTMArguments(eval_prompts=3)
     assert args.eval_examples == 3 and args.eval_prompts is None

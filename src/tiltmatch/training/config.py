@@ -435,6 +435,19 @@ def speak_names(message: str, names: dict[str, str]) -> str:
     return message
 
 
+def _current_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the earlier field names of its sections moved to the current ones."""
+    sections = {old.partition(".")[0] for old in RENAMED}
+    out = dict(data)
+    for section in sections:
+        if isinstance(out.get(section), dict):
+            try:
+                out[section] = _renamed(out[section], section)
+            except ValueError as err:
+                raise ConfigError(f"invalid configuration: {section}: {err}") from None
+    return out
+
+
 def _current_override(keys: list[str], value: Any) -> list[tuple[list[str], Any]]:
     """An override of a field renamed since, as overrides of its current name(s), so that it
     replaces the value a config file gives that field (a resume's ``config.yaml``)."""
@@ -467,6 +480,7 @@ def build_config(
                 f"config file {path} must hold a mapping, not {type(loaded).__name__}"
             )
         data = merge_settings(data, loaded)
+    data = _current_sections(data)  # a file's earlier names first, so overrides replace them
     for text in overrides or []:
         for keys, value in _current_override(*parse_override(text)):
             node = data
