@@ -325,7 +325,6 @@ def build_trainer(
     (:mod:`tiltmatch.api`) when the user passes objects instead of names.
     """
     check_launch_devices()
-    check_quantisation(config)
     torch.manual_seed(config.seed)
     context = process_context()
     if context.fsdp is not None and config.model.load_in_4bit:
@@ -333,6 +332,7 @@ def build_trainer(
             "model.load_in_4bit cannot be sharded with FSDP (bitsandbytes' 4-bit weights are "
             "not DTensors): launch with configs/accelerate/ddp.yaml"
         )
+    check_quantisation(config)
     if task is None:
         task = get_task(config.task, **config.task_options)
     check_response_length(task, "task_options.response_length")
