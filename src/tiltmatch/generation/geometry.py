@@ -60,12 +60,19 @@ def derive_geometry(
     return Geometry(block_length=block_length, steps=steps)
 
 
-def geometry_problem(length: int, geometry: Geometry, names: tuple[str, str, str]) -> str | None:
+def geometry_problem(
+    length: int,
+    geometry: Geometry,
+    names: tuple[str, str, str],
+    more_steps_than_tokens: bool = True,
+) -> str | None:
     """One line saying why ``geometry`` cannot sample ``length`` tokens (None when it can).
 
     ``names``: the caller's names of the length, the block length and the steps (a run
     config's ``task_options.response_length``, ``sampler.block_length``, ``sampler.steps``;
     the API's or the command line's own), so that the line speaks the user's vocabulary.
+    ``more_steps_than_tokens``: also refuse more steps than tokens (a run's preflight says
+    that in its own words).
     """
     length_name, block_name, steps_name = names
     block, steps = geometry.block_length, geometry.steps
@@ -83,7 +90,7 @@ def geometry_problem(length: int, geometry: Geometry, names: tuple[str, str, str
             f"{steps_name} {steps} is not a multiple of the {blocks} blocks of {block} tokens "
             f"(e.g. {near}; leave {steps_name} unset to derive it)"
         )
-    if steps > length:
+    if more_steps_than_tokens and steps > length:
         return (
             f"{steps_name} {steps} exceeds {length_name} {length} (a step commits at least one "
             f"token; leave {steps_name} unset to derive it)"

@@ -389,7 +389,7 @@ def fit_sampler_geometry(
         block = geometry.block_length if "block_length" in reads else length
         checked = Geometry(block, geometry.steps if "steps" in reads else max(1, length // block))
         names = ("task_options.response_length", f"{section}.block_length", f"{section}.steps")
-        if problem := geometry_problem(length, checked, names):
+        if problem := geometry_problem(length, checked, names, more_steps_than_tokens=False):
             raise ConfigError(problem)
         if "block_length" not in given:
             sampling.block_length = geometry.block_length
