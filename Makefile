@@ -3,19 +3,26 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The versions README's figures came from; `make setup CONSTRAINTS=` resolves the newest
+# versions pyproject.toml's bounds allow instead (README, "Upgrading the dependencies").
+CONSTRAINTS ?= constraints.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: setup demo rlhf test lint format bench base-maze clean
+.PHONY: setup constraints demo rlhf test lint format bench base-maze clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel of torch first: an unpinned torch would pull CUDA packages.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q $(PIN) torch==2.13.0
 	# rlhf (TRL) and trackers (wandb, trackio) too, so the tests of those paths run in CI.
-	$(BIN)/python -m pip install -q -e ".[llm,dev,rlhf,trackers]"
+	$(BIN)/python -m pip install -q $(PIN) -e ".[llm,dev,rlhf,trackers]"
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+constraints: $(STAMP)  ## record the environment's versions in constraints.txt (after an upgrade)
+	$(BIN)/python .ci/freeze-constraints > constraints.txt
 
 demo: $(STAMP)  ## fine-tune the shipped maze base model with DTM and write a report
 	$(BIN)/tiltmatch demo --out runs/demo

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from tiltmatch import DTMConfig, DTMTrainer
+from tiltmatch import DTMArguments, DTMTrainer
 from tiltmatch.models.codecs import CharTokenizer
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.loading import load_model_folder, resolve_model_path
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = RolloutWorker(task, codec, task.response_length, SAMPLING)
 
     # 1. preference pairs from the base's own samples, ordered by the hidden true reward
+    print("rlhf: 1/3 sampling the base's responses for preference pairs", file=sys.stderr)
     train_mazes = task.examples("train", size["pref_mazes"] + 2000, seed=args.seed)
     pref_mazes, dtm_mazes = train_mazes[: size["pref_mazes"]], train_mazes[size["pref_mazes"] :]
     test_mazes = task.examples("test", size["eval_mazes"], seed=12345)
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     t_pairs = time.time()
 
     # 2. the reward model, with TRL's RewardTrainer
+    print("rlhf: 2/3 the reward model (TRL's RewardTrainer)", file=sys.stderr)
     rm_folder = out / "reward-model"
     rm_loss = float("nan")
     if args.reward_model:
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. DTM against the reward model alone
     before = measure(task, reward, worker, denoiser, test_mazes, size["eval_samples"], 777)
-    config = DTMConfig(
+    config = DTMArguments(
         output_dir=str(out / "dtm"),
         seed=args.seed,
         max_completion_length=task.response_length,
@@ -260,12 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         h=size["h"],
         steps_per_h=size["steps_per_h"],
         reward_scale=1.0 / max(spread, 1e-6),
-        eval_prompts=16,
-        eval_samples_per_prompt=2,
+        eval_examples=16,
+        eval_samples_per_example=2,
         report_to="tensorboard",
-        disable_tqdm=True,
+        disable_tqdm=False,  # the run's plan, progress bar and time left (make rlhf)
         run_overrides={"sampler.noise": "compatible"},  # as SAMPLING
     )
+    print("rlhf: 3/3 DTM against the reward model", file=sys.stderr)
     trainer = DTMTrainer(
         model="shipped:maze",
         reward_funcs=reward,

@@ -54,7 +54,7 @@ TINY_OVERRIDES = [
     "train.refresh_prompts=2",
     "train.refresh_every=2",
     "train.train_examples=16",
-    "train.checkpoint_every=2",
+    "train.save_steps=2",
     "eval.examples=4",
     "eval.samples_per_example=1",
 ]

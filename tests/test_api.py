@@ -1,4 +1,4 @@
-"""The Python API (DTMConfig / DTMTrainer), the dataset task, the CLI's dataset flags,
+"""The Python API (DTMArguments / DTMTrainer), the dataset task, the CLI's dataset flags,
 tasks from outside the package and the experiment trackers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_rewards import tiny_reward_model
 
-from tiltmatch import DTMConfig, DTMTrainer
+from tiltmatch import DTMArguments, DTMTrainer
 from tiltmatch.api import DiffuGRPOTrainer
 from tiltmatch.cli import main
 from tiltmatch.config import ConfigError
@@ -27,7 +27,7 @@ WORDS = ["cat", "dog", "owl", "bee"]
 TINY_MODEL = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
 
 
-def tiny_args(out: Path, **changes) -> DTMConfig:
+def tiny_args(out: Path, **changes) -> DTMArguments:
     """A run of 2 stages x 2 updates on 4 prompts x 2 completions of 4 tokens."""
     fields = dict(
         output_dir=str(out),
@@ -42,15 +42,15 @@ def tiny_args(out: Path, **changes) -> DTMConfig:
         a_end=4.0,
         h=2.0,
         steps_per_h=2,
-        eval_prompts=2,
-        eval_samples_per_prompt=1,
+        eval_examples=2,
+        eval_samples_per_example=1,
         save_steps=1,
         report_to="none",
         disable_tqdm=True,
         model_init_kwargs=TINY_MODEL,
     )
     fields.update(changes)
-    return DTMConfig(**fields)
+    return DTMArguments(**fields)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -95,9 +95,12 @@ def test_newcomer_script_trains_on_jsonl_with_a_reward_function(tmp_path):
     assert "prompts.jsonl" in card and "reward" in card and "eval_reward" in card
     assert "first 2 training prompts" in card  # no eval set: the card says it is not held out
     assert "steps_per_h: 2" in card
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        trainer.save_model()
-    assert trainer.save_model(overwrite=True) == folder
+    # TRL's place: the run's output_dir, beside its checkpoint and logs; saved again, the
+    # model files are replaced (as TRL does), the run's own files kept
+    assert folder == tmp_path / "r" and (folder / "checkpoint").is_dir()
+    assert (folder / "model.safetensors").is_file() and (folder / "stages.jsonl").is_file()
+    assert trainer.save_model() == folder
+    assert not [p for p in folder.iterdir() if p.name.startswith(".model")]
     # The saved weights are the student's.
     student = trainer.trainer.pair.student.model.state_dict()
     assert all(torch.equal(v, student[k]) for k, v in model.state_dict().items())
@@ -145,11 +148,12 @@ def test_config_names_map_to_the_run_config(tmp_path):
     args = tiny_args(tmp_path, learning_rate=1e-4, adam_beta2=0.95, run_overrides={"seed": 3})
     config = args.to_run_config()
     assert config.train.prompts_per_batch == 2 and config.train.num_generations == 2
-    assert config.train.learning_rate == 1e-4 and config.train.adam_betas == (0.9, 0.95)
+    assert config.train.learning_rate == 1e-4
+    assert (config.train.adam_beta1, config.train.adam_beta2) == (0.9, 0.95)
     assert config.dtm.steps_per_h == 2 and config.seed == 3 and config.train.report_to == ["none"]
     with pytest.raises(ConfigError, match="not a multiple of num_generations"):
         tiny_args(tmp_path, per_device_train_batch_size=3).to_run_config()
-    with pytest.raises(ConfigError, match="max_completion_length 6 is not a multiple"):
+    with pytest.raises(ConfigError, match="block_length 4 does not divide max_completion_length 6"):
         tiny_args(tmp_path, max_completion_length=6).to_run_config()
     with pytest.raises(ConfigError, match=r"dtm\.hh: unknown field"):
         tiny_args(tmp_path, run_overrides={"dtm.hh": 1}).to_run_config()
@@ -224,7 +228,13 @@ def test_a_prompt_the_models_tokenizer_cannot_encode_names_the_row(tmp_path):
             model="shipped:maze",
             reward_funcs=letters_of_word,
             train_dataset=rows,
-            args=tiny_args(tmp_path, max_completion_length=16, block_length=8, diffusion_steps=8),
+            args=tiny_args(
+                tmp_path,
+                max_completion_length=16,
+                block_length=8,
+                diffusion_steps=8,
+                model_init_kwargs={},
+            ),
         )
 
 

@@ -705,7 +705,7 @@ def test_baseline_recipes_carry_the_published_values_in_dtms_protocol(name: str)
     assert config.model.load_in_4bit is four_bit and config.model.dtype == "bfloat16"
     assert config.lora is not None and (config.lora.r, config.lora.alpha) == (128, 64.0)
     assert config.lora.dropout == 0.05 and len(config.lora.target_modules) == 7
-    assert tc.micro_batch == "prompts" and tc.adam_betas == (0.9, 0.99)
+    assert tc.micro_batch == "prompts" and (tc.adam_beta1, tc.adam_beta2) == (0.9, 0.99)
     assert tc.prompts_per_batch * tc.num_generations * tc.gradient_accumulation_steps == per_update
     # one batch of rollouts per stage, every completion of it in each update
     assert tc.buffer_prompts == tc.prompts_per_batch * tc.gradient_accumulation_steps

@@ -13,6 +13,7 @@ from conftest import TINY_OVERRIDES
 
 from tiltmatch.config import build_config
 from tiltmatch.training.callbacks import PhaseTimer, ProgressHeartbeat, TrainerCallback
+from tiltmatch.training.plan import StageProgress
 from tiltmatch.training.runner import build_trainer
 from tiltmatch.training.trainer import Trainer
 
@@ -141,5 +142,6 @@ def test_the_runner_shows_progress_through_the_hook(tmp_path: Path) -> None:
     config = build_config(overrides=TINY_OVERRIDES)
     loud, _, _ = build_trainer(config, tmp_path / "loud", quiet=False)
     quiet, _, _ = build_trainer(config, tmp_path / "quiet", quiet=True)
-    assert [type(c) for c in loud.callbacks] == [ProgressHeartbeat]
+    # elapsed-time bars, and the run's plan with the time left at each stage's start
+    assert [type(c) for c in loud.callbacks] == [ProgressHeartbeat, StageProgress]
     assert quiet.callbacks == []

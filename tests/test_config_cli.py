@@ -123,7 +123,7 @@ def _train_argv(out: Path, overrides: list[str]) -> list[str]:
 @pytest.mark.slow
 def test_killed_process_resumes_to_the_same_parameters(tiny_overrides, tmp_path) -> None:
     """A run killed with SIGKILL and resumed with --resume ends as an uninterrupted one."""
-    overrides = [*tiny_overrides, "dtm.a_end=6", "dtm.steps_per_h=6", "train.checkpoint_every=1"]
+    overrides = [*tiny_overrides, "dtm.a_end=6", "dtm.steps_per_h=6", "train.save_steps=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         _train_argv(tmp_path / "full", overrides), check=True, env=env, capture_output=True

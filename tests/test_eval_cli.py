@@ -226,3 +226,25 @@ def test_eval_sampler_flag(tmp_path: Path, capsys) -> None:
     assert main([*args, "--sampler", "parallel", "--remasking", "random"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "low_confidence" in err
+
+
+def test_eval_uses_the_models_recorded_task_options_and_sampler(tmp_path: Path, capsys) -> None:
+    # The shipped countdown base records its recipe (format char, numbers up to 9, 12 tokens)
+    # and its sampler: eval takes them unless a flag says otherwise (issue 22: under the
+    # published defaults, on the published chat-format split, it scored 0.0).
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", "shipped:countdown", "--task", "countdown", "--limit", "4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task_options"]["format"] == "char" and metrics["split"] == "test"
+    assert metrics["task_options"]["max_number"] == 9 and metrics["gen_length"] == 12
+    assert (metrics["block_length"], metrics["steps"], metrics["temperature"]) == (12, 8, 1.0)
+    flags = ["--temperature", "0", "--gen-length", "6", "--out", str(tmp_path / "b")]
+    assert main([*argv, "--task-option", "max_number=5", *flags]) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["task_options"]["max_number"] == 5 and metrics["temperature"] == 0.0
+    assert (metrics["gen_length"], metrics["block_length"], metrics["steps"]) == (6, 6, 4)
+    capsys.readouterr()
+    assert main([*argv, "--block-length", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tiltmatch eval: error: --block-length 5 does not divide --gen-length 12")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from test_api import tiny_args, word_rows, write_jsonl
 from test_hostile_destinations import DATASET_RUN, _dataset_files, _interrupted_dataset_run
 
-from tiltmatch import DTMConfig, DTMTrainer
+from tiltmatch import DTMArguments, DTMTrainer
 from tiltmatch.cli import main
 from tiltmatch.config import ConfigError, build_config
 from tiltmatch.data import DatasetError, read_jsonl
@@ -47,7 +47,7 @@ def _out_run(tmp_path: Path) -> list[str]:
         ("sampler.threshold=.nan", "sampler.threshold: Input should be a finite number"),
         ("eval.sampler={temperature: .inf}", "eval.sampler.temperature: Input should be a finite"),
         ("lora={r: true}", "lora.r: a boolean (true) is not a number"),
-        ("train.adam_betas=[true, 0.9]", "train.adam_betas.0: a boolean (true) is not a number"),
+        ("train.adam_beta1=true", "train.adam_beta1: a boolean (true) is not a number"),
         ("task_options={wall_density: .nan}", "task_options: NaN and infinity are not settings"),
     ],
 )
@@ -72,8 +72,9 @@ def test_method_options_refuse_booleans_by_name(tmp_path, capsys) -> None:
 
 def test_the_api_refuses_booleans_infinities_and_empty_lengths(tmp_path) -> None:
     for changes, message in (
-        ({"num_generations": True}, "train.num_generations: a boolean"),
-        ({"temperature": float("inf")}, "sampler.temperature: Input should be a finite"),
+        # the run config's refusals, in the arguments' own names (issue 22)
+        ({"num_generations": True}, "configuration: num_generations: a boolean"),
+        ({"temperature": float("inf")}, "configuration: temperature: Input should be a finite"),
         ({"max_completion_length": 0}, "max_completion_length must be an integer >= 1, got 0"),
         ({"max_completion_length": -8}, "max_completion_length must be an integer >= 1, got -8"),
     ):
@@ -273,7 +274,7 @@ def test_the_api_refuses_a_loaded_model_with_nan_weights(tmp_path) -> None:
             processing_class=codec,
             reward_funcs=lambda prompts, completions, **c: [1.0] * len(completions),
             train_dataset=word_rows(),
-            args=tiny_args(tmp_path / "r"),
+            args=tiny_args(tmp_path / "r", model_init_kwargs={}),
         )
 
 
@@ -372,4 +373,4 @@ def test_tiny_config_still_builds(tmp_path) -> None:
     """The refusals above leave an ordinary config alone (a guard against over-refusing)."""
     config = build_config(overrides=TINY_OVERRIDES)
     assert config.train.num_generations == 2 and config.sampler.temperature == 1.0
-    assert DTMConfig(output_dir=str(tmp_path)).to_run_config(task_options={}).seed == 0
+    assert DTMArguments(output_dir=str(tmp_path)).to_run_config(task_options={}).seed == 0

@@ -176,6 +176,7 @@ ROOM_ORDER = (
     "rewards",
     "tasks",
     "preflight",
+    "generation",
     "objective",
     "dtm",
     "baselines",

@@ -36,7 +36,7 @@ COMMON = {
     "model": {"dtype": "bfloat16", "load_in_4bit": True},
     "dtm": {"c": 1.0, "baseline": "none", "states": "sar", "sar_block_length": 32},
     "sampler": {"steps": 128, "block_length": 32, "remasking": "low_confidence"},
-    "train": {"adam_betas": (0.9, 0.99), "weight_decay": 0.1},
+    "train": {"adam_beta1": 0.9, "adam_beta2": 0.99, "weight_decay": 0.1},
 }
 PUBLISHED = {
     "sudoku": {
@@ -44,7 +44,7 @@ PUBLISHED = {
         "train": {
             "learning_rate": 3e-6,
             "final_learning_rate": 1e-6,
-            "warmup_fraction": 0.05,
+            "warmup_ratio": 0.05,
             "decay_fraction": 0.1,
             "num_generations": 1,
             "buffer_prompts": 80,
@@ -71,7 +71,7 @@ PUBLISHED = {
         "train": {
             "learning_rate": 4e-6,
             "final_learning_rate": 2e-6,
-            "warmup_fraction": 0.05,
+            "warmup_ratio": 0.05,
             "decay_fraction": 0.1,
             "num_generations": 6,
             "buffer_prompts": 40,
@@ -353,8 +353,14 @@ def test_micro_batch_config_refusals(tiny_overrides) -> None:
     # Per-group DTM statistics read each row's whole group, so completions take every one.
     for extra in ("dtm.baseline=mean", "dtm.baseline=leave_one_out", "dtm.self_normalise=true"):
         build_config(overrides=[*base, "train.per_device_train_batch_size=2", extra])
-    with pytest.raises(ConfigError, match="read only with micro_batch=completions"):
+    # With whole prompt groups, per_device_train_batch_size still counts completions (TRL's
+    # meaning, issue 22): it fixes prompts_per_batch, and must agree with one that is set.
+    with pytest.raises(ConfigError, match="prompts_per_batch 2 and per_device_train_batch_size"):
         build_config(overrides=[*tiny_overrides, "train.per_device_train_batch_size=2"])
+    with pytest.raises(ConfigError, match="3 is not a multiple of num_generations 2"):
+        build_config(overrides=[*tiny_overrides, "train.per_device_train_batch_size=3"])
+    fits = build_config(overrides=[*tiny_overrides, "train.per_device_train_batch_size=4"])
+    assert fits.train.prompts_per_batch == 2
     with pytest.raises(ConfigError, match="ema_student needs"):
         build_config(overrides=[*tiny_overrides, "dtm.ema_student=true"])
 

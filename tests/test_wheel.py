@@ -116,3 +116,21 @@ def test_installed_bench_runs(installed, tmp_path: Path) -> None:
     }
     assert all(r["rollouts"] == SIZES["micro"].budget for r in results)  # every method
     assert "Goal check" in (tmp_path / "bench" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_carries_the_test_sets_and_method(installed, tmp_path: Path) -> None:
+    bin_dir, env = installed
+    env = {k: v for k, v in env.items() if k != "TILTMATCH_DATA_DIR"}
+    script = (
+        "from tiltmatch.data import PACKAGED_METHOD, shared_data_dir\n"
+        "from tiltmatch.tasks import get_task\n"
+        "print(shared_data_dir())\n"
+        "print(PACKAGED_METHOD.read_text().splitlines()[0])\n"
+        "print(len(get_task('countdown', format='chat').examples('published')))\n"
+    )
+    where, method, rows = _run([str(bin_dir / "python"), "-c", script], tmp_path, env).split("\n")[
+        :3
+    ]
+    assert Path(where).is_relative_to(bin_dir.parent), where
+    assert method.startswith("#") and rows == "256"

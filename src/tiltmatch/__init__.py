@@ -2,9 +2,12 @@
 
 The Python API (TRL's idiom; imported lazily, so ``import tiltmatch`` stays light)::
 
-    from tiltmatch import DTMConfig, DTMTrainer
-    trainer = DTMTrainer(model=..., reward_funcs=..., train_dataset=..., args=DTMConfig(...))
+    from tiltmatch import DTMArguments, DTMTrainer
+    trainer = DTMTrainer(model=..., reward_funcs=..., train_dataset=..., args=DTMArguments(...))
     trainer.train(); trainer.save_model()
+
+    model = tiltmatch.load_pretrained("runs/x/final")      # a saved folder, in one call
+    model.generate(["a prompt"], num_return_sequences=4)   # completions, in one call
 
 The subpackages read in the order data flows (METHOD.md; ARCHITECTURE.md draws it):
 
@@ -16,7 +19,8 @@ The subpackages read in the order data flows (METHOD.md; ARCHITECTURE.md draws i
 - ``baselines``  diffu-GRPO, wd1, rejection sampling, SPG, ESPO and coupled-GRPO behind the
                  same ``Objective``;
 - ``training``   the method registry, the student/teacher pair, the trainer (orchestration only);
-- ``api``        ``DTMConfig`` / ``DTMTrainer`` and the baselines' trainers (TRL's idiom);
+- ``generation`` a saved model's record and card, ``load_pretrained`` and ``DiffusionLM.generate``;
+- ``api``        ``DTMArguments`` / ``DTMTrainer`` and the baselines' trainers (TRL's idiom);
 - ``experiments`` the demo, benchmark and ablation, on top of the library (never imported by it).
 """
 
@@ -28,7 +32,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DTMConfig": "tiltmatch.api",
+    "DTMArguments": "tiltmatch.api",
+    "DTMConfig": "tiltmatch.api",  # the earlier name of DTMArguments (deprecated)
     "DTMTrainer": "tiltmatch.api",
     "DiffuGRPOTrainer": "tiltmatch.api",
     "WD1Trainer": "tiltmatch.api",
@@ -37,6 +42,8 @@ _LAZY = {
     "ESPOTrainer": "tiltmatch.api",
     "CoupledGRPOTrainer": "tiltmatch.api",
     "TrainOutput": "tiltmatch.api",
+    "load_pretrained": "tiltmatch.generation.pretrained",
+    "DiffusionLM": "tiltmatch.generation.pretrained",
     "RewardFunction": "tiltmatch.rewards",
     "RewardModel": "tiltmatch.rewards",
     "CallableReward": "tiltmatch.rewards",
@@ -44,7 +51,7 @@ _LAZY = {
     "make_reward": "tiltmatch.rewards",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *(name for name in _LAZY if name != "DTMConfig")]
 
 
 def __getattr__(name: str) -> Any:

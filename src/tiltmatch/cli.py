@@ -1,4 +1,4 @@
-"""The ``tiltmatch`` command: demo, pretrain, train, eval, convert-llada, bench."""
+"""The ``tiltmatch`` command: demo, pretrain, train, eval, generate, convert-llada, bench."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tiltmatch import __version__
 from tiltmatch.config import ConfigError, parse_task_options
 from tiltmatch.sampling.config import SAMPLER_MODES
+from tiltmatch.training.config import speak_names
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -97,6 +99,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from tiltmatch.destination import Destination
     from tiltmatch.models.denoiser import TinyModelSpec
     from tiltmatch.tasks import get_task
+    from tiltmatch.training.plan import pretrain_estimate
     from tiltmatch.training.pretrain import PretrainConfig, preflight_pretrain, pretrain
 
     _check_pretrain_args(args)
@@ -120,6 +123,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         train_examples=args.train_examples,
     )
     preflight_pretrain(task, spec, config)
+    if not args.quiet and (estimate := pretrain_estimate(task, spec, args.steps, args.batch_size)):
+        print(estimate, file=sys.stderr)
     with destination as folder:
         _, summary = pretrain(task, spec, config, out_dir=folder, quiet=args.quiet)
     print(json.dumps(summary, indent=2))
@@ -180,6 +185,150 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the generate command's flags, by the Python names its errors use
+GENERATE_FLAGS = {
+    "max_new_tokens": "--max-new-tokens",
+    "num_return_sequences": "--num-return-sequences",
+    "block_length": "--block-length",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "mode=": "--sampler=",
+}
+
+
+def _prompts(args: argparse.Namespace) -> list[Any]:
+    """The prompts of ``--prompt`` (in order) and ``--prompts-file`` (a .txt file: one per
+    line; .jsonl/.json/.csv/.parquet: the ``prompt`` column)."""
+    prompts: list[Any] = list(args.prompt)
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        if path.suffix == ".txt":
+            text = path.read_text(encoding="utf-8")
+            prompts += [line for line in text.split("\n") if line.strip()]
+        else:
+            from tiltmatch.tasks.dataset import load_prompt_rows
+
+            rows, label = load_prompt_rows(path)
+            for i, row in enumerate(rows):
+                if row.get("prompt") is None:
+                    raise ConfigError(
+                        f"{label}, row {i}: no 'prompt' column (columns: {sorted(row)})"
+                    )
+                prompts.append(row["prompt"])
+    if not prompts:
+        raise ConfigError("give --prompt TEXT (repeatable) or --prompts-file FILE")
+    return prompts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Sample completions from a saved model with its recorded sampler (JSON lines)."""
+    from tiltmatch.destination import Destination
+    from tiltmatch.generation.record import read_record
+    from tiltmatch.models.folders import resolve_model_path
+
+    prompts = _prompts(args)
+    settings = {
+        k: v
+        for k, v in (
+            ("temperature", args.temperature),
+            ("steps", args.steps),
+            ("block_length", args.block_length),
+            ("remasking", args.remasking),
+            ("mode", args.sampler),
+        )
+        if v is not None
+    }
+    for flag, value in (
+        ("--num-return-sequences", args.num_return_sequences),
+        ("--batch-size", args.batch_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    path = resolve_model_path(args.model)
+    try:  # every setting checked against the model's record before its weights are read
+        record = read_record(path)
+        record.sampling(record.length(args.max_new_tokens), settings)
+    except ConfigError as err:
+        raise ConfigError(speak_names(str(err), GENERATE_FLAGS)) from None
+    destination = None
+    if args.out is not None:
+        destination = Destination(
+            args.out, what="generations", overwrite=args.overwrite, sources=[path], staged=True
+        )
+        destination.check()
+    try:
+        from tiltmatch.generation.pretrained import load_pretrained
+
+        model = load_pretrained(path, device=args.device, dtype=args.dtype, base=args.base)
+        completions = model.generate(
+            prompts,
+            args.max_new_tokens,
+            args.num_return_sequences,
+            args.seed,
+            args.batch_size,
+            **settings,
+        )
+    except ConfigError as err:
+        raise ConfigError(speak_names(str(err), GENERATE_FLAGS)) from None
+    n = args.num_return_sequences
+    records = [
+        {"prompt": prompts[i // n], "sample": i % n, "completion": text}
+        for i, text in enumerate(completions)
+    ]
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    print(lines, end="")
+    if destination is not None:
+        with destination as folder:
+            (folder / "generations.jsonl").write_text(lines, encoding="utf-8")
+    return 0
+
+
+#: run-config fields the Python API sets otherwise than by a DTMArguments argument
+ELSEWHERE_IN_API = {
+    "task": "DTMTrainer(task=) or train_dataset",
+    "task_options": "a Task's own options (response_length: max_completion_length)",
+    "method": "method (or the baseline's trainer class)",
+    "method_options": "method_options",
+    "seed": "seed",
+    "model.base": "DTMTrainer(model=)",
+    "model": "model_init_kwargs",
+    "lora": "DTMTrainer(peft_config=)",
+}
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``--list``: every run-config field with its default, its Python-API argument and what it
+    does; otherwise the resolved config of ``--config`` and ``--set`` as YAML."""
+    from tiltmatch.config import build_config
+
+    if not args.list:
+        print(build_config(args.config, _overrides(args)).to_yaml(), end="")
+        return 0
+    if args.config or args.overrides or args.seed is not None:
+        raise ConfigError("--list lists the fields; --config and --set resolve a config")
+    from tiltmatch.api import API_NAMES
+    from tiltmatch.training.config import RENAMED, config_fields
+
+    earlier = {new: old for old, new in RENAMED.items()}
+    rows = [("field (YAML, --set)", "default", "Python API", "what it does")]
+    for path, default, description in config_fields():
+        section = path.partition(".")[0]
+        argument = API_NAMES.get(path) or ELSEWHERE_IN_API.get(path)
+        argument = argument or ELSEWHERE_IN_API.get(section, "run_overrides")
+        if path not in ELSEWHERE_IN_API and "." in path and section in ("model", "lora"):
+            argument = f"{ELSEWHERE_IN_API[section]}: {path.partition('.')[2]}"
+        note = description
+        if path in earlier or any(path in k.split(", ") for k in earlier):
+            old = next(old for new, old in earlier.items() if path in new.split(", "))
+            note = f"{note} [earlier name: {old}, read for one release]".strip()
+        shown = json.dumps(default)
+        rows.append((path, shown if len(shown) <= 24 else shown[:21] + "...", argument, note))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], width, strict=True)), row[3])
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The CPU demo: DTM on the maze from the shipped base model, with a report."""
     from tiltmatch.destination import Destination
@@ -212,8 +361,11 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="evaluate a model on a task, or on the published suite (tasks x lengths)",
-        description="Defaults are the published protocol: blocks of 32, gen_length / 2 steps, "
-        "low-confidence remasking, temperature 0, the published test sets.",
+        description="A model that records its task (tiltmatch train's final/, save_model(), "
+        "the shipped bases) is evaluated with its own task options and sampler unless a flag "
+        "says otherwise; otherwise the defaults are the published protocol: blocks of 32, "
+        "gen_length / 2 steps, low-confidence remasking, temperature 0, the published test "
+        "sets. The device defaults to the accelerator when one is visible.",
     )
     p.add_argument("--model", required=True, help="model folder, or shipped:maze")
     p.add_argument("--task", help="one task (or --suite)")
@@ -236,22 +388,39 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many examples")
     p.add_argument(
-        "--gen-length", type=int, default=None, help="response tokens (default: the task's)"
+        "--gen-length",
+        "--max-new-tokens",
+        dest="gen_length",
+        type=int,
+        default=None,
+        help="response tokens (default: the model's recorded task's, else the task's)",
     )
-    p.add_argument("--block-length", type=int, default=None, help="default 32 (or gen length)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default gen_length/2)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    p.add_argument(
+        "--block-length", type=int, default=None, help="default: recorded, else 32 (derived)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampler steps (default: derived: gen_length/2)"
+    )
+    p.add_argument("--temperature", type=float, default=None, help="default: recorded, else 0")
+    p.add_argument(
+        "--remasking",
+        choices=["low_confidence", "random"],
+        default=None,
+        help="default: recorded, else low_confidence",
+    )
     p.add_argument(
         "--sampler",
         choices=SAMPLER_MODES,
-        default="exact",
-        help="exact (the model's own distribution) or a faster approximation (docs/sampling.md)",
+        default=None,
+        help="exact (the model's own distribution; the default unless recorded otherwise) or "
+        "a faster approximation (docs/sampling.md)",
     )
     p.add_argument("--samples", type=int, default=1, help="samples per example")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--device", default=None, help="default: the accelerator when one is visible, else cpu"
+    )
     p.add_argument("--out", default=None, help="folder for outputs.jsonl and metrics.json")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p
@@ -260,12 +429,86 @@ def _add_eval_parser(sub: Any) -> argparse.ArgumentParser:
 _OVERWRITE_HELP = "replace what --out already holds (refused without it)"
 
 
+def _add_generate_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``generate`` subcommand: a saved model's recorded sampler unless a flag is given."""
+    p = sub.add_parser(
+        "generate",
+        help="sample completions from a saved model (its recorded length and sampler)",
+        description="Prints one JSON line per completion: prompt, sample, completion. Every "
+        "sampler setting defaults to the one recorded with the model (tiltmatch.json); the "
+        "block length and steps are derived from the response length unless given.",
+    )
+    p.add_argument("--model", required=True, help="model folder (train's final/), shipped:NAME")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument(
+        "--prompts-file",
+        help="prompts: a .txt file (one per line) or a .jsonl/.json/.csv/.parquet with a "
+        "prompt column",
+    )
+    p.add_argument("--max-new-tokens", type=int, help="response tokens (default: recorded)")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="completions per prompt")
+    p.add_argument("--temperature", type=float, help="default: recorded")
+    p.add_argument("--steps", type=int, help="sampler steps (default: derived)")
+    p.add_argument("--block-length", type=int, help="block length (default: derived)")
+    p.add_argument("--remasking", choices=["low_confidence", "random"], help="default: recorded")
+    p.add_argument("--sampler", choices=SAMPLER_MODES, help="sampler mode (default: recorded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="default: the accelerator when one is visible, else cpu")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="default: the model's"
+    )
+    p.add_argument("--base", help="a LoRA adapter's base model folder (default: the one it names)")
+    p.add_argument("--out", help="also write generations.jsonl into this folder")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    return p
+
+
+def _add_convert_parser(sub: Any) -> None:
+    """``convert-llada SRC DST``, declared here so that ``--help`` imports neither torch nor
+    transformers (the conversion, :func:`tiltmatch.models.llada.convert_llada`, does)."""
+    from tiltmatch.models.dtypes import DTYPE_NAMES
+
+    p = sub.add_parser(
+        "convert-llada",
+        help="convert a LLaDA checkpoint to a Llama-format (bidirectional) checkpoint",
+        description="Write SRC (a LLaDA checkpoint) to DST in Llama format: sharded safetensors, "
+        "config.json, the tokenizer files and tiltmatch.json with the special ids; no remote "
+        "code is run.",
+    )
+    p.add_argument("src", help="LLaDA checkpoint folder (or hub id where a network exists)")
+    p.add_argument("dst", help="output folder (must be empty or absent)")
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty DST (refused without it)"
+    )
+    p.set_defaults(func=cmd_convert_llada)
+
+
+def cmd_convert_llada(args: argparse.Namespace) -> int:
+    """Convert a LLaDA checkpoint (torch and transformers imported only now)."""
+    from tiltmatch.models.dtypes import torch_dtype
+    from tiltmatch.models.llada import convert_llada
+
+    out = convert_llada(
+        args.src,
+        args.dst,
+        dtype=torch_dtype(args.dtype),
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tiltmatch`` command."""
     parser = argparse.ArgumentParser(
         prog="tiltmatch",
         description="Discrete Tilt Matching: reward fine-tuning of masked diffusion LMs.",
     )
+    parser.add_argument("--version", action="version", version=f"tiltmatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="fine-tune the maze base model with DTM and write a report")
@@ -351,12 +594,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_eval_parser(sub)
     p.set_defaults(func=cmd_eval)
 
-    try:
-        from tiltmatch.models.llada import add_convert_parser
+    p = _add_generate_parser(sub)
+    p.set_defaults(func=cmd_generate)
 
-        add_convert_parser(sub)
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
+    p = sub.add_parser(
+        "config",
+        help="list the run config's fields (--list), or print a resolved config",
+        description="--list: every field of a run config (the YAML/--set path), its default, "
+        "its name as a Python-API argument (DTMArguments) and what it does. Without --list: "
+        "the config that --config and --set resolve to, as YAML (what train would run).",
+    )
+    p.add_argument("--list", action="store_true", help="list every field")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+
+    _add_convert_parser(sub)
 
     # Every argument goes to tiltmatch.experiments.bench (its own --help): with "+" as the only
     # prefix, this parser takes "--quick" and friends as plain words instead of rejecting them.
@@ -375,12 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn known errors into one clear line and exit code 2."""
+    args = build_parser().parse_args(argv)  # --help and --version end here, without torch
     from tiltmatch.data import DatasetError
     from tiltmatch.tasks import UnknownTaskError
     from tiltmatch.tasks.base import RewardError
     from tiltmatch.training.checkpoint import CheckpointError
 
-    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (
@@ -393,8 +645,31 @@ def main(argv: list[str] | None = None) -> int:
         FloatingPointError,  # a diverging run, stopped before it wrote anything
         ValueError,
     ) as err:
-        print(f"tiltmatch {args.command}: error: {_describe_error(err)}", file=sys.stderr)
+        message = _describe_error(err)
+        if args.command == "train" and getattr(args, "dataset", None):
+            message = speak_names(message, DATASET_FLAGS)
+        print(f"tiltmatch {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:  # an optional dependency a setting needs
+        print(
+            f"tiltmatch {args.command}: error: {err}: an optional dependency; the extras are "
+            "llm, quant, rlhf, trackers (pip install 'tiltmatch[llm]')",
+            file=sys.stderr,
+        )
+        return 2
+
+
+#: how ``train --dataset``'s errors name what its flags set (the run config's words -> flags)
+DATASET_FLAGS = {
+    "set model.base": "give --model FOLDER",
+    "model.base": "--model",
+    "the task's alphabet option": "--alphabet auto",
+    "task_options.alphabet": "--alphabet",
+    "task_options.train": "--dataset",
+    "task_options.eval": "--eval-dataset",
+    "task_options.rewards": "--reward",
+    "reward_weights": "--reward-weight values",
+}
 
 
 def _describe_error(err: BaseException) -> str:

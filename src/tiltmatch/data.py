@@ -21,15 +21,23 @@ class DatasetError(ValueError):
     """A dataset file that is missing, unreadable, or has a row without a required field."""
 
 
+#: the evaluation sets and METHOD.md shipped inside the package (and so in the wheel)
+PACKAGED_DATA = Path(__file__).resolve().parent / "assets" / "data"
+PACKAGED_METHOD = Path(__file__).resolve().parent / "assets" / "METHOD.md"
+
+
 def shared_data_dir() -> Path:
     """The folder of the shipped evaluation sets.
 
-    ``$TILTMATCH_DATA_DIR`` if set; else the first ``shared/data`` found beside
-    the current directory or the package's checkout, walking up.
+    ``$TILTMATCH_DATA_DIR`` if set; else the copy shipped in the package
+    (``tiltmatch/assets/data``, also in an installed wheel); else the first
+    ``shared/data`` found beside the current directory or the package's checkout, walking up.
     """
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env)
+    if PACKAGED_DATA.is_dir():
+        return PACKAGED_DATA
     for start in (Path.cwd(), Path(__file__).resolve()):
         for parent in (start, *start.parents):
             for candidate in (parent / "shared" / "data", parent.parent / "shared" / "data"):

@@ -112,6 +112,16 @@ def check_rewards(
     return torch.tensor(out, dtype=torch.float32)
 
 
+def _columns_hint(err: Exception, examples: Sequence[Example]) -> str:
+    """Where a reward asked for a column the dataset lacks (a ``TypeError`` about a missing
+    argument), the columns the dataset has, which reach it by name."""
+    if not isinstance(err, TypeError) or "argument" not in str(err) or not examples:
+        return ""
+    columns = sorted(k for k in examples[0].data if k != PROMPT_KEY)
+    listed = ", ".join(columns) if columns else "none besides prompt"
+    return f"; the dataset's columns, passed by name: {listed}"
+
+
 class RewardFunction(ABC):
     """A batched reward: ``reward(completions, examples) -> float32 tensor [N]``."""
 
@@ -137,6 +147,7 @@ class RewardFunction(ABC):
             raise RewardError(
                 f"reward function {self.name!r} raised {type(err).__name__}: {err} "
                 f"(on a batch of {len(completions)} completions, first example {first!r})"
+                + _columns_hint(err, examples)
             ) from err
         except SystemExit as exit_:  # sys.exit() in a reward must not end the run silently
             raise RewardError(

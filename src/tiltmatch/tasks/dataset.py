@@ -16,6 +16,7 @@ codecs here encode one user turn.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tiltmatch.tasks.base import Example, Task
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def _load_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
+def load_prompt_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
     """Rows of ``source`` as plain dicts, and a label naming it in error messages."""
     if isinstance(source, list | tuple):
         rows = list(source)
@@ -53,22 +54,86 @@ def _load_rows(source: Any) -> tuple[list[dict[str, Any]], str]:
         raise DatasetError(f"cannot read a dataset from {type(source).__name__}")
     text = str(source)
     path = Path(text).expanduser()
-    if path.is_file() or text.endswith(LOCAL_SUFFIXES) or text.startswith(("/", ".", "~")):
+    if _is_local(text):
         if not path.is_file():
             raise DatasetError(f"dataset file not found: {path}")
-        if path.suffix in (".jsonl", ".json"):
-            return read_jsonl(path), str(path)
-        if path.suffix == ".csv":
-            return read_csv(path), str(path)
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                return pq.read_table(path).to_pylist(), str(path)
-            except Exception as err:  # a corrupt file: say which
-                raise DatasetError(f"{path}: not a readable Parquet file ({err})") from None
-        raise DatasetError(f"{path}: unknown dataset format (use .jsonl, .csv or .parquet)")
+        if path.suffix not in BUILDERS:
+            raise DatasetError(
+                f"{path}: unknown dataset format (use .jsonl, .json, .csv or .parquet)"
+            )
+        return local_rows(path), str(path)
     return _hub_rows(text), f"hub dataset {text!r}"
+
+
+#: the ``datasets`` builder of each local file ending
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def local_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a local file as ``datasets.load_dataset`` reads them, so that they have
+    the types a user gets elsewhere (a CSV's numbers as numbers, a JSON file holding an array
+    of objects). A file ``datasets`` cannot read is read again by the package's strict reader,
+    which names the line and the problem; ``datasets`` not installed: the strict readers'
+    rows (CSV values as text)."""
+    try:
+        import datasets
+    except ImportError:
+        return _strict_rows(path)
+    quiet = datasets.utils.are_progress_bars_disabled()
+    verbosity = datasets.utils.logging.get_verbosity()
+    datasets.utils.disable_progress_bars()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)  # errors: ours
+    try:
+        with tempfile.TemporaryDirectory(prefix="tiltmatch-data-") as cache:
+            loaded = datasets.load_dataset(
+                BUILDERS[path.suffix],
+                data_files=str(path),
+                split="train",
+                cache_dir=cache,
+                keep_in_memory=True,
+            )
+            return list(loaded.to_list())
+    except Exception as err:  # datasets' and pyarrow's own error types for a bad file
+        _strict_rows(path)  # names the line and the problem where it can
+        raise DatasetError(
+            f"{path}: datasets cannot read it ({type(err).__name__}: {_one_line(err)})"
+        ) from None
+    finally:
+        datasets.utils.logging.set_verbosity(verbosity)
+        if not quiet:
+            datasets.utils.enable_progress_bars()
+
+
+def _strict_rows(path: Path) -> list[dict[str, Any]]:
+    """The package's own readers (every row checked, the line named)."""
+    if path.suffix == ".csv":
+        return read_csv(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as err:  # a corrupt file: say which
+            raise DatasetError(f"{path}: not a readable Parquet file ({err})") from None
+    return read_jsonl(path)
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_local(text: str) -> bool:
+    """Whether a source string names a local file (else it is a hub dataset name)."""
+    path = Path(text).expanduser()
+    return path.is_file() or text.endswith(LOCAL_SUFFIXES) or text.startswith(("/", ".", "~"))
+
+
+def hub_name(source: Any) -> str | None:
+    """The hub dataset a source names (``name`` of ``name:split``), None for anything else."""
+    if not isinstance(source, str) or _is_local(source):
+        return None
+    return source.partition(":")[0]
 
 
 def _hub_rows(text: str) -> list[dict[str, Any]]:
@@ -88,8 +153,9 @@ def _hub_rows(text: str) -> list[dict[str, Any]]:
         ) from err
 
 
-def _prompt_text(prompt: Any, where: str) -> str:
-    """The text the policy is conditioned on, from a standard or conversational prompt."""
+def prompt_text(prompt: Any, where: str) -> str:
+    """The text the policy is conditioned on, from a standard or conversational prompt
+    (``where`` names the row in an error)."""
     if isinstance(prompt, str):
         if not prompt:
             raise DatasetError(f"{where}: the prompt is empty")
@@ -129,7 +195,7 @@ def rows_to_examples(rows: Sequence[dict[str, Any]], label: str) -> list[Example
         if PROMPT_KEY not in row or row[PROMPT_KEY] is None:
             columns = sorted(row)
             raise DatasetError(f"{where}: no {PROMPT_KEY!r} column (columns: {columns})")
-        text = _prompt_text(row[PROMPT_KEY], where)
+        text = prompt_text(row[PROMPT_KEY], where)
         out.append(Example(prompt=text, data=dict(row), uid=f"{label}:{i}"))
     return out
 
@@ -150,6 +216,8 @@ class DatasetTask(Task):
     """
 
     name = "dataset"
+    #: the response length when none is given (``max_completion_length``)
+    DEFAULT_LENGTH = 32
 
     def __init__(
         self,
@@ -158,7 +226,7 @@ class DatasetTask(Task):
         rewards: Any = None,
         reward_weights: Sequence[float] | None = None,
         reward_device: str = "cpu",
-        response_length: int = 32,
+        response_length: int = DEFAULT_LENGTH,
         alphabet: str | None = None,
     ) -> None:
         if train is None:
@@ -173,12 +241,15 @@ class DatasetTask(Task):
             raise ValueError(f"response_length must be at least 1, got {response_length}")
         if alphabet is not None and (not isinstance(alphabet, str) or not alphabet):
             raise ValueError(f"alphabet must be a non-empty string, got {alphabet!r}")
-        rows, self.train_label = _load_rows(train)
+        rows, self.train_label = load_prompt_rows(train)
         self.train_examples = rows_to_examples(rows, self.train_label)
+        #: the hub names the prompts came from (None: a file or an in-memory dataset)
+        self.train_hub_name = hub_name(train)
+        self.eval_hub_name = hub_name(eval)
         self.eval_label: str | None = None
         self.eval_examples: list[Example] | None = None
         if eval is not None:
-            rows, self.eval_label = _load_rows(eval)
+            rows, self.eval_label = load_prompt_rows(eval)
             self.eval_examples = rows_to_examples(rows, self.eval_label)
         self.response_length = int(response_length)
         if alphabet == "auto":
@@ -193,7 +264,7 @@ class DatasetTask(Task):
         elif split == "test":
             pool = self.eval_examples if self.eval_examples is not None else self.train_examples
         else:
-            pool = rows_to_examples(*_load_rows(split))
+            pool = rows_to_examples(*load_prompt_rows(split))
         return list(pool if n is None else pool[:n])
 
     @property

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 class TrainerCallback:
     """Does nothing at every point of the training loop; override the points you need."""
 
+    def on_stage_begin(self, trainer: Trainer) -> None:
+        """A stage is about to rebuild its buffer (``trainer.phase.stage``, ``.updates``)."""
+
     def on_rollouts_begin(self, trainer: Trainer, examples: Sequence[Example]) -> None:
         """The teacher is about to sample ``num_generations`` completions of each example."""
 

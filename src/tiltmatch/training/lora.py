@@ -60,6 +60,8 @@ def peft_lora_config(settings: LoRAConfig):
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         bias="none",
+        use_rslora=settings.use_rslora,
+        use_dora=settings.use_dora,
     )
 
 

@@ -1,10 +1,13 @@
 """``tiltmatch eval``: the published evaluation protocol, on one task or the whole suite.
 
-Defaults are the published protocol (d1 lineage, which DTM follows; see the shared
-data README): semi-autoregressive blocks of 32 tokens, ``gen_length / 2`` sampler
-steps (two tokens per step), low-confidence remasking, temperature 0, and the
-published test sets (Sudoku ``test_split_new``, the shared Countdown file, GSM8K's
-and MATH-500's test splits). ``--suite published`` evaluates a model on all four
+A model that records the task it was trained on (``tiltmatch train``'s ``final/``, the API's
+``save_model()``, the shipped bases: :mod:`tiltmatch.generation.record`) is evaluated on that
+task with its own options and sampler unless a flag says otherwise. Otherwise the defaults
+are the published protocol (d1 lineage, which DTM follows; see the shared data README):
+semi-autoregressive blocks of 32 tokens, ``gen_length / 2`` sampler steps (two tokens per
+step), low-confidence remasking, temperature 0, and the published test sets (Sudoku
+``test_split_new``, the shared Countdown file, GSM8K's and MATH-500's test splits). The
+device is the accelerator when one is visible. ``--suite published`` evaluates a model on all four
 tasks at 128 / 256 / 512 tokens and writes the tasks x lengths table (markdown and
 JSON) in the layout of the published one.
 
@@ -26,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from tiltmatch.destination import Destination
+from tiltmatch.generation.pretrained import default_device
+from tiltmatch.generation.record import PUBLISHED_SAMPLER, GenerationRecord, read_record
 from tiltmatch.model_checks import check_finite_weights, check_model_meta
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
@@ -46,9 +50,10 @@ from tiltmatch.preflight import (
 )
 from tiltmatch.sampling.registry import SamplerRefused, strategy_for
 from tiltmatch.sampling.sampler import SamplingConfig, generate
-from tiltmatch.settings import parse_task_options, validation_reasons
+from tiltmatch.settings import ConfigError, parse_task_options
 from tiltmatch.tasks import get_task
 from tiltmatch.tasks.base import Example, Task
+from tiltmatch.training.config import speak_names
 
 #: The published protocol (METHOD.md section 6; shared/data/README.md).
 PUBLISHED_BLOCK_LENGTH = 32
@@ -76,31 +81,56 @@ class EvalArgumentError(ValueError):
 
 @dataclass(frozen=True)
 class Protocol:
-    """How responses are generated: length, blocks, steps, remasking, temperature."""
+    """How responses are generated: the response length and the whole sampler."""
 
     gen_length: int
-    block_length: int
-    steps: int
-    remasking: str
-    temperature: float
-    mode: str = "exact"  # the sampler mode (exact, or an approximation: docs/sampling.md)
+    sampler: SamplingConfig
 
-    def check(self) -> None:
-        """The sampler's own checks, as one line (EvalArgumentError), not pydantic's report."""
-        try:
-            self.sampling()
-        except ValidationError as err:
-            raise EvalArgumentError(validation_reasons(err)) from None
+    @property
+    def block_length(self) -> int:
+        return self.sampler.block_length
+
+    @property
+    def steps(self) -> int:
+        return self.sampler.steps
+
+    @property
+    def remasking(self) -> str:
+        return self.sampler.remasking
+
+    @property
+    def temperature(self) -> float:
+        return self.sampler.temperature
+
+    @property
+    def mode(self) -> str:
+        return self.sampler.mode
 
     def sampling(self) -> SamplingConfig:
         """The sampler settings."""
-        return SamplingConfig(
-            steps=self.steps,
-            block_length=self.block_length,
-            remasking=self.remasking,  # type: ignore[arg-type]
-            temperature=self.temperature,
-            mode=self.mode,
-        )
+        return self.sampler
+
+
+#: how eval's errors name the sampler's settings (record and sampler names -> flags)
+EVAL_FLAGS = {
+    "max_new_tokens": "--gen-length",
+    "block_length": "--block-length",
+    "steps": "--steps",
+    "mode=": "--sampler=",
+}
+
+
+def sampler_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler settings given on the command line (the others come from the model's
+    record or the published protocol)."""
+    given = {
+        "block_length": args.block_length,
+        "steps": args.steps,
+        "remasking": args.remasking,
+        "temperature": args.temperature,
+        "mode": getattr(args, "sampler", None),
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _positive(args: argparse.Namespace, name: str, flag: str) -> None:
@@ -116,7 +146,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.suite is not None and args.task is not None:
         raise EvalArgumentError("--task and --suite exclude each other")
     temperature = args.temperature
-    if not math.isfinite(temperature) or temperature < 0:
+    if temperature is not None and (not math.isfinite(temperature) or temperature < 0):
         raise EvalArgumentError(f"--temperature must be a finite number >= 0, got {temperature}")
     for name, flag in (
         ("samples", "--samples"),
@@ -133,8 +163,14 @@ def check_args(args: argparse.Namespace) -> None:
         if length < 1:
             raise EvalArgumentError(f"--lengths must hold positive lengths, got {length}")
     # The sampler's own checks (a mode that needs low_confidence remasking, ...), before loading.
-    Protocol(1, 1, 1, args.remasking, temperature, getattr(args, "sampler", "exact")).check()
-    check_device(args.device)
+    _flag_sampling(GenerationRecord(), 1, {**sampler_flags(args), "block_length": 1, "steps": 1})
+    if args.device is not None:
+        check_device(args.device)
+
+
+def eval_device(args: argparse.Namespace) -> torch.device:
+    """``--device``, else the accelerator when one is visible (CUDA, MPS), else the CPU."""
+    return check_device(args.device) if args.device is not None else default_device()
 
 
 def check_device(name: str) -> torch.device:
@@ -172,34 +208,34 @@ def response_length(task: Task, gen_length: int | None) -> int:
     return length
 
 
+def _flag_sampling(
+    record: GenerationRecord, length: int, settings: dict[str, Any]
+) -> SamplingConfig:
+    """``record.sampling`` with its refusals in eval's flags (one line)."""
+    try:
+        return record.sampling(length, settings)
+    except ConfigError as err:
+        raise EvalArgumentError(speak_names(str(err), EVAL_FLAGS)) from None
+
+
 def resolve_protocol(
-    args: argparse.Namespace, task: Task, gen_length: int | None, max_positions: int | None
+    args: argparse.Namespace,
+    task: Task,
+    gen_length: int | None,
+    max_positions: int | None,
+    record: GenerationRecord | None = None,
 ) -> Protocol:
-    """The protocol for ``task``: the published defaults where an argument is not given."""
+    """The protocol for ``task``: the flags given, else the model's recorded sampler (a
+    ``record`` of this task), else the published protocol (blocks of 32, ``gen_length / 2``
+    steps, low-confidence remasking, temperature 0); an unset block length and step count
+    are derived from the length (:mod:`tiltmatch.generation.geometry`)."""
     length = response_length(task, gen_length)
     if max_positions is not None and length > max_positions:
         raise EvalArgumentError(
             f"--gen-length {length} exceeds the model's {max_positions} positions"
         )
-    block = args.block_length or min(PUBLISHED_BLOCK_LENGTH, length)
-    if length % block:
-        raise EvalArgumentError(
-            f"--gen-length {length} is not a multiple of the block length {block} "
-            "(give --block-length)"
-        )
-    blocks = length // block
-    steps = args.steps if args.steps is not None else max(length // 2, blocks)
-    if steps % blocks:
-        raise EvalArgumentError(
-            f"--steps {steps} is not a multiple of the {blocks} blocks of {block} tokens"
-        )
-    if steps > length:
-        raise EvalArgumentError(f"--steps {steps} exceeds --gen-length {length}")
-    protocol = Protocol(
-        length, block, steps, args.remasking, args.temperature, getattr(args, "sampler", "exact")
-    )
-    protocol.check()
-    return protocol
+    own = record if record is not None and record.task == task.name else GenerationRecord()
+    return Protocol(length, _flag_sampling(own, length, sampler_flags(args)))
 
 
 def _max_positions(model: Any) -> int | None:
@@ -297,8 +333,8 @@ def check_sampler_decodes(path: Path, args: argparse.Namespace) -> None:
         family = folder_family(path)
     except (OSError, ValueError):
         return  # loading the folder says what is wrong with it
-    mode = getattr(args, "sampler", "exact")
-    sampling = Protocol(1, 1, 1, args.remasking, args.temperature, mode).sampling()
+    flags = {**sampler_flags(args), "block_length": 1, "steps": 1}
+    sampling = _flag_sampling(GenerationRecord(), 1, flags)
     try:
         strategy_for(family, sampling, "--sampler", "--")
     except SamplerRefused as err:
@@ -309,7 +345,7 @@ def _load(args: argparse.Namespace, task: Task | None) -> tuple[MaskedDenoiser, 
     path = resolve_model_path(args.model)
     check_sampler_decodes(path, args)
     check_model_meta(path)
-    device = check_device(args.device)
+    device = eval_device(args)
     shape = _folder_shape(path)
     if shape is not None:  # float32 weights (load_model_folder's dtype), before loading
         refuse_over([model_need(shape, f"--model {args.model}", 4.0, 1.0)], device)
@@ -392,7 +428,7 @@ def _evaluate(
     model_path: Path,
 ) -> tuple[dict[str, Any], list[tuple[Example, int]], list[str]]:
     """Metrics, rows and responses of one task at one protocol."""
-    device = check_device(args.device)
+    device = eval_device(args)
     _warn_long_prompts(codec, examples, protocol.gen_length, _max_positions(denoiser.model))
     preflight_eval(args, denoiser, codec, examples, protocol)
     started = time.time()
@@ -433,21 +469,46 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     if args.suite is not None:
         return run_suite(args)
-    options = parse_task_options(args.task_option)
+    record = read_record(resolve_model_path(args.model))
+    options = task_options(args, record)
     task = get_task(args.task, **options)
-    split = args.split or PUBLISHED_TASKS.get(task.name, ("test",))[0]
+    split = args.split or default_split(task.name, options)
     response_length(task, args.gen_length)  # before any file is read
+    resolve_protocol(args, task, args.gen_length, None, record)  # every flag, before loading
     destination = _destination(args, resolve_model_path(args.model))
     examples = _examples(args, task, split)
     denoiser, codec, path = _load(args, task)
-    protocol = resolve_protocol(args, task, args.gen_length, _max_positions(denoiser.model))
+    max_positions = _max_positions(denoiser.model)
+    protocol = resolve_protocol(args, task, args.gen_length, max_positions, record)
     metrics, rows, responses = _evaluate(
         args, task, split, examples, denoiser, codec, protocol, path
     )
+    metrics["task_options"] = options
     if destination is not None:
         with destination as folder:
             _write_outputs(folder, task, rows, responses, metrics)
     return metrics
+
+
+def task_options(args: argparse.Namespace, record: GenerationRecord) -> dict[str, Any]:
+    """The ``--task-option`` values over the model's recorded options for the same task
+    (the shipped countdown base's ``format: char``, ``max_number: 9``, ...), so that a
+    model is evaluated on the task it was trained on unless told otherwise. A dataset task's
+    recorded options name its training files and rewards: they are not reused."""
+    given = parse_task_options(args.task_option)
+    if record.task != args.task or record.task == "dataset":
+        return given
+    return {**record.task_options, **given}
+
+
+def default_split(name: str, options: dict[str, Any]) -> str:
+    """The published test set where the task's options are the published ones (the chat
+    format), else the task's own held-out split ``test``."""
+    published = PUBLISHED_TASKS.get(name)
+    if published is None:
+        return "test"
+    split, wanted, _ = published
+    return split if all(options.get(k, v) == v for k, v in wanted.items()) else "test"
 
 
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
@@ -511,8 +572,12 @@ def _suite_table(
         "protocol": {
             "block_length": args.block_length or PUBLISHED_BLOCK_LENGTH,
             "steps": "gen_length / 2" if args.steps is None else args.steps,
-            "remasking": args.remasking,
-            "temperature": args.temperature,
+            "remasking": args.remasking or PUBLISHED_SAMPLER["remasking"],
+            "temperature": (
+                args.temperature
+                if args.temperature is not None
+                else PUBLISHED_SAMPLER["temperature"]
+            ),
             "samples_per_example": args.samples,
             "limit": args.limit,
         },

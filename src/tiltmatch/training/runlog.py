@@ -68,6 +68,9 @@ class RunLog:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.quiet = quiet
+        #: per-update records are written every this many updates (``train.logging_steps``)
+        every = ((config or {}).get("train") or {}).get("logging_steps", 1)
+        self.logging_steps = every if isinstance(every, int) and every >= 1 else 1
         chosen = parse_report_to(report_to if report_to is not None else "tensorboard")
         if not tensorboard and "tensorboard" in chosen:
             chosen.remove("tensorboard")
@@ -99,7 +102,10 @@ class RunLog:
             )
 
     def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
-        """Scalars ``prefix/name`` at ``step`` (TensorBoard; wandb/trackio at the update count)."""
+        """Scalars ``prefix/name`` at ``step`` (TensorBoard; wandb/trackio at the update count);
+        per-update ones (``prefix`` update) every ``train.logging_steps`` updates only."""
+        if prefix == "update" and step % self.logging_steps:
+            return
         scalars = _finite_scalars(values)
         if self.writer is not None:
             for k, v in scalars.items():

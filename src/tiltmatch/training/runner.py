@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from transformers import PreTrainedModel
 
 from tiltmatch.baselines import BaselineOptions
 from tiltmatch.destination import PENDING, Destination, pending_holder
+from tiltmatch.generation.card import model_card
 from tiltmatch.model_checks import check_finite_weights, check_model_meta, check_sampler_family
-from tiltmatch.models.codecs import CharTokenizer, PromptCodec
-from tiltmatch.models.denoiser import MaskedDenoiser, save_denoiser
+from tiltmatch.models.codecs import PromptCodec
+from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.models.loading import load_model_and_codec, resolve_model_path
 from tiltmatch.objective import Objective
 from tiltmatch.preflight import (
@@ -32,15 +34,20 @@ from tiltmatch.tasks.base import Task
 from tiltmatch.tasks.dataset import check_prompts
 from tiltmatch.training.callbacks import ProgressHeartbeat, TrainerCallback
 from tiltmatch.training.checkpoint import CheckpointError, checkpoint_meta, find_checkpoint
-from tiltmatch.training.config import RunConfig
+from tiltmatch.training.config import RENAMED, RunConfig, base_record, fit_sampler_geometry
 from tiltmatch.training.distributed import (
     close_process_group,
     process_context,
+    world_size_from_env,
 )
 from tiltmatch.training.methods import METHODS
 from tiltmatch.training.pair import CopiedPair, DenoiserPair
 from tiltmatch.training.parallel import make_parallel
+from tiltmatch.training.plan import report_progress
+from tiltmatch.training.saved_model import card_facts, save_final
 from tiltmatch.training.trainer import CHECKPOINT, Trainer
+
+__all__ = ["build_trainer", "card_facts", "run_training", "save_final"]
 
 STAGES = "stages.jsonl"
 #: what a refusal to write into a non-empty run folder suggests
@@ -131,14 +138,14 @@ def check_resume_config(
     and ``config.yaml``; every field that differs from ``requested`` must be named in
     ``allow_change`` (a field, or a whole section such as ``train``). Nothing is written.
     """
-    allow = list(allow_change)
+    allow = [renamed for name in allow_change for renamed in current_names(name)]
     want = requested.model_dump(mode="json")
     sources: list[tuple[str, dict[str, Any]]] = []
     meta = checkpoint_meta(out_dir / CHECKPOINT)
     if meta is None:
         raise CheckpointError(f"cannot resume: no checkpoint in {out_dir}")
     if isinstance(meta.get("config"), dict):
-        sources.append((f"{CHECKPOINT}/meta.json", meta["config"]))
+        sources.append((f"{CHECKPOINT}/meta.json", _current_fields(meta["config"])))
     saved = out_dir / "config.yaml"
     if saved.is_file():
         from tiltmatch.training.config import build_config
@@ -156,6 +163,23 @@ def check_resume_config(
                 f"{len(changed)} field(s): {listed}; pass --allow-change FIELD for each change "
                 "you mean, or start a new run"
             )
+
+
+def current_names(name: str) -> list[str]:
+    """A config field's current names (a field renamed since, ``train.checkpoint_every``,
+    is ``train.save_steps``; ``train.adam_betas`` is both betas)."""
+    return RENAMED[name].split(", ") if name in RENAMED else [name]
+
+
+def _current_fields(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's dumped config with fields renamed since under their current names (a
+    run checkpointed before a rename resumes without a spurious difference)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return RunConfig.model_validate(stored).model_dump(mode="json")
+    except ValidationError:
+        return stored  # compared as it is: its differences are listed
 
 
 def _stage_lines(path: Path) -> list[str]:
@@ -301,6 +325,7 @@ def build_trainer(
     ``task`` and ``loaded`` (a model and its codec) are given by the Python API
     (:mod:`tiltmatch.api`) when the user passes objects instead of names.
     """
+    check_launch_devices()
     torch.manual_seed(config.seed)
     context = process_context()
     if context.fsdp is not None and config.model.load_in_4bit:
@@ -308,9 +333,11 @@ def build_trainer(
             "model.load_in_4bit cannot be sharded with FSDP (bitsandbytes' 4-bit weights are "
             "not DTensors): launch with configs/accelerate/ddp.yaml"
         )
+    check_quantisation(config)
     if task is None:
         task = get_task(config.task, **config.task_options)
     check_response_length(task, "task_options.response_length")
+    fit_sampler_geometry(config, task.response_length, base_record(config))
     copies = training_copies(_weight_copies(config), config.lora is not None)
     if context.fsdp is not None:  # every weight, gradient and moment is sharded over the ranks
         copies /= context.world_size
@@ -333,9 +360,51 @@ def build_trainer(
     parallel = make_parallel(context)  # one process, data-parallel or sharded
     with Heartbeat(f"building the {task.name} prompt pool", quiet):
         trainer = Trainer(config, task, codec, pair, objective, out_dir, quiet, parallel)
-    if not trainer.quiet:  # elapsed-time bars around the rollouts and evaluations
+    if not trainer.quiet:  # elapsed-time bars around the rollouts and evaluations, the plan
         trainer.add_callback(ProgressHeartbeat())
+        report_progress(trainer)  # the plan, then updates done / total and the time left
     return trainer, task, codec
+
+
+def check_launch_devices() -> None:
+    """Refuse a multi-GPU launch (``accelerate launch`` with a ``MULTI_GPU`` or FSDP config)
+    on a machine with fewer CUDA devices than the processes it starts here: it would run as
+    that many CPU processes, silently. ``accelerate launch --cpu`` (or ``torchrun``) asks for
+    CPU processes and is not refused."""
+    world = world_size_from_env()
+    launched_for_gpus = "ACCELERATE_MIXED_PRECISION" in os.environ and not os.environ.get(
+        "ACCELERATE_USE_CPU"
+    )
+    if world <= 1 or not launched_for_gpus:
+        return
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < here:
+        raise ConfigError(
+            f"the launch starts {here} GPU processes on this machine (accelerate's multi-GPU "
+            f"config, num_processes {world}) but {visible} CUDA device(s) are visible: set "
+            "num_processes to the number of GPUs, or launch CPU processes with "
+            "'accelerate launch --cpu'"
+        )
+
+
+def check_quantisation(config: RunConfig) -> None:
+    """Refuse ``model.load_in_4bit`` where it cannot load: without bitsandbytes (the
+    ``quant`` extra) or without a CUDA GPU (bitsandbytes' 4-bit layers run there only)."""
+    if not config.model.load_in_4bit:
+        return
+    from tiltmatch.models.quantisation import bitsandbytes_available
+
+    if not bitsandbytes_available():
+        raise ConfigError(
+            "model.load_in_4bit needs bitsandbytes: pip install 'tiltmatch[quant]' (or set "
+            "model.load_in_4bit=false: a bfloat16 base with LoRA)"
+        )
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "model.load_in_4bit needs a CUDA GPU (bitsandbytes' 4-bit layers); none is "
+            "visible: set model.load_in_4bit=false"
+        )
 
 
 def check_response_length(task: Task, setting: str) -> None:
@@ -380,31 +449,6 @@ def _load_checked(
     return model, codec
 
 
-def save_final(
-    trainer: Trainer,
-    codec: PromptCodec,
-    folder: Path,
-    state_dict: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """The fine-tuned student, saved as a loadable denoiser folder (or its LoRA adapter).
-
-    ``state_dict``: the student's whole weights when the trainer holds shards
-    (:meth:`Parallelism.student_weights_to_save`).
-    """
-    save_adapter = getattr(trainer.pair, "save_adapter", None)
-    if save_adapter is not None:
-        return save_adapter(folder, state_dict=state_dict)
-    meta: dict[str, Any] = {
-        "task": trainer.task.name,
-        "mask_token_id": codec.mask_token_id,
-        "pad_token_id": codec.pad_token_id,
-        "eos_token_id": codec.eos_token_id,
-    }
-    if isinstance(codec, CharTokenizer):
-        meta["alphabet"] = codec.alphabet
-    return save_denoiser(folder, trainer.pair.student.model, meta, state_dict)
-
-
 def run_training(
     config: RunConfig,
     out_dir: str | Path,
@@ -423,6 +467,7 @@ def run_training(
     run fails before it. Every refusal happens before anything is written.
     """
     out_dir = Path(out_dir)
+    check_launch_devices()  # before anything asks the launcher's process group
     destination = None
     if resume:
         check_resumable(out_dir)
@@ -461,6 +506,8 @@ def train_to_end(
             whole = trainer.parallel.student_weights_to_save(trainer.pair)  # collective (FSDP)
             if trainer.parallel.is_main:  # one writer under a multi-process launch
                 save_final(trainer, codec, out_dir / "final", whole)
+                card = model_card(card_facts(trainer, out_dir / "final", final))
+                (out_dir / "final" / "README.md").write_text(card, encoding="utf-8")
                 (out_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     finally:
         close_process_group()

@@ -234,6 +234,7 @@ class Trainer:
     def _begin_stage(self) -> None:
         if not self.phase.extra.get("prepared"):
             self._prepare()
+        self._notify("on_stage_begin")
         self._stage_started = time.time()
         # Every process fills a buffer of its own: the job made world_size times as many.
         self.phase.rollouts += self.buffer.rebuild(self.teacher_rollouts) * self.parallel.world_size
