@@ -48,6 +48,7 @@ class UnconditionalTask(DatasetTask):
         if response_length < 1:
             raise ValueError("option 'response_length' must be at least 1")
         self.train_label, self.eval_label = "unconditional", "unconditional-eval"
+        self.train_hub_name = self.eval_hub_name = None  # no dataset: nothing on the hub to name
         self.train_examples = self._empty(self.train_label, samples)
         self.eval_examples = self._empty(self.eval_label, eval_samples)
         self.response_length = int(response_length)
