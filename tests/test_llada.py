@@ -37,7 +37,6 @@ from tiltmatch.models.llada import (
     LLADA_8B_INSTRUCT_CONFIG,
     LLaDACodec,
     LLaDASpecialIds,
-    add_convert_parser,
     convert_llada,
     convert_llada_state_dict,
     llada_config_to_llama,
@@ -328,13 +327,10 @@ def test_convert_round_trip(tiny: TinyLLaDA, loaded, tmp_path: Path) -> None:
 
 
 def test_convert_cli_parser(tiny: TinyLLaDA, tmp_path: Path) -> None:
-    import argparse
+    from tiltmatch.cli import main
 
-    parser = argparse.ArgumentParser(prog="tiltmatch")
-    add_convert_parser(parser.add_subparsers(dest="command"))
     dst = tmp_path / "cli"
-    args = parser.parse_args(["convert-llada", str(tiny.folder), str(dst), "--dtype", "float32"])
-    assert args.func(args) == 0
+    assert main(["convert-llada", str(tiny.folder), str(dst), "--dtype", "float32"]) == 0
     assert (dst / "tiltmatch.json").is_file()
 
 

@@ -24,8 +24,8 @@ positions by column, while :class:`tiltmatch.models.denoiser.MaskedDenoiser` cou
 tokens only, so a left-padded row gives the outputs LLaDA gives the unpadded row.
 
 Public API: :data:`FAMILY` (the family's registry spec), :func:`llada_config_to_llama`,
-:func:`convert_llada_state_dict`, :func:`load_llada`, :func:`convert_llada` (and
-:func:`add_convert_parser` for the ``tiltmatch convert-llada`` command);
+:func:`convert_llada_state_dict`, :func:`load_llada`, :func:`convert_llada` (what
+``tiltmatch convert-llada`` runs);
 :data:`LLADA_8B_INSTRUCT_CONFIG`, the released LLaDA-8B-Instruct config's model-deciding
 keys. What every family shares lives in shared modules (folder and weight reading:
 :mod:`tiltmatch.models.released`; special ids: :mod:`tiltmatch.models.special_ids`, whose
@@ -36,7 +36,6 @@ this module has always offered.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -50,7 +49,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from tiltmatch.models.codecs import ChatCodec
 from tiltmatch.models.denoiser import ModelLoadError, TinyModelSpec, tiny_config_kwargs
-from tiltmatch.models.dtypes import DTYPE_NAMES, torch_dtype
 from tiltmatch.models.folders import CONFIG_FILE, read_json
 from tiltmatch.models.registry import FamilySpec
 from tiltmatch.models.released import (
@@ -394,39 +392,6 @@ def convert_llada(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
-
-
-def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``convert-llada SRC DST`` on an argparse subparsers object.
-
-    The parser's ``func`` default runs the conversion: a CLI calls ``args.func(args)``.
-    """
-    parser = subparsers.add_parser(
-        "convert-llada",
-        help="convert a LLaDA checkpoint to a Llama-format (bidirectional) checkpoint",
-        description=convert_llada.__doc__,
-    )
-    parser.add_argument("src", help="LLaDA checkpoint folder (or hub id where a network exists)")
-    parser.add_argument("dst", help="output folder (must be empty or absent)")
-    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
-    parser.add_argument("--max-shard-size", default="5GB")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a non-empty DST (refused without it)"
-    )
-    parser.set_defaults(func=_run_convert)
-    return parser
-
-
-def _run_convert(args: argparse.Namespace) -> int:
-    out = convert_llada(
-        args.src,
-        args.dst,
-        dtype=torch_dtype(args.dtype),
-        max_shard_size=args.max_shard_size,
-        overwrite=args.overwrite,
-    )
-    print(f"wrote {out}")
-    return 0
 
 
 # --------------------------------------------------------------------------- the family
