@@ -482,7 +482,8 @@ def run_config(case: Case, lora_r: int) -> RunConfig:
             "dtm": dtm,
             "train": {
                 "learning_rate": 3e-6,
-                "adam_betas": [0.9, 0.99],
+                "adam_beta1": 0.9,
+                "adam_beta2": 0.99,
                 "weight_decay": 0.1,
                 "num_generations": case.group,
                 "prompts_per_batch": case.rows // case.group,

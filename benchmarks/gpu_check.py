@@ -179,7 +179,8 @@ MODELS: dict[str, ModelSpec] = {
 RECIPE_TRAIN = {
     "learning_rate": 3.0e-6,
     "final_learning_rate": 1.0e-6,
-    "adam_betas": [0.9, 0.99],
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.99,
     "weight_decay": 0.1,
     "max_grad_norm": 1.0,
 }

@@ -315,7 +315,7 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
             "refresh_every": 10**6,
             "train_examples": min(size.train_examples, setup.max_train_examples or 10**9),
             "max_stages": 10**6,
-            "checkpoint_every": 10**6,
+            "save_steps": 10**6,
         },
         "eval": evaluation,
     }

@@ -41,6 +41,7 @@ from tiltmatch.training.config import RunConfig
 from tiltmatch.training.evaluation import evaluate
 from tiltmatch.training.pair import DenoiserPair
 from tiltmatch.training.parallel import Parallelism, SingleProcess
+from tiltmatch.training.plan import run_plan
 from tiltmatch.training.rollouts import PromptPool, ReplayBuffer, RolloutWorker
 from tiltmatch.training.update import optimizer_update
 
@@ -447,11 +448,12 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log = self._open_log() if self.parallel.is_main else None
         steps = self.objective.steps_in_stage()
-        bar = tqdm(
+        bar = tqdm(  # with the run's total (its plan), so the bar shows the time left
             desc=f"{self.objective.name} on {self.task.name}",
             unit="upd",
             disable=self.quiet,
             initial=self.phase.updates,
+            total=run_plan(self.config, steps).max_updates,
         )
         try:
             while not self.done():
