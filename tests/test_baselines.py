@@ -492,6 +492,40 @@ def test_new_baselines_refuse_groups_of_one_and_ignored_options() -> None:
         make_objective(build_config(overrides=["method=spg", "method_options.eubo_beta=0.5"]), 1)
 
 
+def test_methods_declare_what_they_need_and_the_config_refuses_the_rest() -> None:
+    # The registry's view of each method is its objective's.
+    for name, method in METHODS.items():
+        objective = method.objective_class()
+        assert objective.reset_optimizer_each_stage == method.stage_schedule, name
+    for name, method in METHODS.items():
+        if method.min_generations < 2:
+            build_config(overrides=[f"method={name}", "train.num_generations=1"])
+            continue
+        with pytest.raises(ConfigError, match=f"method {name} needs train.num_generations >= 2"):
+            build_config(overrides=[f"method={name}", "train.num_generations=1"])
+    # A baseline's constant learning rate is written out; a schedule it would not follow is
+    # refused at config check, naming the field.
+    spg = build_config(overrides=["method=spg", "train.learning_rate=0.002"])
+    assert (spg.train.final_learning_rate, spg.train.warmup_ratio, spg.train.decay_fraction) == (
+        0.002,
+        0.0,
+        0.0,
+    )
+    assert build_config(overrides=["method=dtm"]).train.final_learning_rate == 1e-4
+    for setting in (
+        "train.final_learning_rate=1e-5",
+        "train.warmup_ratio=0.1",
+        "train.decay_fraction=0.2",
+    ):
+        field = setting.split("=")[0]
+        with pytest.raises(ConfigError, match=rf"{field}=.* is not read by method wd1"):
+            build_config(overrides=["method=wd1", setting])
+    build_config(overrides=["method=wd1", "train.warmup_ratio=0", "train.final_learning_rate=3e-4"])
+    # The resolved config of a baseline run reads back as itself (a resume checks it).
+    again = build_config(overrides=["method=espo"])
+    assert type(again).model_validate(again.model_dump()) == again
+
+
 def test_new_baselines_defaults_are_the_published_ones() -> None:
     spg = make_objective(build_config(overrides=["method=spg"]), MASK)
     assert isinstance(spg, SPGObjective) and spg.steps_in_stage() == 4
@@ -622,6 +656,12 @@ def test_trainer_runs_two_stages_of_each_baseline(method: str, tmp_path) -> None
     trainer = Trainer(config, task, codec, pair, objective, tmp_path, quiet=True)
     history = trainer.train()
     assert len(history) == 2 and trainer.phase.updates == 4
+    # One AdamW for the whole run (the authors' trainers): its moments saw all 4 updates,
+    # not only the last stage's 2, and the learning rate never moved.
+    assert trainer.optimizer is not None
+    steps = {float(s["step"]) for s in trainer.optimizer.state.values()}
+    assert steps == {4.0}
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.01
     assert all(math.isfinite(r["loss"]) for r in history)
     assert "eval_reward" in history[-1]  # the last stage is known to be the last
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -408,3 +408,42 @@ def test_one_sampling_config_everywhere() -> None:
         rollouts.generate = original
     assert seen[0].temperature == 0.0
     assert seen[0].model_copy(update={"temperature": 1.0}) == config.sampler
+
+
+@pytest.mark.parametrize("cfg", _modes(steps=8, block_length=4, temperature=1.0), ids=str)
+def test_batch_rows_decodes_the_batches_in_turn(denoiser, cfg, monkeypatch) -> None:
+    """``batch_rows`` bounds the rows of every forward, and equals calling ``generate`` on
+    each batch in turn with the same generator (every mode reads it)."""
+    prompts = [*PROMPTS, [7, 8], [9]]
+    bounded = cfg.model_copy(update={"batch_rows": 2})
+    widest: list[int] = []
+    forward = type(denoiser).forward
+
+    def counting(self, input_ids, *args, **kwargs):
+        widest.append(input_ids.shape[0])
+        return forward(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(denoiser), "forward", counting)
+    out = generate(denoiser, prompts, 8, bounded, torch.Generator().manual_seed(4))
+    assert widest and max(widest) == 2
+    generator = torch.Generator().manual_seed(4)
+    parts = [generate(denoiser, prompts[lo : lo + 2], 8, cfg, generator) for lo in (0, 2, 4)]
+    assert torch.equal(out.responses, torch.cat([p.responses for p in parts]))
+    # Unbounded, one batch of five: other draws, the same shape.
+    whole = generate(denoiser, prompts, 8, cfg, torch.Generator().manual_seed(4))
+    assert whole.responses.shape == out.responses.shape
+
+
+def test_batch_rows_keeps_the_recorded_canvases_in_row_order(denoiser) -> None:
+    cfg = SamplingConfig(steps=8, block_length=4)
+    bounded = cfg.model_copy(update={"batch_rows": 2})
+    out = generate(
+        denoiser, PROMPTS, 8, bounded, torch.Generator().manual_seed(1), record_states=True
+    )
+    generator = torch.Generator().manual_seed(1)
+    parts = [
+        generate(denoiser, PROMPTS[lo : lo + 2], 8, cfg, generator, record_states=True)
+        for lo in (0, 2)
+    ]
+    assert out.visited is not None and out.visited.shape[:2] == (8, 3)
+    assert torch.equal(out.visited, torch.cat([p.visited for p in parts], dim=1))

@@ -47,24 +47,26 @@ SETTINGS: dict[str, dict[str, object]] = {
     "refresh_every": {"refresh_every": 1},
     "threshold": {"threshold": 1e-9},
     "factor": {"factor": 1e9},
+    "batch_rows": {"batch_rows": 5},
 }
 
 R, C, I = "refused", "changes", "inert"  # noqa: E741 - a table's legend
 _COMMON = {
     "exact": dict(steps=C, block_length=C, remasking=C, temperature=C, noise=C, early_finish=C,
-                  cache=R, refresh_every=R, threshold=R, factor=R),
+                  cache=R, refresh_every=R, threshold=R, factor=R, batch_rows=C),
     "cached": dict(steps=C, block_length=C, remasking=C, temperature=C, noise=C, early_finish=C,
-                   cache=C, refresh_every=C, threshold=R, factor=R),
+                   cache=C, refresh_every=C, threshold=R, factor=R, batch_rows=C),
     "parallel": dict(steps=I, block_length=C, remasking=R, temperature=C, noise=C, early_finish=C,
-                     cache=R, refresh_every=R, threshold=C, factor=C),
+                     cache=R, refresh_every=R, threshold=C, factor=C, batch_rows=C),
     "cached+parallel": dict(steps=I, block_length=C, remasking=R, temperature=C, noise=C,
-                            early_finish=C, cache=C, refresh_every=C, threshold=C, factor=C),
+                            early_finish=C, cache=C, refresh_every=C, threshold=C, factor=C,
+                            batch_rows=C),
 }  # fmt: skip
 _BLOCK = {
     "exact": dict(steps=C, block_length=I, remasking=C, temperature=C, noise=C, early_finish=C,
-                  cache=R, refresh_every=R, threshold=R, factor=R),
+                  cache=R, refresh_every=R, threshold=R, factor=R, batch_rows=C),
     "parallel": dict(steps=C, block_length=I, remasking=R, temperature=C, noise=C, early_finish=C,
-                     cache=R, refresh_every=R, threshold=C, factor=C),
+                     cache=R, refresh_every=R, threshold=C, factor=C, batch_rows=C),
 }  # fmt: skip
 
 

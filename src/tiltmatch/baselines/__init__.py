@@ -73,7 +73,14 @@ def leave_one_out_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 
 class BaselineObjective(Objective):
-    """Stage logic shared by the baselines; subclasses write :meth:`loss`."""
+    """Stage logic shared by the baselines; subclasses write :meth:`loss`.
+
+    One AdamW at a constant learning rate runs the whole run, its moments carried from one
+    batch of rollouts to the next, as the authors' trainers (TRL's) do; only DTM restarts
+    them at each stage (METHOD.md section 6).
+    """
+
+    reset_optimizer_each_stage = False
 
     def __init__(self, options: BaselineOptions, mask_token_id: int) -> None:
         self.options = options

@@ -133,7 +133,6 @@ def baseline_overrides(size: AblationSize, method: str, seed: int, base: str | N
         f"method={method}",
         f"method_options.max_rollouts={fixed_budget(size)}",
         f"train.learning_rate={size.learning_rate}",
-        f"train.final_learning_rate={size.learning_rate / 3}",
         f"train.buffer_prompts={size.prompts_per_batch}",
         f"train.num_generations={size.num_generations}",
         f"train.prompts_per_batch={size.prompts_per_batch}",

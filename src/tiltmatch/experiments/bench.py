@@ -306,7 +306,8 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
         },
         "train": {
             "learning_rate": spec.learning_rate,
-            "final_learning_rate": spec.learning_rate / 3,
+            # DTM decays each stage's LR to a third; a baseline keeps one constant LR.
+            **({"final_learning_rate": spec.learning_rate / 3} if is_dtm else {}),
             "num_generations": g,
             "prompts_per_batch": ppb,
             # A baseline samples one batch of prompts per stage; DTM fills a buffer per stage.

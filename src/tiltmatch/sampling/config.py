@@ -96,6 +96,15 @@ class SamplingConfig(BaseModel):
         "response position and vocabulary entry at every step, rows x L x V x 8 bytes)",
     )
 
+    batch_rows: int | None = Field(
+        None,
+        ge=1,
+        description="the most rows one generate call decodes at once, larger batches decoded "
+        "in turn (none: all at once; the trainer's rollouts and evaluation: 256). The cached "
+        "modes' keys and values grow with it: at LLaDA-8B's shape about 0.37 GiB per row "
+        "(BENCHMARKS.md). A different value draws different samples",
+    )
+
     @field_validator("mode")
     @classmethod
     def _registered_mode(cls, mode: str) -> str:

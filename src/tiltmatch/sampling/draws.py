@@ -126,7 +126,9 @@ def _lean_draw(
     if temperature <= 0:
         picked = shifted.argmax(dim=-1)  # float32 -> float64 is exact: the same argmax
         return picked, _probability(shifted, picked)
-    weights = shifted.exp() if temperature == 1.0 else shifted.div(temperature).exp_()
+    # In place at T = 1 (``shifted`` is not read again): a fresh rows x V tensor per step
+    # costs more in page faults than the exp itself (BENCHMARKS.md, the sampler's share).
+    weights = shifted.exp_() if temperature == 1.0 else shifted.div(temperature).exp_()
     chunk = _chunk_size(vocab)
     masses = weights.view(rows, vocab // chunk, chunk).sum(dim=-1).double()
     at = _search(masses, generator)

@@ -68,17 +68,30 @@ def generate(
     the caller may add padding or other specials). ``eos_token_id``: the
     end-of-text token, needed by ``config.early_finish``. ``record_states``: also return the
     canvas before every step (``[S, B, L]``; strategies with a fixed number of steps only).
+    ``config.batch_rows``: decode at most that many prompts at once, the batches in turn
+    from the same generator.
     """
     family = getattr(getattr(denoiser, "family", None), "name", DEFAULT_FAMILY)
     strategy = strategy_for(family, config)(config)
-    return strategy.sample(
-        denoiser,
-        prompts,
-        response_length,
-        generator,
-        record_states,
-        forbidden_token_ids,
-        eos_token_id,
+    rows = config.batch_rows or max(len(prompts), 1)
+    outs = [
+        strategy.sample(
+            denoiser,
+            prompts[lo : lo + rows],
+            response_length,
+            generator,
+            record_states,
+            forbidden_token_ids,
+            eos_token_id,
+        )
+        for lo in range(0, max(len(prompts), 1), rows)
+    ]
+    if len(outs) == 1:
+        return outs[0]
+    states = [out.visited for out in outs if out.visited is not None]
+    return SampleOutput(
+        responses=torch.cat([out.responses for out in outs]),
+        visited=torch.cat(states, dim=1) if states else None,
     )
 
 

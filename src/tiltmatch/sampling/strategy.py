@@ -31,6 +31,8 @@ from tiltmatch.sampling.registry import readers_of
 COMMON_SETTINGS = frozenset(
     {"steps", "block_length", "remasking", "temperature", "noise", "early_finish"}
 )
+#: the settings ``generate`` reads itself, before any strategy (every mode honours them)
+CALL_SETTINGS = frozenset({"batch_rows"})
 
 
 @dataclass
@@ -116,7 +118,8 @@ class SamplerStrategy(ABC):
             )
         for field, info in SamplingConfig.model_fields.items():
             value = getattr(config, field)
-            if field == "mode" or field in cls.reads or field in cls.inert or value == info.default:
+            honoured = field == "mode" or field in CALL_SETTINGS | cls.reads | cls.inert
+            if honoured or value == info.default:
                 continue
             readers = ", ".join(readers_of(field)) or "no registered mode"
             return (

@@ -45,7 +45,7 @@ from tiltmatch.settings import (
     parse_override,
     read_config_file,
 )
-from tiltmatch.training.methods import check_method_name
+from tiltmatch.training.methods import METHODS, check_method_name
 
 Tracker = Literal["tensorboard", "wandb", "trackio", "none", "all"]
 
@@ -123,12 +123,22 @@ class TrainConfig(StrictSection):
     # AdamW moves each weight by about the learning rate per step: above 1 no recipe makes
     # sense, and 1e30 turns every weight into 1e30 on the first update.
     learning_rate: float = Field(3e-4, gt=0, le=1)
-    final_learning_rate: float = Field(1e-4, ge=0, le=1)
+    # The per-stage schedule is DTM's (METHOD.md section 6); a baseline keeps one constant
+    # learning rate, so these three are written as that for it and other values refused.
+    final_learning_rate: float = Field(
+        1e-4, ge=0, le=1, description="the LR each DTM stage decays to (baselines: learning_rate)"
+    )
     warmup_ratio: float = Field(
-        0.05, ge=0, le=1, description="fraction of each stage's updates warming the LR up"
+        0.05,
+        ge=0,
+        le=1,
+        description="fraction of each DTM stage's updates warming the LR up (baselines: 0)",
     )
     decay_fraction: float = Field(
-        0.1, ge=0, le=1, description="fraction of each stage's updates decaying the LR"
+        0.1,
+        ge=0,
+        le=1,
+        description="fraction of each DTM stage's updates decaying the LR (baselines: 0)",
     )
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW's first-moment decay")
     adam_beta2: float = Field(0.99, ge=0, lt=1, description="AdamW's second-moment decay")
@@ -311,10 +321,41 @@ class RunConfig(StrictSection):
                 f"train.micro_batch=completions works with method dtm only (method "
                 f"{self.method} needs whole prompt groups per micro-batch)"
             )
+        least = METHODS[self.method].min_generations
+        if self.train.num_generations < least:
+            raise ValueError(
+                f"method {self.method} needs train.num_generations >= {least} (got "
+                f"{self.train.num_generations}): its advantages compare a prompt's completions"
+            )
         if self.dtm.baseline == "leave_one_out" and self.train.num_generations < 2:
             raise ValueError("dtm.baseline=leave_one_out needs train.num_generations >= 2")
         if self.dtm.ema_student and self.dtm.teacher_update != "ema":
             raise ValueError("dtm.ema_student needs dtm.teacher_update=ema")
+        return self
+
+    @model_validator(mode="after")
+    def _one_schedule_per_method(self) -> RunConfig:
+        # A baseline keeps one AdamW at a constant learning rate for the whole run (its
+        # authors' trainers do): the per-stage schedule's fields are written as what it does
+        # (final = learning_rate, no warmup, no decay) and a value that asks for more is
+        # refused, naming it, instead of being ignored.
+        if METHODS[self.method].stage_schedule:
+            return self
+        train, given = self.train, self.train.model_fields_set
+        constant = {
+            "final_learning_rate": train.learning_rate,
+            "warmup_ratio": 0.0,
+            "decay_fraction": 0.0,
+        }
+        for name, value in constant.items():
+            if name not in given:
+                setattr(train, name, value)
+            elif getattr(train, name) != value:
+                raise ValueError(
+                    f"train.{name}={getattr(train, name)!r} is not read by method "
+                    f"{self.method}: it keeps one optimiser at the constant train.learning_rate "
+                    f"for the whole run (set {name} to {value!r} or leave it out)"
+                )
         return self
 
     @model_validator(mode="after")

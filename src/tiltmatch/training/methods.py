@@ -26,11 +26,21 @@ class Method:
     ``options``: the pydantic model of its ``method_options`` as ``module:Class``;
     ``None`` for DTM, whose settings are the run config's own ``dtm`` section.
     ``label``: its name in tables and plots.
+    ``min_generations``: the fewest completions per prompt (``train.num_generations``) its
+    loss learns from: a group-relative advantage of a group of one is 0 (nothing is
+    learned), a leave-one-out baseline has no others.
+    ``stage_schedule``: whether each stage starts a fresh AdamW and the per-stage learning
+    rate schedule (``warmup_ratio``, ``decay_fraction``, ``final_learning_rate``; DTM, METHOD.md
+    section 6) or one AdamW at the constant ``learning_rate`` runs the whole run (the
+    baselines, as their authors' trainers do); the objective's
+    ``reset_optimizer_each_stage`` says the same (a test holds them equal).
     """
 
     objective: str
     options: str | None
     label: str
+    min_generations: int = 2
+    stage_schedule: bool = False
 
     def objective_class(self) -> type[Any]:
         """The objective class, imported now."""
@@ -42,7 +52,13 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "dtm": Method("tiltmatch.dtm.objective:DTMObjective", None, "DTM"),
+    "dtm": Method(
+        "tiltmatch.dtm.objective:DTMObjective",
+        None,
+        "DTM",
+        min_generations=1,
+        stage_schedule=True,
+    ),
     "diffu-grpo": Method(
         "tiltmatch.baselines.diffu_grpo:DiffuGRPOObjective",
         "tiltmatch.baselines.diffu_grpo:DiffuGRPOOptions",
@@ -55,6 +71,7 @@ METHODS: dict[str, Method] = {
         "tiltmatch.baselines.rejection:RejectionObjective",
         "tiltmatch.baselines.rejection:RejectionOptions",
         "rejection FT",
+        min_generations=1,
     ),
     "spg": Method(
         "tiltmatch.baselines.spg:SPGObjective", "tiltmatch.baselines.spg:SPGOptions", "SPG"

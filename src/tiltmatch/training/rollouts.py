@@ -50,15 +50,17 @@ class RolloutWorker:
         generator: torch.Generator,
         temperature: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Responses ``[N, L]`` (and visited canvases) for ``prompts``, in chunks."""
+        """Responses ``[N, L]`` (and visited canvases) for ``prompts``, in chunks of the
+        sampler's ``batch_rows`` (unset: ``chunk_size``)."""
         config = self.sampling
         if temperature is not None:  # every other field kept (mode, cache, threshold, ...)
             config = config.model_copy(update={"temperature": temperature})
+        rows = config.batch_rows or self.chunk_size
         outs, visits = [], []
-        for lo in range(0, len(prompts), self.chunk_size):
+        for lo in range(0, len(prompts), rows):
             out = generate(
                 denoiser,
-                prompts[lo : lo + self.chunk_size],
+                prompts[lo : lo + rows],
                 self.response_length,
                 config,
                 generator,
