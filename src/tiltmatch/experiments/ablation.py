@@ -133,6 +133,10 @@ def baseline_overrides(size: AblationSize, method: str, seed: int, base: str | N
         f"method={method}",
         f"method_options.max_rollouts={fixed_budget(size)}",
         f"train.learning_rate={size.learning_rate}",
+        # The demo's per-stage schedule is DTM's; a baseline keeps one constant LR.
+        f"train.final_learning_rate={size.learning_rate}",
+        "train.warmup_ratio=0",
+        "train.decay_fraction=0",
         f"train.buffer_prompts={size.prompts_per_batch}",
         f"train.num_generations={size.num_generations}",
         f"train.prompts_per_batch={size.prompts_per_batch}",
