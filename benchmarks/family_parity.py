@@ -15,26 +15,44 @@ repository), loads the same weights into them strictly, and compares
   beside float32 queries; for the float32 runs the mask is handed to SDPA in the queries'
   dtype, which changes no value (``mask_in_query_dtype``).
 
+MDLM: the released DiT's logits (each row unpadded: its forward takes no padding) against
+the package's on the same rows (left-padded there), and the released ``Diffusion._sample``
+(``ddpm_cache`` predictor, loglinear schedule, noise removal) against the package's
+ancestral sampler, both drawing the same uniforms (the global generator seeded there, a
+``torch.Generator`` seeded alike here): tokens equal / total. ``_sample`` runs without
+Lightning or Hydra: the few methods it calls are compiled from the checkout's own
+``diffusion.py`` and bound to a plain object (``released_sampler``).
+
 Where the released code needs another transformers than this package's, ``--reference-python``
 names an interpreter with that version (and torch, safetensors); the released side runs in
-it as a subprocess and never imports tiltmatch. Usage::
+it as a subprocess and never imports tiltmatch; ``--reference-path DIR`` is put on that
+subprocess's ``PYTHONPATH`` only (MDLM's ``dit.py`` imports einops and omegaconf, which
+this package does not install). Usage::
 
     python benchmarks/family_parity.py --llada2 DIR [--reference-python PY] [--out FILE]
-    python benchmarks/family_parity.py --mdlm DIR [--reference-python PY]
+    python benchmarks/family_parity.py --mdlm DIR [--device cpu --flash-attn-shim]
+        [--reference-path DIR] [--out FILE]
 
 ``--llada2 DIR``: a folder holding the released ``modeling_llada2_moe.py`` and
 ``configuration_llada2_moe.py`` (from the inclusionAI/LLaDA2.0-mini model repository, or a
-mirror of it). ``--mdlm DIR``: a checkout of kuleshov-group/mdlm (its ``models/dit.py``
-needs flash-attn, so a CUDA machine). Prints a table and writes JSON.
+mirror of it). ``--mdlm DIR``: a checkout of kuleshov-group/mdlm; its ``models/dit.py``
+imports flash-attn, which needs CUDA: on a GPU it runs as released (under its bfloat16
+autocast); on the CPU ``--flash-attn-shim`` stands the two flash-attn functions it calls
+in with plain-torch versions of their documented semantics (``benchmarks/
+flash_attn_shim.py`` says what that proves and what it does not), and CUDA's autocast is
+off, so the released DiT runs in float32. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import importlib.util
 import itertools
 import json
+import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,6 +71,9 @@ LLADA2_DECODES = ((0.95, 1.0), (0.95, 12.0), (0.6, 12.0))
 DTYPES = ("float32", "bfloat16")
 LOGIT_CASES = {"unpadded": [40], "left-padded": [37, 29, 44]}
 RESPONSE = 12
+#: MDLM's unconditional sampling: (rows, tokens per row, seed), at each number of steps
+MDLM_SAMPLE = (3, 24, 7)
+MDLM_SAMPLE_STEPS = (4, 16, 40)
 
 
 def import_package_file(directory: Path, module: str, package: str) -> types.ModuleType:
@@ -159,14 +180,13 @@ def mask_in_query_dtype() -> None:
     modeling_utils.ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa
 
 
-def released_mdlm(checkout: Path, folder: str, cases: dict, device: str) -> dict[str, Any]:
-    """Logits of the released MDLM DiT (``models/dit.py`` of a kuleshov-group/mdlm checkout,
-    flash-attn on CUDA, its own bfloat16 autocast) on each row alone: its forward takes no
-    padding, so a padded case's rows are run unpadded."""
+def released_dit(checkout: Path, folder: str, device: str) -> Any:
+    """The released MDLM DiT (``models/dit.py`` of a kuleshov-group/mdlm checkout, imported
+    alone: the package's ``__init__`` also imports the Mamba backbone) with the tiny
+    checkpoint's weights loaded strictly, in eval mode."""
     from safetensors.torch import load_file
 
-    sys.path.insert(0, str(checkout))
-    dit = importlib.import_module("models.dit")
+    dit = import_package_file(checkout / "models", "dit", "mdlm_release_models")
     cfg = json.loads((Path(folder) / "config.json").read_text())
     model_cfg = {
         "hidden_size": cfg["hidden_dim"],
@@ -180,8 +200,76 @@ def released_mdlm(checkout: Path, folder: str, cases: dict, device: str) -> dict
     model = dit.DIT({"model": model_cfg}, vocab_size=cfg["vocab_size"])
     state = load_file(str(Path(folder) / "model.safetensors"))
     model.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()}, strict=True)
-    model = model.to(device).eval()
-    out: dict[str, Any] = {"logits": {}}
+    return model.to(device).eval()
+
+
+#: the methods of the released ``Diffusion`` (diffusion.py) that its ``_sample`` runs with
+#: the ``ddpm_cache`` predictor and the SUBS parameterisation, and the module function
+MDLM_SAMPLE_FUNCTIONS = ("_sample_categorical",)
+MDLM_SAMPLE_METHODS = (
+    "_sample",
+    "_sample_prior",
+    "_ddpm_caching_update",
+    "forward",
+    "_process_sigma",
+    "_subs_parameterization",
+)
+
+
+def released_sampler(checkout: Path, backbone: Any, cfg: dict, job: dict, device: str) -> Any:
+    """The released ``Diffusion._sample`` without Lightning or Hydra: the methods it runs
+    (:data:`MDLM_SAMPLE_METHODS`) and ``_sample_categorical``, compiled from the checkout's
+    own ``diffusion.py`` (found by name in its syntax tree; nothing of the file is copied
+    here) and bound to a plain object carrying the attributes the released ``__init__``
+    would set for this run: the DiT, the loglinear schedule of ``noise_schedule.py``, the
+    mask index (the id after the tokenizer's vocabulary, the model's last), ``-1e6`` as
+    ``neg_infinity``, SUBS, the ``ddpm_cache`` predictor, noise removal on."""
+    source_path = checkout / "diffusion.py"
+    tree = ast.parse(source_path.read_text())
+    wanted: dict[str, ast.stmt] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in MDLM_SAMPLE_FUNCTIONS:
+            wanted[node.name] = node
+        if isinstance(node, ast.ClassDef) and node.name == "Diffusion":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name in MDLM_SAMPLE_METHODS:
+                    wanted[item.name] = item
+    missing = set(MDLM_SAMPLE_FUNCTIONS + MDLM_SAMPLE_METHODS) - set(wanted)
+    if missing:
+        raise LookupError(f"{source_path} defines no {sorted(missing)}")
+    namespace: dict[str, Any] = {"torch": torch, "F": torch.nn.functional, "math": math}
+    module = ast.Module(body=list(wanted.values()), type_ignores=[])
+    exec(compile(module, str(source_path), "exec"), namespace)  # the released source
+    noise = import_package_file(checkout, "noise_schedule", "mdlm_release")
+    released = type("ReleasedDiffusion", (), {m: namespace[m] for m in MDLM_SAMPLE_METHODS})()
+    ns = types.SimpleNamespace
+    released.config = ns(
+        loader=ns(eval_batch_size=job["rows"]),
+        model=ns(length=job["length"]),
+        sampling=ns(steps=job["steps"], noise_removal=True, predictor="ddpm_cache"),
+        noise=ns(type="loglinear"),
+    )
+    released.__dict__.update(
+        backbone=backbone,
+        noise=noise.LogLinearNoise(),
+        mask_index=cfg["vocab_size"] - 1,
+        neg_infinity=-1000000.0,
+        parameterization="subs",
+        sampler="ddpm_cache",
+        time_conditioning=cfg["time_conditioning"],
+        device=torch.device(device),
+    )
+    return released
+
+
+def released_mdlm(checkout: Path, folder: str, cases: dict, device: str) -> dict[str, Any]:
+    """Logits of the released MDLM DiT on each row alone (its forward takes no padding, so
+    a padded case's rows are run unpadded), and its ``_sample`` (``ddpm_cache``) from the
+    global generator seeded as the case says. On CUDA the DiT runs under its own bfloat16
+    autocast; on the CPU that autocast (CUDA's) is off and it runs in float32."""
+    model = released_dit(checkout, folder, device)
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    out: dict[str, Any] = {"logits": {}, "sample": {}}
     with torch.no_grad():
         for case, data in cases["logits"].items():
             rows = []
@@ -192,12 +280,20 @@ def released_mdlm(checkout: Path, folder: str, cases: dict, device: str) -> dict
                 sigma = torch.zeros(1, device=device)
                 rows.append(model(row, sigma)[0, -RESPONSE:].float().cpu().tolist())
             out["logits"][case] = rows
+    for case, job in cases["sample"].items():
+        sampler = released_sampler(checkout, model, cfg, job, device)
+        torch.manual_seed(job["seed"])  # _sample_categorical draws with torch.rand_like
+        out["sample"][case] = sampler._sample(num_steps=job["steps"]).cpu().tolist()
     return out
 
 
 def released_side(args: argparse.Namespace) -> int:
     """Subprocess entry: run the released code on the cases, write its outputs as JSON."""
     cases = json.loads(Path(args.cases).read_text())
+    if args.flash_attn_shim:
+        import flash_attn_shim  # beside this script
+
+        flash_attn_shim.install()
     if args.mdlm:
         result = released_mdlm(Path(args.mdlm), cases["folder"], cases, args.device)
     else:
@@ -299,31 +395,44 @@ def tokens_equal(mine: list[list[int]], theirs: list[list[int]]) -> tuple[int, i
 
 
 def mdlm_parity(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
-    """The released MDLM DiT against the package's raw logits (same rows, unpadded there)."""
+    """The released MDLM DiT and ``_sample`` against the package's raw logits (same rows,
+    unpadded there) and its ancestral sampler (same seed: the same uniforms)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from mdlm_fixture import write_tiny_mdlm
 
     from tiltmatch.models.denoiser import MaskedDenoiser
     from tiltmatch.models.loading import load_model_folder
+    from tiltmatch.sampling.config import SamplingConfig
+    from tiltmatch.sampling.sampler import generate
 
     fam = write_tiny_mdlm(tmp / "mdlm")
+    rows, length, seed = MDLM_SAMPLE
     cases = {
-        "logits": {k: batch(v, RESPONSE, fam.config["vocab_size"]) for k, v in LOGIT_CASES.items()}
+        "logits": {k: batch(v, RESPONSE, fam.config["vocab_size"]) for k, v in LOGIT_CASES.items()},
+        # The same uniforms need the same generator: the released _sample draws from the
+        # global one of its device, ours from a CPU generator, so only a CPU run compares.
+        "sample": {
+            f"{steps} steps": {"rows": rows, "length": length, "steps": steps, "seed": seed}
+            for steps in MDLM_SAMPLE_STEPS
+            if args.device == "cpu"
+        },
     }
     (tmp / "mdlm-cases.json").write_text(json.dumps({**cases, "folder": str(fam.folder)}))
     command = [args.reference_python, str(Path(__file__).resolve()), "--released-side"]
-    command += [
-        "--mdlm",
-        args.mdlm,
-        "--device",
-        args.device,
-        "--cases",
-        str(tmp / "mdlm-cases.json"),
-    ]
-    subprocess.run([*command, "--result", str(tmp / "mdlm-released.json")], check=True)
+    command += ["--mdlm", args.mdlm, "--device", args.device]
+    command += ["--cases", str(tmp / "mdlm-cases.json")]
+    command += ["--result", str(tmp / "mdlm-released.json")]
+    if args.flash_attn_shim:
+        command.append("--flash-attn-shim")
+    env = None
+    if args.reference_path:  # the released side's extra packages, kept from this side
+        env = os.environ | {"PYTHONPATH": args.reference_path}
+    subprocess.run(command, check=True, env=env)
     released = json.loads((tmp / "mdlm-released.json").read_text())
-    model, _codec = load_model_folder(fam.folder)
-    rows = []
+    model, codec = load_model_folder(fam.folder)
+    numerics = "float32" if args.device == "cpu" else "bfloat16 autocast"
+    kernels = "flash-attn shim" if args.flash_attn_shim else "flash-attn"
+    out = []
     for case, data in cases["logits"].items():
         ids, real = torch.tensor(data["ids"]), torch.tensor(data["real"])
         positions = MaskedDenoiser.position_ids(real)
@@ -331,10 +440,18 @@ def mdlm_parity(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
             ours = model(ids, attention_mask=real, position_ids=positions, raw=True).logits
         theirs = torch.tensor(released["logits"][case])
         diff = float((ours[:, -RESPONSE:] - theirs).abs().max())
-        rows.append(
-            {"case": f"MDLM logits, {case} (released: bfloat16 autocast)", "max_abs_diff": diff}
-        )
-    return rows
+        label = f"MDLM logits, {case} (released: {numerics}, {kernels})"
+        out.append({"case": label, "max_abs_diff": diff})
+    denoiser = MaskedDenoiser(model, codec.mask_token_id, codec.pad_token_id).eval()
+    for case, job in cases["sample"].items():
+        config = SamplingConfig(mode="ancestral", steps=job["steps"])
+        generator = torch.Generator().manual_seed(job["seed"])
+        with torch.no_grad():
+            got = generate(denoiser, [[]] * job["rows"], job["length"], config, generator)
+        equal, total = tokens_equal(got.responses.tolist(), released["sample"][case])
+        label = f"MDLM _sample (ddpm_cache) vs ancestral, {case}, same uniforms"
+        out.append({"case": label, "tokens_equal": equal, "tokens_total": total})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,7 +459,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llada2", help="folder with the released modeling_llada2_moe.py")
     p.add_argument("--mdlm", help="a kuleshov-group/mdlm checkout (models/dit.py; flash-attn)")
     p.add_argument("--device", default="cuda", help="where the released MDLM DiT runs")
+    p.add_argument(
+        "--flash-attn-shim",
+        action="store_true",
+        help="MDLM: flash-attn's two kernels from benchmarks/flash_attn_shim.py (plain torch)",
+    )
     p.add_argument("--reference-python", default=sys.executable, help="interpreter for it")
+    p.add_argument(
+        "--reference-path", default=None, help="PYTHONPATH of the released side only (MDLM)"
+    )
     p.add_argument("--out", default=None, help="JSON results file")
     p.add_argument("--released-side", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cases", help=argparse.SUPPRESS)

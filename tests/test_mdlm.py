@@ -2,8 +2,9 @@
 
 The released format (``tests/mdlm_fixture.py``) loads strictly into the package's own
 implementation; its logits equal an independent forward written here from the released
-``models/dit.py`` and ``diffusion.py`` (the released code needs flash-attn and CUDA, so it
-is compared in ``benchmarks/family_parity.py`` on a GPU), with and without left padding;
+``models/dit.py`` and ``diffusion.py`` (the released files themselves are compared in
+``benchmarks/family_parity.py``, on the CPU through a shim of flash-attn's two kernels,
+whose semantics are pinned here), with and without left padding;
 the SUBS posterior puts no mass on the mask and carries visible tokens over; the noise
 level enters as released (zero without time conditioning); generation runs unconditioned
 and prompted; DTM runs prompt-free with a reward model through ``tiltmatch train``.
@@ -11,13 +12,16 @@ and prompted; DTM runs prompt-free with a reward model through ``tiltmatch train
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 from mdlm_fixture import write_tiny_mdlm
 
 from tiltmatch.models.denoiser import MaskedDenoiser, TinyModelSpec, tiny_denoiser
@@ -195,6 +199,77 @@ def test_noise_level_enters_as_released(tmp_path: Path) -> None:
         ref = reference_logits(fam, ids, real, loglinear_sigma(fraction))
         torch.testing.assert_close(default, ref, atol=1e-5, rtol=1e-5)
         assert torch.equal(default, given) != conditioned  # sigma read only when conditioned
+
+
+# --------------------------------------------------------------------------- flash-attn shim
+
+
+@pytest.fixture(scope="module")
+def shim():
+    """benchmarks/flash_attn_shim.py: what family_parity.py runs the released DiT with."""
+    return load_benchmark("flash_attn_shim", "tiltmatch_flash_attn_shim_in_test")
+
+
+def test_the_flash_attn_shim_attends_within_each_packed_sequence(shim) -> None:
+    """Varlen packed attention = plain bidirectional softmax attention per sequence (scale
+    ``d ** -0.5`` unless given); settings the released DiT never passes are refused."""
+    g = torch.Generator().manual_seed(0)
+    lengths, heads, d = [5, 3, 7], 2, 8
+    qkv = torch.randn(sum(lengths), 3, heads, d, generator=g)
+    cu = torch.tensor([0, 5, 8, 15], dtype=torch.int32)
+    for scale in (None, 0.3):
+        out = shim.flash_attn_varlen_qkvpacked_func(qkv, cu, max(lengths), 0.0, scale)
+        assert out.shape == (15, heads, d)
+        for a, b in itertools.pairwise(cu.tolist()):
+            q, k, v = (qkv[a:b, i].transpose(0, 1) for i in range(3))  # [heads, n, d]
+            w = torch.softmax(q @ k.transpose(1, 2) * (scale or d**-0.5), dim=-1)
+            torch.testing.assert_close(out[a:b], (w @ v).transpose(0, 1))
+    for bad in ({"causal": True}, {"dropout_p": 0.1}, {"window_size": (4, 4)}):
+        with pytest.raises(NotImplementedError, match=next(iter(bad))):
+            shim.flash_attn_varlen_qkvpacked_func(qkv, cu, 7, **bad)
+    with pytest.raises(ValueError, match="tile"):
+        shim.flash_attn_varlen_qkvpacked_func(qkv, cu[:-1], 7)
+
+
+@pytest.mark.parametrize("rotary_dim", [8, 4])
+def test_the_flash_attn_shim_rotates_q_and_k_in_place(shim, rotary_dim) -> None:
+    """Rotary as a complex rotation of the pairs ``(x_j, x_{j + rotary_dim / 2})`` of the
+    queries and keys (flash-attn's non-interleaved layout), the first ``rotary_dim``
+    features only, in place; the values untouched."""
+    g = torch.Generator().manual_seed(1)
+    b, t, heads, d = 2, 6, 2, 8
+    qkv = torch.randn(b, t, 3, heads, d, generator=g)
+    before = qkv.clone()
+    half = rotary_dim // 2
+    angle = torch.arange(t).float()[:, None] * 10000 ** (-torch.arange(half).float() / half)
+    out = shim.apply_rotary_emb_qkv_(qkv, angle.cos(), angle.sin())
+    assert out is qkv
+    turn = torch.polar(torch.ones_like(angle), angle)[:, None]  # [t, 1, half]
+    for i in (0, 1):
+        x = before[:, :, i]
+        pairs = torch.complex(x[..., :half], x[..., half:rotary_dim]) * turn
+        torch.testing.assert_close(qkv[:, :, i, ..., :half], pairs.real)
+        torch.testing.assert_close(qkv[:, :, i, ..., half:rotary_dim], pairs.imag)
+        assert torch.equal(qkv[:, :, i, ..., rotary_dim:], x[..., rotary_dim:])
+    assert torch.equal(qkv[:, :, 2], before[:, :, 2])
+
+
+def test_the_flash_attn_shim_installs_under_flash_attns_names(shim) -> None:
+    """``import flash_attn.layers.rotary`` and ``flash_attn.flash_attn_interface`` resolve to
+    the shim (as the released dit.py reaches them); an installed flash-attn is not shadowed."""
+    assert not any(name in sys.modules for name in shim.MODULES)
+    try:
+        shim.install()
+        import flash_attn.layers.rotary
+
+        assert flash_attn.layers.rotary.apply_rotary_emb_qkv_ is shim.apply_rotary_emb_qkv_
+        varlen = flash_attn.flash_attn_interface.flash_attn_varlen_qkvpacked_func
+        assert varlen is shim.flash_attn_varlen_qkvpacked_func
+        with pytest.raises(RuntimeError, match="already imported"):
+            shim.install()
+    finally:
+        for name in shim.MODULES:
+            sys.modules.pop(name, None)
 
 
 # --------------------------------------------------------------------------- generation
