@@ -102,6 +102,7 @@ FAMILIES: dict[str, FamilySpec | str] = {
     "block_diffusion": "tiltmatch.models.block_diffusion:FAMILY",
     "llada2": "tiltmatch.models.llada2:FAMILY",
     "mdlm": "tiltmatch.models.mdlm:FAMILY",
+    "bd3lm": "tiltmatch.models.bd3lm:FAMILY",
 }
 
 
