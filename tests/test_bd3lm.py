@@ -376,3 +376,15 @@ def test_tiltmatch_train_runs_prompt_free_dtm_on_block_states(tmp_path: Path, ca
     state = trained.state_dict()
     assert set(state) == set(fam.state_dict)  # the release's tensor names, kept
     assert any(not torch.equal(fam.state_dict[k], v) for k, v in state.items())
+
+
+def test_the_recipe_validates_against_a_release(tiny) -> None:
+    from tiltmatch.config import build_config
+
+    fam, _model, _codec = tiny
+    path = Path(__file__).resolve().parents[1] / "configs" / "bd3lm" / "owt_reward.yaml"
+    config = build_config(path, [f"model.base={fam.folder}"])  # the family's sampler check
+    assert config.task == "unconditional" and config.dtm.states == "block"
+    assert config.sampler.mode == "exact" and config.sampler.remasking == "random"
+    # the trained length: <|endoftext|> and 1023 tokens, one token per step
+    assert config.task_options["response_length"] + 1 == 1024 == config.sampler.steps + 1
