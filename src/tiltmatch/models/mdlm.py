@@ -32,8 +32,8 @@ is written here from it:
 
 No cache of the released code is reproduced (it has none); the transformers ``Cache``
 hooks are honoured as the other families' are (bidirectional attention, so the cached
-sampler modes apply). BD3-LM (kuleshov-group/bd3lms) shares the DiT blocks but is not a
-family here (docs/families.md says what it would take).
+sampler modes apply). BD3-LM (kuleshov-group/bd3lms) is these classes with a block-causal
+mask: :mod:`tiltmatch.models.bd3lm`.
 
 Released folders hold no tokenizer (MDLM uses GPT-2's by name): the folder must hold
 GPT-2's tokenizer files (``vocab.json`` and ``merges.txt``, or ``tokenizer.json``).

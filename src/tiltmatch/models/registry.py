@@ -60,6 +60,9 @@ class FamilySpec:
       (a name in ``tiltmatch.sampling.registry.DECODERS``) when the common sampler cannot
       decode it; empty: every sampler mode, except those needing a capability named in
       ``refuses`` (capability -> why this family lacks it).
+    - ``refuses_states``: DTM state kinds (``dtm.states``) this family's denoiser cannot be
+      trained on, beside the hook's own rule (a block-causal family takes ``block`` or
+      ``trajectory`` states only), each with the reason (the trainer refuses them, naming it).
     - ``lora_targets``: the module names LoRA adapts by default.
     """
 
@@ -78,6 +81,7 @@ class FamilySpec:
     end_of_turn_token: str | None = None
     decoders: Mapping[str, str] = field(default_factory=dict)
     refuses: Mapping[str, str] = field(default_factory=dict)
+    refuses_states: Mapping[str, str] = field(default_factory=dict)
     lora_targets: tuple[str, ...] = PROJECTIONS
 
     def recognises(self, cfg: Mapping[str, Any]) -> bool:
@@ -98,6 +102,7 @@ FAMILIES: dict[str, FamilySpec | str] = {
     "block_diffusion": "tiltmatch.models.block_diffusion:FAMILY",
     "llada2": "tiltmatch.models.llada2:FAMILY",
     "mdlm": "tiltmatch.models.mdlm:FAMILY",
+    "bd3lm": "tiltmatch.models.bd3lm:FAMILY",
 }
 
 

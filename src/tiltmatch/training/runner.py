@@ -298,12 +298,21 @@ def check_family_states(config: RunConfig, model: PreTrainedModel) -> None:
 
     A block-causal denoiser can represent the tilted posterior only at states
     whose later blocks are fully masked: block states and the block sampler's
-    own canvases are such states, random masks are not.
+    own canvases are such states, random masks are not. A family's spec may refuse
+    more (``FamilySpec.refuses_states``: BD3-LM takes block states only).
     """
     from tiltmatch.models.family import family_of
+    from tiltmatch.models.registry import family_spec
 
-    block_model = family_of(model.config).block_size is not None
+    family = family_of(model.config)
+    block_model = family.block_size is not None
     states = config.dtm.states
+    spec = family_spec(family.name)
+    if config.method == "dtm" and states in spec.refuses_states:
+        raise ValueError(
+            f"dtm.states={states!r} with a {spec.label} model: {spec.refuses_states[states]} "
+            "(see docs/families.md)"
+        )
     if config.method == "dtm" and block_model and states not in ("block", "trajectory"):
         raise ValueError(
             f"dtm.states={states!r} with a block diffusion model: use dtm.states=block "
