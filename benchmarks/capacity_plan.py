@@ -479,7 +479,7 @@ def run_config(case: Case, lora_r: int) -> RunConfig:
             "seed": 0,
             "model": {"dtype": "bfloat16", "gradient_checkpointing": case.checkpointing},
             "lora": lora,
-            "dtm": dtm,
+            "dtm": dtm if case.method == "dtm" else {},  # DTM's section alone
             "train": {
                 "learning_rate": 3e-6,
                 "adam_beta1": 0.9,

@@ -186,6 +186,10 @@ RECIPE_TRAIN = {
 }
 
 
+#: what a baseline's optimiser reads of RECIPE_TRAIN (one constant learning rate)
+CONSTANT_LR = {"learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "max_grad_norm"}
+
+
 class UsageError(ValueError):
     """Settings this script cannot run with; reported as one line, exit status 2."""
 
@@ -232,8 +236,11 @@ def run_config(
                 "remasking": "low_confidence",
                 "temperature": 1.0,
             },
-            "dtm": {"c": 1.0, "states": states, "sar_block_length": args.block_length},
-            "train": RECIPE_TRAIN
+            # the dtm section and the per-stage schedule are DTM's alone (a baseline refuses them)
+            "dtm": {"c": 1.0, "states": states, "sar_block_length": args.block_length}
+            if method == "dtm"
+            else {},
+            "train": {k: v for k, v in RECIPE_TRAIN.items() if method == "dtm" or k in CONSTANT_LR}
             | {
                 "num_generations": args.group,
                 "prompts_per_batch": prompts,

@@ -116,7 +116,10 @@ def run_config(method: str, args: argparse.Namespace) -> RunConfig:
             "seed": 0,
             "model": {"gradient_checkpointing": True},
             "lora": {"r": args.lora_r},
-            "dtm": {"c": 1.0, "states": "sar", "sar_block_length": args.block},
+            # the dtm section is DTM's alone (a baseline refuses one)
+            "dtm": {"c": 1.0, "states": "sar", "sar_block_length": args.block}
+            if method == "dtm"
+            else {},
             "train": {
                 "num_generations": args.group,
                 "prompts_per_batch": prompts,

@@ -53,6 +53,10 @@ def tiny_args(out: Path, **changes) -> DTMArguments:
     return DTMArguments(**fields)
 
 
+#: tiny_args' DTM knobs, unset for a baseline trainer (the config refuses them there)
+BASELINE_LEAVES_UNSET: dict = {"a_end": None, "h": None, "steps_per_h": None}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -132,7 +136,13 @@ def test_several_rewards_with_weights_and_a_baseline_trainer(tmp_path):
     def length(prompts, completions, **columns):
         return [float(len(c)) for c in completions]
 
-    args = tiny_args(tmp_path / "r", reward_weights=[1.0, -0.5], max_stages=2)
+    # A baseline reads no DTM knob: the tiny run's a_end, h and steps_per_h left unset.
+    args = tiny_args(
+        tmp_path / "r",
+        reward_weights=[1.0, -0.5],
+        max_stages=2,
+        **BASELINE_LEAVES_UNSET,
+    )
     trainer = DiffuGRPOTrainer(
         reward_funcs=[letters_of_word, length], train_dataset=word_rows(), args=args
     )

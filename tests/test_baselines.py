@@ -521,6 +521,12 @@ def test_methods_declare_what_they_need_and_the_config_refuses_the_rest() -> Non
         with pytest.raises(ConfigError, match=rf"{field}=.* is not read by method wd1"):
             build_config(overrides=["method=wd1", setting])
     build_config(overrides=["method=wd1", "train.warmup_ratio=0", "train.final_learning_rate=3e-4"])
+    # The dtm section is DTM's alone: a value set there is refused for a baseline.
+    for setting in ("dtm.h=3", "dtm.c=0.5", "dtm.teacher_update=ema", "dtm.baseline=none"):
+        field = setting.split("=")[0]
+        with pytest.raises(ConfigError, match=rf"{field}=.* is read by method dtm only"):
+            build_config(overrides=["method=spg", setting])
+    build_config(overrides=["method=dtm", "dtm.h=2", "dtm.c=0.5"])
     # The resolved config of a baseline run reads back as itself (a resume checks it).
     again = build_config(overrides=["method=espo"])
     assert type(again).model_validate(again.model_dump()) == again
@@ -765,12 +771,17 @@ def test_baseline_recipes_carry_the_published_values_in_dtms_protocol(name: str)
     [("SPGTrainer", "spg"), ("ESPOTrainer", "espo"), ("CoupledGRPOTrainer", "coupled-grpo")],
 )
 def test_trl_style_trainers_of_the_new_baselines(trainer_name: str, method: str, tmp_path) -> None:
-    from test_api import letters_of_word, tiny_args, word_rows
+    from test_api import BASELINE_LEAVES_UNSET, letters_of_word, tiny_args, word_rows
 
     import tiltmatch
 
     trainer_class = getattr(tiltmatch, trainer_name)  # exported like DTMTrainer
-    args = tiny_args(tmp_path / "r", max_stages=2, method_options={"num_iterations": 1})
+    args = tiny_args(
+        tmp_path / "r",
+        max_stages=2,
+        method_options={"num_iterations": 1},
+        **BASELINE_LEAVES_UNSET,
+    )
     trainer = trainer_class(reward_funcs=letters_of_word, train_dataset=word_rows(), args=args)
     assert trainer.config.method == method
     assert trainer.config.method_options == {"num_iterations": 1}

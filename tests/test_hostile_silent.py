@@ -60,7 +60,8 @@ def test_booleans_and_non_finite_numbers_are_refused_everywhere(
 
 
 def test_method_options_refuse_booleans_by_name(tmp_path, capsys) -> None:
-    argv = [*_out_run(tmp_path), *TINY, "--set", "method=wd1"]
+    dtm_free = set_args([o for o in TINY_OVERRIDES if not o.startswith("dtm.")])
+    argv = [*_out_run(tmp_path), *dtm_free, "--set", "method=wd1"]
     assert main([*argv, "--set", "method_options.num_iterations=true"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [

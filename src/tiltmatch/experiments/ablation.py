@@ -241,6 +241,7 @@ def run_variant(
     from tiltmatch.config import build_config
     from tiltmatch.experiments.demo import demo_config_path
     from tiltmatch.experiments.maze_probe import MazeTargetProbe, training_maze_probe
+    from tiltmatch.settings import read_config_file
 
     is_dtm = method == "dtm"
     overrides = (
@@ -248,7 +249,12 @@ def run_variant(
         if is_dtm
         else baseline_overrides(size, method, seed, base)
     )
-    run = MeasuredRun(build_config(demo_config_path(), overrides), folder)
+    if is_dtm:
+        config = build_config(demo_config_path(), overrides)
+    else:  # the demo's settings less its dtm section, which a baseline does not read
+        demo = read_config_file(demo_config_path())
+        config = build_config(None, overrides, base={k: v for k, v in demo.items() if k != "dtm"})
+    run = MeasuredRun(config, folder)
     trainer = run.trainer
     mazes = run.task.examples("test", size.target_mazes, seed=4242)
     with torch.no_grad():

@@ -296,6 +296,7 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
         "seed": spec.seed,
         "model": model,
         "sampler": setup.sampler,
+        # The dtm section is DTM's alone (a baseline refuses one).
         "dtm": {
             "c": 1.0,
             "states": dtm_states_for(setup.family),
@@ -303,7 +304,9 @@ def run_config_dict(setup: TaskSetup, spec: RunSpec, size: BenchSize) -> dict[st
             "h": size.a_end / size.dtm_stages,
             "a_end": size.a_end,
             "steps_per_h": size.dtm_steps_per_h,
-        },
+        }
+        if is_dtm
+        else {},
         "train": {
             "learning_rate": spec.learning_rate,
             # DTM decays each stage's LR to a third; a baseline keeps one constant LR.

@@ -334,13 +334,21 @@ class RunConfig(StrictSection):
         return self
 
     @model_validator(mode="after")
-    def _one_schedule_per_method(self) -> RunConfig:
-        # A baseline keeps one AdamW at a constant learning rate for the whole run (its
+    def _method_reads_its_settings(self) -> RunConfig:
+        # The dtm section is DTM's alone: a baseline refuses a value set there. A baseline
+        # keeps one AdamW at a constant learning rate for the whole run (its
         # authors' trainers do): the per-stage schedule's fields are written as what it does
         # (final = learning_rate, no warmup, no decay) and a value that asks for more is
         # refused, naming it, instead of being ignored.
         if METHODS[self.method].stage_schedule:
             return self
+        for name, info in DTMConfig.model_fields.items():
+            value = getattr(self.dtm, name)
+            if value != info.get_default(call_default_factory=True):
+                raise ValueError(
+                    f"dtm.{name}={value!r} is read by method dtm only, not by method "
+                    f"{self.method} (its options are method_options; leave dtm.{name} unset)"
+                )
         train, given = self.train, self.train.model_fields_set
         constant = {
             "final_learning_rate": train.learning_rate,
