@@ -57,7 +57,6 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from tiltmatch.models.denoiser import TinyModelSpec
 from tiltmatch.models.family import block_causal_mask
-from tiltmatch.models.folders import CONFIG_FILE, read_json
 from tiltmatch.models.mdlm import (
     LORA_TARGETS,
     DDiTBlock,
@@ -66,10 +65,9 @@ from tiltmatch.models.mdlm import (
     MDLMCodec,
     MDLMConfig,
     MDLMDenoiser,
-    load_gpt2_tokenizer,
+    load_dit_folder,
 )
 from tiltmatch.models.registry import BLOCK_SIZE_KEY, FAMILY_KEY, FamilySpec
-from tiltmatch.models.released import resolve_folder, stream_weights
 
 __all__ = [
     "FAMILY",
@@ -292,22 +290,17 @@ class BD3LMCodec(MDLMCodec):
 def load_bd3lm(
     path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[BD3LMDenoiser, BD3LMCodec]:
-    """A BD3-LM folder (released, or saved from this class) as model and codec: built on the
-    meta device and filled strictly (every stored tensor used, every parameter and stored
-    buffer present), in eval mode. The folder needs GPT-2's tokenizer files."""
-    folder = resolve_folder(path)
-    tokenizer = load_gpt2_tokenizer(folder)
-    cfg = read_json(folder / CONFIG_FILE)
-    if not FAMILY.recognises(cfg):
-        raise ValueError(f"{folder / CONFIG_FILE} is not a BD3-LM config")
-    with torch.device("meta"):
-        model = BD3LMDenoiser(bd3lm_config(cfg))
-    expected = set(model.state_dict())
-    stream_weights(
-        model, folder, lambda k: k if k in expected else None, dtype, torch.device(device)
+    """A BD3-LM folder (released, or saved from this class) as model and codec
+    (:func:`~tiltmatch.models.mdlm.load_dit_folder`)."""
+    return load_dit_folder(
+        path,
+        "a BD3-LM",
+        FAMILY,
+        lambda cfg: BD3LMDenoiser(bd3lm_config(cfg)),
+        BD3LMCodec,
+        dtype,
+        device,
     )
-    model.eval()
-    return model, BD3LMCodec(tokenizer, model.config.vocab_size)
 
 
 def load_bd3lm_folder(

@@ -44,7 +44,7 @@ Public names: :data:`FAMILY`, :class:`MDLMConfig`, :class:`MDLMDenoiser`,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -521,25 +521,48 @@ def load_gpt2_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return GPT2Tokenizer.from_pretrained(str(folder))
 
 
-def load_mdlm(
-    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> tuple[MDLMDenoiser, MDLMCodec]:
-    """An MDLM folder (released, or saved from this class) as model and codec; built on the
-    meta device and filled strictly (every stored tensor used, every parameter and the
-    rotary buffer stored), in eval mode. The folder needs GPT-2's tokenizer files."""
+def load_dit_folder(
+    path: str | Path,
+    name: str,
+    spec: FamilySpec,
+    build: Callable[[dict[str, Any]], Any],
+    codec: type[MDLMCodec],
+    dtype: torch.dtype,
+    device: str | torch.device,
+) -> tuple[Any, Any]:
+    """A DiT folder of ``spec``'s family (MDLM's, BD3-LM's) as model and codec: its
+    ``config.json`` recognised (else a ``ValueError`` naming ``name``), the model ``build``
+    from it on the meta device and filled strictly (every stored tensor used, every
+    parameter and stored buffer present), in eval mode. The folder needs GPT-2's tokenizer."""
     folder = resolve_folder(path)
     tokenizer = load_gpt2_tokenizer(folder)
     cfg = read_json(folder / CONFIG_FILE)
-    if not FAMILY.recognises(cfg):
-        raise ValueError(f"{folder / CONFIG_FILE} is not an MDLM config")
+    if not spec.recognises(cfg):
+        raise ValueError(f"{folder / CONFIG_FILE} is not {name} config")
     with torch.device("meta"):
-        model = MDLMDenoiser(mdlm_config(cfg))
+        model = build(cfg)
     expected = set(model.state_dict())
     stream_weights(
         model, folder, lambda k: k if k in expected else None, dtype, torch.device(device)
     )
     model.eval()
-    return model, MDLMCodec(tokenizer, model.config.vocab_size)
+    return model, codec(tokenizer, model.config.vocab_size)
+
+
+def load_mdlm(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[MDLMDenoiser, MDLMCodec]:
+    """An MDLM folder (released, or saved from this class) as model and codec
+    (:func:`load_dit_folder`; the rotary buffer is stored too)."""
+    return load_dit_folder(
+        path,
+        "an MDLM",
+        FAMILY,
+        lambda cfg: MDLMDenoiser(mdlm_config(cfg)),
+        MDLMCodec,
+        dtype,
+        device,
+    )
 
 
 def load_mdlm_folder(
