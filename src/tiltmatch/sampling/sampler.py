@@ -73,21 +73,22 @@ def generate(
     """
     family = getattr(getattr(denoiser, "family", None), "name", DEFAULT_FAMILY)
     strategy = strategy_for(family, config)(config)
-    rows = config.batch_rows or max(len(prompts), 1)
-    outs = [
-        strategy.sample(
+
+    def sample(part: Sequence[Sequence[int]]) -> SampleOutput:
+        return strategy.sample(
             denoiser,
-            prompts[lo : lo + rows],
+            part,
             response_length,
             generator,
             record_states,
             forbidden_token_ids,
             eos_token_id,
         )
-        for lo in range(0, max(len(prompts), 1), rows)
-    ]
-    if len(outs) == 1:
-        return outs[0]
+
+    rows = config.batch_rows
+    if rows is None or len(prompts) <= rows:
+        return sample(prompts)
+    outs = [sample(prompts[lo : lo + rows]) for lo in range(0, len(prompts), rows)]
     states = [out.visited for out in outs if out.visited is not None]
     return SampleOutput(
         responses=torch.cat([out.responses for out in outs]),
