@@ -59,3 +59,11 @@ def test_share_and_cache_parts_at_a_toy_size(tmp_path: Path) -> None:
     assert cache["dual"]["flops"] < cache["exact"]["flops"]
     assert cache["flop_bound"] == pytest.approx(cache["exact"]["flops"] / cache["dual"]["flops"])
     assert cache["fraction_of_bound"] == pytest.approx(cache["speedup"] / cache["flop_bound"])
+    # Both modes project the same open positions: 2 blocks of 16 steps committing 2 tokens
+    # each, so 32 + 30 + ... + 2 = 272 rows per block, each 2 x 64 x V FLOPs.
+    head = 2 * 2 * 272 * 64 * script.LLADA_VOCAB
+    assert cache["exact"]["head_flops"] == cache["dual"]["head_flops"] == head
+    assert 0.0 < cache["dual"]["head_seconds"] < cache["dual"]["seconds"]
+    assert cache["body_flop_bound"] == pytest.approx(
+        (cache["exact"]["flops"] - head) / (cache["dual"]["flops"] - head)
+    )
