@@ -247,7 +247,7 @@ def part_cache(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [row]
 
 
-def body_rates(exact: dict[str, Any], dual: dict[str, Any]) -> dict[str, float | None]:
+def body_rates(exact: dict[str, Any], dual: dict[str, Any]) -> dict[str, float]:
     """Where the cache's gap to its FLOP bound lies: the vocabulary projection's rate (the
     same rows projected in both modes) and the rate of everything else in each mode.
 
@@ -255,7 +255,7 @@ def body_rates(exact: dict[str, Any], dual: dict[str, Any]) -> dict[str, float |
     (one thread: the two agree to a fraction of a percent)."""
     if not exact["flops"] or not dual["flops"]:
         return {}
-    rates: dict[str, float | None] = {}
+    rates: dict[str, float] = {}
     body: dict[str, tuple[float, int]] = {}
     for name, row in (("exact", exact), ("dual", dual)):
         head_cpu = row["cpu_seconds"] * row["head_seconds"] / row["seconds"]
