@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_OVERRIDES
 from hostile import refusal, set_args
 from test_api import tiny_args, word_rows
@@ -20,6 +21,7 @@ from tiltmatch.preflight import (
     Heartbeat,
     ModelShape,
     ResourceError,
+    format_bytes,
     forward_need,
     model_need,
     parse_bytes,
@@ -231,6 +233,164 @@ def test_llada_countdown_recipe_rollouts_need_lean_noise_on_an_80_gib_gpu(monkey
     refuse_over(needs(lean), "cuda")
     monkeypatch.setattr(preflight, "memory_budget", lambda device="cpu": (139 * 2**30, "GPU"))
     refuse_over(needs(config), "cuda")
+
+
+LLADA_8B = ModelShape(126464, 4096, 32, 32, 12288, 4096)
+COUNTDOWN = Path(__file__).resolve().parents[1] / "configs" / "llada" / "countdown.yaml"
+
+
+def _countdown_needs(*overrides: str) -> list:
+    """The Countdown recipe's needs on a GPU at LLaDA-8B's shape (4-bit weights, bf16
+    activations, prompts of 200 tokens)."""
+    from tiltmatch.preflight import run_needs
+
+    config = build_config(COUNTDOWN, list(overrides))
+    return [
+        model_need(LLADA_8B, "model.base", 0.5, 1.0),
+        *run_needs(config, LLADA_8B, 456, 256, 2, True),
+    ]
+
+
+def test_cached_sampler_keys_and_values_are_counted_and_batch_rows_bounds_them(monkeypatch) -> None:
+    """A cached mode holds every layer's keys and values for prompt + response of every row
+    of a generate call (240 x 456 x 32 x 2 x 4096 x 2 bytes: 53.4 GiB at the recipe's
+    rebuild); the preflight counts them, names the mode, and ``sampler.batch_rows`` (the
+    rows of one call) brings them under an 80 GiB GPU."""
+    monkeypatch.setattr(preflight, "memory_budget", lambda device="cpu": (80 * 2**30, "GPU 0 has"))
+    refuse_over(_countdown_needs(), "cuda")  # exact decoding: no cache
+    needs = _countdown_needs("sampler.mode=cached", "sampler.cache=dual")
+    cache = [n for n in needs if "cached keys and values" in n.what]
+    rollouts = "train.buffer_prompts=40 x train.num_generations=6 with sampler.mode=cached"
+    held = "eval.examples=256 x eval.samples_per_example=1 with sampler.mode=cached"
+    assert [(n.phase, n.knobs) for n in cache] == [("sampling", rollouts), ("evaluation", held)]
+    assert "(240 rows x 456 tokens x 32 layer(s))" in cache[0].what
+    assert format_bytes(cache[0].nbytes) == "53.4 GiB"
+    with pytest.raises(ResourceError) as err:  # evaluation's 256 rows are the larger call
+        refuse_over(needs, "cuda")
+    assert str(err.value).startswith(
+        f"{held}: the sampler's cached keys and values (256 rows x 456 tokens x 32 layer(s)) "
+        "would take about 57 GiB of memory"
+    )
+    assert str(err.value).endswith(
+        "set sampler.batch_rows (the rows one generate call decodes at once; about 228 MiB a "
+        "row here) or lower these settings"
+    )
+    bounded = _countdown_needs("sampler.mode=cached", "sampler.batch_rows=120")
+    cache = [n for n in bounded if "cached keys and values" in n.what]
+    assert all("(120 rows x 456 tokens x 32 layer(s))" in n.what for n in cache)
+    assert [n.knobs for n in cache] == ["sampler.batch_rows=120 with sampler.mode=cached"] * 2
+    refuse_over(bounded, "cuda")
+
+
+def test_batch_rows_sizes_the_forward_and_the_evaluation_reads_its_own_sampler(monkeypatch) -> None:
+    """The rows of the sizing forward are the rows a worker hands ``generate``
+    (``rows_per_call``); held-out evaluation is sized by ``eval.sampler`` when it is set, its
+    cache and its noise named by their own section."""
+    from tiltmatch.preflight import run_needs
+
+    config = build_config(COUNTDOWN, ["sampler.batch_rows=16"])
+    needs = run_needs(config, LLADA_8B, 456, 256, 2, True)
+    forwards = {n.phase: n for n in needs if "forward" in n.what}
+    assert "(16 rows x 456 tokens)" in forwards["sampling"].what
+    assert forwards["sampling"].knobs == "sampler.batch_rows=16"
+    assert "(16 rows x 456 tokens)" in forwards["evaluation"].what  # eval uses sampler's rows
+    config = build_config(
+        COUNTDOWN,
+        ["eval.sampler.mode=cached", "eval.sampler.noise=compatible", "eval.temperature=0.5"],
+    )
+    needs = run_needs(config, LLADA_8B, 456, 256, 2, True)
+    evaluation = [n for n in needs if n.phase == "evaluation"]
+    held = "eval.examples=256 x eval.samples_per_example=1"
+    assert [n.knobs for n in evaluation] == [
+        held,
+        f"{held} with eval.sampler.noise=compatible on a GPU",
+        f"{held} with eval.sampler.mode=cached",
+    ]
+    assert evaluation[2].fix.startswith("set eval.sampler.batch_rows")
+    assert not any("cached" in n.knobs for n in needs if n.phase == "sampling")
+    monkeypatch.setattr(preflight, "memory_budget", lambda device="cpu": (80 * 2**30, "GPU 0 has"))
+    with pytest.raises(ResourceError, match=rf"^{held} with eval\.sampler\.noise=compatible"):
+        refuse_over([model_need(LLADA_8B, "model.base", 0.5, 1.0), *needs], "cuda")
+
+
+def test_the_preflight_sizes_the_rows_the_worker_samples(monkeypatch) -> None:
+    """``rows_per_call`` is what :class:`RolloutWorker` does: the calls it makes to
+    ``generate`` have that many rows, with and without ``batch_rows``."""
+    from tiltmatch.sampling.config import SamplingConfig
+    from tiltmatch.training import rollouts
+
+    calls: list[int] = []
+
+    class Out:
+        visited = None
+
+        def __init__(self, rows: int, length: int) -> None:
+            self.responses = torch.zeros(rows, length, dtype=torch.long)
+
+    def fake_generate(denoiser, prompts, length, *args, **kwargs) -> Out:
+        calls.append(len(prompts))
+        return Out(len(prompts), length)
+
+    monkeypatch.setattr(rollouts, "generate", fake_generate)
+
+    class Codec:
+        pad_token_id, eos_token_id = 0, 1
+
+    for batch_rows, total in ((None, 600), (None, 40), (7, 30)):
+        sampling = SamplingConfig(batch_rows=batch_rows)
+        worker = rollouts.RolloutWorker(None, Codec(), 4, sampling, reward=lambda r, e: r)  # type: ignore[arg-type]
+        calls.clear()
+        worker.sample(None, [[2]] * total, None)  # type: ignore[arg-type]
+        assert calls[0] == rollouts.rows_per_call(sampling, total)
+        assert sum(calls) == total
+
+
+def test_eval_counts_a_cached_sampler_and_only_the_noise_it_draws(monkeypatch) -> None:
+    """``tiltmatch eval`` sizes its sampler as the run's preflight does: a cached mode's keys
+    and values are counted (and refused over the GPU, naming ``--batch-size``), and lean
+    noise, the default, adds no float64 draw of rows x L x V on a GPU (it used to be counted
+    whatever the noise setting, refusing runs that fit)."""
+    from types import SimpleNamespace
+
+    from tiltmatch.sampling.config import SamplingConfig
+    from tiltmatch.tasks.base import Example
+    from tiltmatch.training.model_eval import Protocol, preflight_eval
+
+    config = {
+        "vocab_size": 126464,
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "intermediate_size": 12288,
+    }
+    weight = torch.empty(1, dtype=torch.bfloat16, device="meta")  # off the CPU, as on a GPU
+    denoiser = SimpleNamespace(
+        model=SimpleNamespace(config=config), parameters=lambda: iter([weight])
+    )
+    codec = SimpleNamespace(encode_prompt=lambda prompt: [5] * 200)
+    examples = [Example(prompt="p")] * 256
+    args = SimpleNamespace(samples=1, batch_size=256, model="llada")
+    monkeypatch.setattr(preflight, "memory_budget", lambda device="cpu": (80 * 2**30, "GPU 0 has"))
+
+    def check(**sampler: object) -> None:
+        protocol = Protocol(256, SamplingConfig(block_length=32, steps=128, **sampler))
+        preflight_eval(args, denoiser, codec, examples, protocol)  # type: ignore[arg-type]
+
+    check(temperature=1.0)  # lean noise: fits (compatible noise's draw alone is 62 GiB)
+    with pytest.raises(
+        ResourceError,
+        match=r"^--batch-size 256 with sampler\.noise=compatible on a GPU: the sampler.s float64",
+    ):
+        check(temperature=1.0, noise="compatible")
+    with pytest.raises(ResourceError) as err:
+        check(mode="cached", cache="dual")
+    assert str(err.value).startswith(
+        "--batch-size 256 with --sampler cached: the sampler's cached keys and values (256 rows "
+        "x 456 tokens x 32 layer(s)) would take about 57 GiB"
+    )
+    assert str(err.value).endswith(": lower --batch-size")
+    args.batch_size = 64
+    check(mode="cached", cache="dual")
 
 
 def test_memory_limit_reads_sizes_and_refuses_garbage(monkeypatch) -> None:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from tiltmatch.models.codecs import PromptCodec
+    from tiltmatch.sampling.config import SamplingConfig
     from tiltmatch.tasks.base import Example, Task
     from tiltmatch.training.config import RunConfig
 
@@ -62,6 +63,8 @@ class ModelShape:
     heads: int
     intermediate: int
     max_positions: int | None = None
+    #: heads of keys and values (grouped-query attention; None: ``heads``)
+    kv_heads: int | None = None
 
     @property
     def parameters(self) -> int:
@@ -90,7 +93,13 @@ class ModelShape:
             heads=first("num_attention_heads", "n_heads", default=1),
             intermediate=first("intermediate_size", "mlp_hidden_size", default=4 * hidden),
             max_positions=positions or None,
+            kv_heads=first("num_key_value_heads", "n_kv_heads") or None,
         )
+
+    @property
+    def kv_width(self) -> int:
+        """Channels of one layer's keys (equally values) per token."""
+        return (self.kv_heads or self.heads) * (self.hidden // self.heads)
 
 
 @dataclass(frozen=True)
@@ -248,18 +257,57 @@ def update_need(
     )
 
 
-def noise_need(knobs: str, rows: int, length: int, vocab: int) -> Need:
+def noise_need(
+    knobs: str,
+    rows: int,
+    length: int,
+    vocab: int,
+    section: str = "sampler",
+    phase: str = "sampling",
+) -> Need:
     """The sampler's compatible Gumbel noise off the CPU: float64 uniforms for every response
     position of every row (``sampler.noise=lean`` draws them at the open positions only).
-    ``knobs`` name the rows; the message adds the noise setting."""
+    ``knobs`` name the rows; the message adds the noise setting of config ``section``."""
     return Need(
         f"the sampler's float64 noise ({rows} rows x {length} positions x {vocab} tokens)",
         rows * length * vocab * 8.0,
-        f"{knobs} with sampler.noise=compatible on a GPU",
-        phase="sampling",
-        fix="set sampler.noise=lean (the same distribution, noise drawn at the open positions "
-        "only) or lower these settings",
+        f"{knobs} with {section}.noise=compatible on a GPU",
+        phase=phase,
+        fix=f"set {section}.noise=lean (the same distribution, noise drawn at the open "
+        "positions only) or lower these settings",
     )
+
+
+def cache_need(
+    knobs: str,
+    rows: int,
+    tokens: int,
+    shape: ModelShape,
+    width: float,
+    section: str = "sampler",
+    phase: str = "sampling",
+) -> Need:
+    """The cached modes' keys and values (``sampling/cache.py``): every layer's, for every
+    prompt and response column of every row, held for the whole ``generate`` call.
+    ``knobs`` name the rows and the mode; ``section``: the config section whose
+    ``batch_rows`` bounds the rows."""
+    nbytes = rows * tokens * shape.layers * 2 * shape.kv_width * width
+    return Need(
+        f"the sampler's cached keys and values ({rows} rows x {tokens} tokens x "
+        f"{shape.layers} layer(s))",
+        nbytes,
+        knobs,
+        phase=phase,
+        fix=f"set {section}.batch_rows (the rows one generate call decodes at once; about "
+        f"{format_bytes(nbytes / rows)} a row here) or lower these settings",
+    )
+
+
+def keeps_a_cache(sampler: SamplingConfig) -> bool:
+    """Whether ``sampler``'s mode holds keys and values across steps (:func:`cache_need`)."""
+    from tiltmatch.sampling.registry import sampler_class
+
+    return "window_cache" in sampler_class(sampler.mode).needs
 
 
 def rows_need(what: str, knobs: str, rows: int, tokens: int) -> Need:
@@ -364,8 +412,6 @@ class Heartbeat:
 
 # -- a training run (tiltmatch train, the demo, the Python API) ---------------------------------
 
-#: rows a rollout worker samples per call (RolloutWorker's chunk_size)
-ROLLOUT_CHUNK = 256
 #: the tiny models' positions (TinyModelSpec.max_positions)
 TINY_POSITIONS = 256
 #: special tokens of the character tokenizer (pad, mask, eos)
@@ -460,6 +506,38 @@ def _prompt_tokens(task: Task, codec: PromptCodec, probe: Example) -> int:
     return max(len(codec.encode_prompt(p)) for p in prompts)
 
 
+def sampler_needs(
+    what: str,
+    phase: str,
+    sampler: SamplingConfig,
+    section: str,
+    knobs: str,
+    total: int,
+    tokens: int,
+    response: int,
+    shape: ModelShape,
+    width: float,
+    gpu: bool,
+) -> list[Need]:
+    """What a rollout worker's ``generate`` call holds for ``total`` prompts decoded with
+    ``sampler`` (the run config's ``section``), in the rows it decodes at once
+    (:func:`~tiltmatch.training.rollouts.rows_per_call`): one forward, the compatible noise
+    on a GPU, and a cached mode's keys and values. ``knobs`` name the ``total`` rows."""
+    from tiltmatch.training.rollouts import rows_per_call
+
+    rows = rows_per_call(sampler, total)
+    if sampler.batch_rows is not None and rows < total:
+        knobs = f"{section}.batch_rows={sampler.batch_rows}"
+    block = min(sampler.block_length, response)
+    needs = [forward_need(what, knobs, rows, tokens, rows * block, shape, width, phase=phase)]
+    if gpu and sampler.noise == "compatible" and sampler.temperature > 0:
+        needs.append(noise_need(knobs, rows, response, shape.vocab, section, phase))
+    if keeps_a_cache(sampler):
+        mode = f"{knobs} with {section}.mode={sampler.mode}"
+        needs.append(cache_need(mode, rows, tokens, shape, width, section, phase))
+    return needs
+
+
 def run_needs(
     config: RunConfig, shape: ModelShape, tokens: int, response: int, width: float, gpu: bool
 ) -> list[Need]:
@@ -469,15 +547,20 @@ def run_needs(
     group = f"train.buffer_prompts={tc.buffer_prompts} x train.num_generations="
     group += str(tc.num_generations)
     buffered = tc.buffer_prompts * tc.num_generations
-    rows = min(ROLLOUT_CHUNK, buffered)
-    block = min(config.sampler.block_length, response)
-    needs = [
-        forward_need("one sampling forward", group, rows, tokens, rows * block, shape, width),
-        rows_need("the replay buffer", group, buffered, tokens),
-    ]
-    sampler = config.sampler
-    if gpu and sampler.noise == "compatible" and sampler.temperature > 0:
-        needs.append(noise_need(group, rows, response, shape.vocab))
+    needs = sampler_needs(
+        "one sampling forward",
+        "sampling",
+        config.sampler,
+        "sampler",
+        group,
+        buffered,
+        tokens,
+        response,
+        shape,
+        width,
+        gpu,
+    )
+    needs.append(rows_need("the replay buffer", group, buffered, tokens))
     if config.method == "dtm" and config.dtm.states == "trajectory":
         visited = config.sampler.steps * buffered * response * 8.0
         needs.append(
@@ -497,18 +580,21 @@ def run_needs(
     needs.append(update_need(knob, micro, tokens, response, shape, width))
     held = ec.examples * ec.samples_per_example
     eval_knob = f"eval.examples={ec.examples} x eval.samples_per_example={ec.samples_per_example}"
-    eval_rows = min(ROLLOUT_CHUNK, held)
-    needs.append(
-        forward_need(
-            "one evaluation forward",
-            eval_knob,
-            eval_rows,
-            tokens,
-            eval_rows * block,
-            shape,
-            width,
-            phase="evaluation",
-        )
+    evaluation = ec.sampler if ec.sampler is not None else config.sampler
+    evaluation = evaluation.model_copy(update={"temperature": ec.temperature})
+    section = "eval.sampler" if ec.sampler is not None else "sampler"
+    needs += sampler_needs(
+        "one evaluation forward",
+        "evaluation",
+        evaluation,
+        section,
+        eval_knob,
+        held,
+        tokens,
+        response,
+        shape,
+        width,
+        gpu,
     )
     needs.append(rows_need("the held-out responses", eval_knob, held, tokens))
     return needs

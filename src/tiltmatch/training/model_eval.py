@@ -42,7 +42,9 @@ from tiltmatch.models.loading import load_model_folder, resolve_model_path
 from tiltmatch.preflight import (
     Heartbeat,
     ModelShape,
+    cache_need,
     forward_need,
+    keeps_a_cache,
     model_need,
     noise_need,
     refuse_over,
@@ -395,9 +397,15 @@ def preflight_eval(
             "the responses", f"--samples {args.samples} x {len(examples)} examples", rows, tokens
         ),
     ]
-    if first.device.type != "cpu" and protocol.temperature > 0:
+    sampler = protocol.sampling()
+    if first.device.type != "cpu" and sampler.noise == "compatible" and sampler.temperature > 0:
         noise = noise_need(batch_knob, batch, protocol.gen_length, shape.vocab)
         needs.append(dataclasses.replace(noise, fix="lower --batch-size"))
+    if keeps_a_cache(sampler):
+        cache = cache_need(
+            f"{batch_knob} with --sampler {sampler.mode}", batch, tokens, shape, width
+        )
+        needs.append(dataclasses.replace(cache, fix="lower --batch-size"))
     refuse_over(
         needs,
         first.device,

@@ -19,6 +19,17 @@ from tiltmatch.rewards import RewardFunction, task_reward_function
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.tasks.base import Example, Task
 
+#: the most prompts one ``generate`` call of a worker decodes when ``sampler.batch_rows`` is
+#: unset (the trainer's rollouts and held-out evaluation)
+ROLLOUT_ROWS = 256
+
+
+def rows_per_call(sampling: SamplingConfig, total: int) -> int:
+    """The rows of each ``generate`` call a worker makes for ``total`` prompts (the first
+    call's; the last may be smaller): the sampler's ``batch_rows``, else
+    :data:`ROLLOUT_ROWS`. The preflight sizes the sampler's memory by it."""
+    return min(sampling.batch_rows or ROLLOUT_ROWS, total)
+
 
 class RolloutWorker:
     """Turns examples into scored completions with a given denoiser."""
@@ -30,7 +41,7 @@ class RolloutWorker:
         response_length: int,
         sampling: SamplingConfig,
         record_states: bool = False,
-        chunk_size: int = 256,
+        chunk_size: int = ROLLOUT_ROWS,
         reward: RewardFunction | None = None,
     ) -> None:
         self.task, self.codec = task, codec
