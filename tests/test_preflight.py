@@ -316,7 +316,7 @@ def test_batch_rows_sizes_the_forward_and_the_evaluation_reads_its_own_sampler(m
 def test_the_preflight_sizes_the_rows_the_worker_samples(monkeypatch) -> None:
     """``rows_per_call`` is what :class:`RolloutWorker` does: the calls it makes to
     ``generate`` have that many rows, with and without ``batch_rows``."""
-    from tiltmatch.sampling.config import SamplingConfig
+    from tiltmatch.sampling.config import SamplingConfig, rows_per_call
     from tiltmatch.training import rollouts
 
     calls: list[int] = []
@@ -341,7 +341,7 @@ def test_the_preflight_sizes_the_rows_the_worker_samples(monkeypatch) -> None:
         worker = rollouts.RolloutWorker(None, Codec(), 4, sampling, reward=lambda r, e: r)  # type: ignore[arg-type]
         calls.clear()
         worker.sample(None, [[2]] * total, None)  # type: ignore[arg-type]
-        assert calls[0] == rollouts.rows_per_call(sampling, total)
+        assert calls[0] == rows_per_call(sampling, total)
         assert sum(calls) == total
 
 

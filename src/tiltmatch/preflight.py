@@ -521,9 +521,9 @@ def sampler_needs(
 ) -> list[Need]:
     """What a rollout worker's ``generate`` call holds for ``total`` prompts decoded with
     ``sampler`` (the run config's ``section``), in the rows it decodes at once
-    (:func:`~tiltmatch.training.rollouts.rows_per_call`): one forward, the compatible noise
+    (:func:`~tiltmatch.sampling.config.rows_per_call`): one forward, the compatible noise
     on a GPU, and a cached mode's keys and values. ``knobs`` name the ``total`` rows."""
-    from tiltmatch.training.rollouts import rows_per_call
+    from tiltmatch.sampling.config import rows_per_call
 
     rows = rows_per_call(sampler, total)
     if sampler.batch_rows is not None and rows < total:

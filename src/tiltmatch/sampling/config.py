@@ -116,3 +116,15 @@ class SamplingConfig(BaseModel):
         if refusal is not None:
             raise ValueError(refusal)
         return self
+
+
+#: the most prompts one ``generate`` call of a worker decodes when ``sampler.batch_rows`` is
+#: unset (the trainer's rollout workers: :class:`~tiltmatch.training.rollouts.RolloutWorker`)
+ROLLOUT_ROWS = 256
+
+
+def rows_per_call(sampling: SamplingConfig, total: int) -> int:
+    """The rows of each ``generate`` call a worker makes for ``total`` prompts (the first
+    call's; the last may be smaller): the sampler's ``batch_rows``, else
+    :data:`ROLLOUT_ROWS`. The preflight sizes the sampler's memory by it."""
+    return min(sampling.batch_rows or ROLLOUT_ROWS, total)

@@ -16,19 +16,9 @@ from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.rewards import RewardFunction, task_reward_function
+from tiltmatch.sampling.config import ROLLOUT_ROWS
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.tasks.base import Example, Task
-
-#: the most prompts one ``generate`` call of a worker decodes when ``sampler.batch_rows`` is
-#: unset (the trainer's rollouts and held-out evaluation)
-ROLLOUT_ROWS = 256
-
-
-def rows_per_call(sampling: SamplingConfig, total: int) -> int:
-    """The rows of each ``generate`` call a worker makes for ``total`` prompts (the first
-    call's; the last may be smaller): the sampler's ``batch_rows``, else
-    :data:`ROLLOUT_ROWS`. The preflight sizes the sampler's memory by it."""
-    return min(sampling.batch_rows or ROLLOUT_ROWS, total)
 
 
 class RolloutWorker:
