@@ -341,7 +341,7 @@ def test_the_preflight_sizes_the_rows_the_worker_samples(monkeypatch) -> None:
         worker = rollouts.RolloutWorker(None, Codec(), 4, sampling, reward=lambda r, e: r)  # type: ignore[arg-type]
         calls.clear()
         worker.sample(None, [[2]] * total, None)  # type: ignore[arg-type]
-        assert calls[0] == rows_per_call(sampling, total)
+        assert calls[0] == min(rows_per_call(sampling), total)
         assert sum(calls) == total
 
 

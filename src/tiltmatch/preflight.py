@@ -525,7 +525,7 @@ def sampler_needs(
     on a GPU, and a cached mode's keys and values. ``knobs`` name the ``total`` rows."""
     from tiltmatch.sampling.config import rows_per_call
 
-    rows = rows_per_call(sampler, total)
+    rows = min(rows_per_call(sampler), total)
     if sampler.batch_rows is not None and rows < total:
         knobs = f"{section}.batch_rows={sampler.batch_rows}"
     block = min(sampler.block_length, response)

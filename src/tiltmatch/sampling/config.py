@@ -123,8 +123,8 @@ class SamplingConfig(BaseModel):
 ROLLOUT_ROWS = 256
 
 
-def rows_per_call(sampling: SamplingConfig, total: int) -> int:
-    """The rows of each ``generate`` call a worker makes for ``total`` prompts (the first
-    call's; the last may be smaller): the sampler's ``batch_rows``, else
-    :data:`ROLLOUT_ROWS`. The preflight sizes the sampler's memory by it."""
-    return min(sampling.batch_rows or ROLLOUT_ROWS, total)
+def rows_per_call(sampling: SamplingConfig, default: int = ROLLOUT_ROWS) -> int:
+    """The most rows of one ``generate`` call a rollout worker makes: the sampler's
+    ``batch_rows``, else ``default`` (the worker's own, :data:`ROLLOUT_ROWS` in the trainer).
+    The worker chunks its prompts by it and the preflight sizes the sampler's memory by it."""
+    return sampling.batch_rows or default

@@ -16,7 +16,7 @@ from tiltmatch.batch import RolloutBatch
 from tiltmatch.models.codecs import PromptCodec
 from tiltmatch.models.denoiser import MaskedDenoiser
 from tiltmatch.rewards import RewardFunction, task_reward_function
-from tiltmatch.sampling.config import ROLLOUT_ROWS
+from tiltmatch.sampling.config import ROLLOUT_ROWS, rows_per_call
 from tiltmatch.sampling.sampler import SamplingConfig, generate, left_pad
 from tiltmatch.tasks.base import Example, Task
 
@@ -56,7 +56,7 @@ class RolloutWorker:
         config = self.sampling
         if temperature is not None:  # every other field kept (mode, cache, threshold, ...)
             config = config.model_copy(update={"temperature": temperature})
-        rows = config.batch_rows or self.chunk_size
+        rows = rows_per_call(config, self.chunk_size)
         outs, visits = [], []
         for lo in range(0, len(prompts), rows):
             out = generate(
