@@ -580,13 +580,11 @@ def run_needs(
     needs.append(update_need(knob, micro, tokens, response, shape, width))
     held = ec.examples * ec.samples_per_example
     eval_knob = f"eval.examples={ec.examples} x eval.samples_per_example={ec.samples_per_example}"
-    evaluation = ec.sampler if ec.sampler is not None else config.sampler
-    evaluation = evaluation.model_copy(update={"temperature": ec.temperature})
     section = "eval.sampler" if ec.sampler is not None else "sampler"
     needs += sampler_needs(
         "one evaluation forward",
         "evaluation",
-        evaluation,
+        config.evaluation_sampler(),
         section,
         eval_knob,
         held,

@@ -386,6 +386,12 @@ class RunConfig(StrictSection):
             )
         return self
 
+    def evaluation_sampler(self) -> SamplingConfig:
+        """The sampler held-out evaluation decodes with: ``eval.sampler``, else the rollouts'
+        ``sampler``, at ``eval.temperature``."""
+        sampler = self.eval.sampler or self.sampler
+        return sampler.model_copy(update={"temperature": self.eval.temperature})
+
     def to_yaml(self) -> str:
         """The resolved configuration as YAML."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

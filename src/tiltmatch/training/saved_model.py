@@ -42,8 +42,7 @@ def generation_record(config: RunConfig, task: Task) -> GenerationRecord:
     the task and its options, the response length, and the sampler held-out evaluation
     used (``eval.sampler``, else the rollouts' ``sampler``, at ``eval.temperature``): the
     one its model card's metrics were measured with."""
-    sampler = (config.eval.sampler or config.sampler).model_dump(mode="json")
-    sampler["temperature"] = config.eval.temperature
+    sampler = config.evaluation_sampler().model_dump(mode="json")
     return GenerationRecord(
         task=task.name,
         task_options=dict(config.task_options),
